@@ -1,0 +1,134 @@
+"""Composition root: settings → store → upstreams → dispatcher → SMTP and HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from bridge.inbound.app import make_http_app
+from bridge.models import OutboundMail, StoredMessage
+from bridge.outbox.dispatcher import Dispatcher
+from bridge.relays.email import MailRelay, build_bounce
+from bridge.settings import Settings
+from bridge.smtp.handler import IntakeHandler
+from bridge.smtp.server import start_smtp_server
+from bridge.store import OutboxStore, open_store
+from bridge.upstreams import registry
+from bridge.upstreams.base import Upstream
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """One bridge process. ``start()`` binds the ports (0 = ephemeral), ``stop()`` drains."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: OutboxStore = open_store(
+            settings.store.url, busy_timeout=settings.store.busy_timeout
+        )
+        self.upstreams: dict[str, Upstream] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._smtp: asyncio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._client: httpx.AsyncClient | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.relay: MailRelay | None = None
+        self.smtp_port = 0
+        self.http_port = 0
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self.store.open()
+        bridge_id = await self.store.bridge_id()
+        # trust_env=False: a proxy from the environment must not silently carry provider
+        # traffic and credentials elsewhere (notes/pitfalls.md).
+        self._client = httpx.AsyncClient(
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            headers={"User-Agent": "sms-bridge"},
+        )
+        self.upstreams = {
+            name: registry.build(name, config, self._client)
+            for name, config in settings.upstreams.items()
+        }
+
+        def bounce(message: StoredMessage, error: str) -> OutboundMail | None:
+            return build_bounce(settings.mail, settings.smtp.hostname, message, error)
+
+        self.dispatcher = Dispatcher(self.store, self.upstreams, settings, bridge_id=bridge_id,
+                                     bounce=bounce)
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+        if settings.mail.smarthost:
+            self.relay = MailRelay(self.store, settings.mail)
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="mail-relay"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+
+        handler = IntakeHandler(
+            settings,
+            self.store,
+            on_enqueued=self.dispatcher.wake,
+            on_mail_queued=self.relay.wake if self.relay else (lambda: None),
+        )
+        self._smtp = await start_smtp_server(settings, handler)
+        self.smtp_port = self._smtp.sockets[0].getsockname()[1]
+
+        app = make_http_app(self.store)
+        self._http = web.AppRunner(
+            app, access_log=None, keepalive_timeout=settings.http.keepalive_timeout
+        )
+        await self._http.setup()
+        site = web.TCPSite(self._http, settings.http.host, settings.http.port)
+        await site.start()
+        server = site._server
+        assert server is not None and isinstance(server, asyncio.Server)
+        self.http_port = server.sockets[0].getsockname()[1]
+        log.info(
+            "sms-bridge started",
+            extra={"smtp": f"{settings.smtp.host}:{self.smtp_port}",
+                   "http": f"{settings.http.host}:{self.http_port}",
+                   "store": settings.store.url, "upstreams": sorted(self.upstreams)},
+        )
+
+    async def _housekeeping(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.store.purge(time.time(), self.settings.smtp.duplicate_window)
+            await asyncio.sleep(3600)
+
+    async def stop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        await self.store.close()
+
+    async def __aenter__(self) -> Bridge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,135 @@
+"""``sms-bridge`` command line: serve, check-config, messages, mails, migrate.
+
+The only place that exits the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from bridge.logs import setup_logging
+from bridge.settings import Settings, load_settings, masked_dump
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("BRIDGE_CONFIG") or None
+    try:
+        return load_settings(Path(path) if path else None)
+    except FileNotFoundError as exc:
+        print(f"sms-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    except ValidationError as exc:
+        print("sms-bridge: invalid configuration:", file=sys.stderr)
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            print(f"  {key}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+async def _serve(settings: Settings) -> None:
+    from bridge.app import Bridge
+
+    bridge = Bridge(settings)
+    await bridge.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await bridge.stop()
+
+
+async def _messages(settings: Settings, limit: int, status: str | None, as_json: bool) -> None:
+    from bridge.store import open_store
+
+    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
+    await store.open()
+    try:
+        rows = await store.list_messages(limit=limit, status=status)
+        if as_json:
+            out = []
+            for row in rows:
+                item = dict(vars(row))
+                item["events"] = await store.message_events(row.id)
+                out.append(item)
+            print(json.dumps(out, ensure_ascii=False, indent=2))
+            return
+        print(f"{'id':>6}  {'created (UTC)':19}  {'status':8} {'att':>3}  {'upstream':12} "
+              f"{'phone':15} {'parts':>5}  text / error")
+        for row in rows:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.created_at))
+            text = " ".join(row.text.split())
+            detail = text[:40] + ("…" if len(text) > 40 else "")
+            if row.last_error:
+                detail += f"  [{row.last_error[:60]}]"
+            if row.upstream_ids:
+                detail += f"  ids={','.join(row.upstream_ids)}"
+            print(f"{row.id:>6}  {created}  {row.status:8} {row.attempts:>3}  "
+                  f"{(row.upstream_used or row.upstream):12} {row.phone:15} {row.parts:>5}  "
+                  f"{detail}")
+    finally:
+        await store.close()
+
+
+async def _mails(settings: Settings, limit: int) -> None:
+    from bridge.store import open_store
+
+    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
+    await store.open()
+    try:
+        for row in await store.list_mails(limit=limit):
+            print(f"{row['id']:>6}  {row['kind']:9} {row['status']:7} {row['attempts']:>3}  "
+                  f"{row['mail_to']}  {row['last_error'] or ''}")
+    finally:
+        await store.close()
+
+
+async def _migrate(settings: Settings) -> None:
+    from bridge.store import open_store
+
+    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
+    await store.open()
+    await store.close()
+    print(f"store {settings.store.url} is up to date")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sms-bridge", description=__doc__)
+    parser.add_argument("--config", help="TOML configuration file (or BRIDGE_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the SMTP and HTTP listeners and the dispatcher")
+    commands.add_parser("check-config", help="print the effective configuration, secrets masked")
+    messages = commands.add_parser("messages", help="list outbound SMS and their status")
+    messages.add_argument("--limit", type=int, default=50)
+    messages.add_argument("--status", choices=["queued", "sending", "sent", "failed"])
+    messages.add_argument("--json", action="store_true", help="with status history")
+    mails = commands.add_parser("mails", help="list mails the bridge sends (bounces, replies)")
+    mails.add_argument("--limit", type=int, default=50)
+    commands.add_parser("migrate", help="create or upgrade the store schema")
+    args = parser.parse_args(argv)
+
+    settings = _load(args)
+    if args.command == "check-config":
+        print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
+        return 0
+    setup_logging(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        asyncio.run(_serve(settings))
+    elif args.command == "messages":
+        asyncio.run(_messages(settings, args.limit, args.status, args.json))
+    elif args.command == "mails":
+        asyncio.run(_mails(settings, args.limit))
+    elif args.command == "migrate":
+        asyncio.run(_migrate(settings))
+    return 0

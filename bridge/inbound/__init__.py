@@ -1,0 +1,1 @@
+"""The HTTP side: health, readiness and metrics (inbound SMS endpoints build on it)."""

@@ -1,0 +1,1 @@
+"""The outbox: pure retry decisions, rate limits and the dispatcher loop."""

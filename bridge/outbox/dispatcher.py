@@ -1,0 +1,206 @@
+"""The dispatcher: claims due messages from the store and hands them to upstreams.
+
+Each claim carries a lease; a process killed mid-send leaves ``sending`` rows whose lease
+expires, and whichever dispatcher runs next claims them again. Where the upstream honours an
+idempotency key the resend cannot duplicate; otherwise it is at most one more copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from bridge import metrics
+from bridge.errors import StoreUnavailable, TransientUpstreamError, UpstreamError
+from bridge.models import OutboundMail, StoredMessage
+from bridge.outbox.ratelimit import TokenBucket
+from bridge.outbox.retry import Action, RetryPolicy
+from bridge.settings import DispatcherSettings, Settings
+from bridge.store.base import OutboxStore
+from bridge.upstreams.base import OutboundSms, SendReceipt, Upstream
+
+log = logging.getLogger(__name__)
+
+BounceBuilder = Callable[[StoredMessage, str], OutboundMail | None]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: OutboxStore,
+        upstreams: dict[str, Upstream],
+        settings: Settings,
+        *,
+        bridge_id: str,
+        bounce: BounceBuilder | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.upstreams = upstreams
+        self.config: DispatcherSettings = settings.dispatcher
+        self.policy = RetryPolicy(
+            self.config.retry_base, self.config.retry_max, self.config.give_up_after
+        )
+        self.bridge_id = bridge_id
+        self.bounce = bounce
+        self.clock = clock
+        self.owner = f"{bridge_id}:{uuid.uuid4().hex[:8]}"
+        self._semaphores = {
+            name: asyncio.Semaphore(settings.upstreams[name].concurrency) for name in upstreams
+        }
+        self._buckets = {
+            name: TokenBucket(settings.upstreams[name].rate_per_second) for name in upstreams
+        }
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._capacity = self.config.batch_size
+
+    def wake(self) -> None:
+        """New work was committed: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            free = self._capacity - len(self._inflight)
+            claimed: list[StoredMessage] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim_due(
+                        self.owner, self.clock(), free, self.config.lease_seconds
+                    )
+                except StoreUnavailable as exc:
+                    log.warning("dispatcher cannot claim: %s", exc)
+            for message in claimed:
+                task = asyncio.create_task(self._deliver(message))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+            if claimed and len(claimed) == free:
+                await asyncio.sleep(0)
+                continue
+            await self._idle()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+        self._wake.set()
+
+    async def _idle(self) -> None:
+        timeout = self.config.poll_interval
+        with contextlib.suppress(StoreUnavailable):
+            due = await self.store.next_due_at()
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - self.clock()))
+        if timeout <= 0 and self._inflight:
+            # Due work waits on capacity, not on time.
+            timeout = self.config.poll_interval
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        self._wake.clear()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            for task in pending:
+                task.cancel()  # its lease expires; the message is claimed again later
+
+    def _sms(self, message: StoredMessage) -> OutboundSms:
+        options = message.options
+        return OutboundSms(
+            message_id=message.id,
+            idempotency_key=f"{self.bridge_id}-{message.id}",
+            attempt=message.attempts,
+            phone=message.phone,
+            text=message.text,
+            encoding=message.encoding,
+            originator=options.get("originator"),
+            flash=bool(options.get("flash")),
+            max_parts=int(options.get("max_parts") or 255),
+            validity=options.get("validity"),
+            transliterate=bool(options.get("transliterate")),
+            two_byte_concat=bool(options.get("two_byte_concat")),
+        )
+
+    async def _send_via(self, name: str, sms: OutboundSms) -> SendReceipt:
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            raise TransientUpstreamError(f"upstream {name!r} is not configured")
+        async with self._semaphores[name]:
+            await self._buckets[name].take()
+            started = time.perf_counter()
+            try:
+                receipt = await upstream.send(sms)
+            except UpstreamError as exc:
+                kind = "transient" if isinstance(exc, TransientUpstreamError) else "permanent"
+                metrics.SENDS.labels(upstream=name, outcome=kind).inc()
+                raise
+            finally:
+                metrics.SEND_SECONDS.labels(upstream=name).observe(time.perf_counter() - started)
+            metrics.SENDS.labels(upstream=name, outcome="sent").inc()
+            return receipt
+
+    async def _deliver(self, message: StoredMessage) -> None:
+        sms = self._sms(message)
+        chain = [message.upstream, *message.fallbacks]
+        error: UpstreamError | None = None
+        for index, name in enumerate(chain):
+            try:
+                receipt = await self._send_via(name, sms)
+            except UpstreamError as exc:
+                error = exc
+                decision = self.policy.decide(
+                    exc,
+                    attempt=message.attempts,
+                    age=self.clock() - message.created_at,
+                    has_fallback=index + 1 < len(chain),
+                )
+                log.warning(
+                    "send failed",
+                    extra={"message_id": message.id, "upstream": name, "error": str(exc),
+                           "action": decision.action.value, "attempt": message.attempts},
+                )
+                if decision.action is Action.FALLBACK:
+                    continue
+                await self._record_failure(message, decision.action, decision.delay, str(exc))
+                return
+            except Exception as exc:  # a bug in a provider module must not lose the message
+                log.exception("upstream %s raised unexpectedly", name)
+                error = TransientUpstreamError(f"{name}: internal error {type(exc).__name__}")
+                await self._record_failure(
+                    message, Action.RETRY, self.policy.backoff(message.attempts), str(error)
+                )
+                return
+            now = self.clock()
+            await self.store.mark_sent(message.id, self.owner, name, receipt.provider_ids, now)
+            log.info(
+                "sms sent",
+                extra={"message_id": message.id, "upstream": name, "parts": message.parts,
+                       "provider_ids": list(receipt.provider_ids)},
+            )
+            return
+        assert error is not None  # every upstream in the chain failed without sending
+        delay = self.policy.backoff(message.attempts)
+        await self._record_failure(message, Action.RETRY, delay, str(error))
+
+    async def _record_failure(
+        self, message: StoredMessage, action: Action, delay: float, error: str
+    ) -> None:
+        now = self.clock()
+        if action is Action.FAIL or now + delay - message.created_at > self.config.give_up_after:
+            bounce = self.bounce(message, error) if self.bounce else None
+            await self.store.mark_failed(message.id, self.owner, error, now, bounce)
+            metrics.FAILED.labels(upstream=message.upstream).inc()
+            log.warning("sms failed for good",
+                        extra={"message_id": message.id, "error": error,
+                               "bounce": bounce is not None})
+        else:
+            await self.store.schedule_retry(message.id, self.owner, error, now + delay, now)

@@ -1,0 +1,87 @@
+"""Phone numbers and originators: pure functions, no I/O.
+
+Numbers go to providers in international format, digits only, without ``+``
+(002, "Формат номера телефона", line 55). Originators are at most 11 alphanumeric
+characters or 15 digits, from a safe character set (002, "Адрес отправителя", line 69).
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+from bridge.errors import IntakeError
+
+_FORMATTING = re.compile(r"[\s()\-.\u00a0]")
+_SEPARATORS = re.compile(r"[,;\s]+")
+_ORIGINATOR_SAFE = re.compile(r"^[A-Za-z0-9_.\- ]+$")
+
+
+def _bad_number(raw: str) -> IntakeError:
+    shown = raw if len(raw) <= 40 else raw[:40] + "…"
+    return IntakeError(550, "5.1.3", f'"{shown}": invalid phone number format. No message sent.', 428)
+
+
+def normalize_phone(raw: str) -> str:
+    """``+7 (916) 123-45-67`` or ``8 916 123 45 67`` → ``79161234567``.
+
+    An 11-digit number starting with the Russian trunk prefix ``8`` is read as ``7…``; any
+    other number is read as international. Numbers that are not plausible (wrong length for
+    the country, unknown country code) raise an :class:`IntakeError` with code 428.
+    """
+    text = raw.strip()
+    compact = _FORMATTING.sub("", text)
+    if compact.startswith("+"):
+        digits = compact[1:]
+    elif compact.startswith("00"):
+        digits = compact[2:]
+    else:
+        digits = compact
+    if not digits.isascii() or not digits.isdigit() or not 7 <= len(digits) <= 15:
+        raise _bad_number(raw)
+    if not compact.startswith(("+", "00")) and len(digits) == 11 and digits[0] == "8":
+        digits = "7" + digits[1:]
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException as exc:
+        raise _bad_number(raw) from exc
+    if not phonenumbers.is_possible_number(parsed):
+        raise _bad_number(raw)
+    return digits
+
+
+def split_phone_list(raw: str) -> list[str]:
+    """Numbers in a Subject or a v2 ``phones`` field: separated by commas, semicolons or spaces.
+
+    A space may also sit *inside* one written number (``+7 916 123 45 67``), so groups of
+    digits that only make sense together are joined before splitting.
+    """
+    raw = raw.strip()
+    if not raw:
+        return []
+    parts = [p for p in re.split(r"[,;]+", raw) if p.strip()]
+    numbers: list[str] = []
+    for part in parts:
+        part = part.strip()
+        try:
+            numbers.append(normalize_phone(part))
+            continue
+        except IntakeError:
+            pass
+        numbers.extend(normalize_phone(token) for token in _SEPARATORS.split(part) if token)
+    return numbers
+
+
+def validate_originator(originator: str) -> str:
+    """Return the originator or raise 421 (too long) / 436 (characters not allowed)."""
+    value = originator.strip()
+    if value.isdigit():
+        if len(value) > 15:
+            raise IntakeError(550, "5.7.1", "Originator is too long", 421)
+        return value
+    if len(value) > 11:
+        raise IntakeError(550, "5.7.1", "Originator is too long", 421)
+    if not value or not _ORIGINATOR_SAFE.match(value):
+        raise IntakeError(550, "5.7.1", f'Originator "{value}" is not allowed', 436)
+    return value

@@ -1,0 +1,171 @@
+"""Mails the bridge sends itself: bounces (DSN) and SMTP v2 ``reply_to_email`` answers.
+
+They are built while the decision is committed (so none is lost) and sent later by
+:class:`MailRelay` through the configured smarthost with aiosmtplib.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from xml.sax.saxutils import escape
+
+import aiosmtplib
+
+from bridge import metrics
+from bridge.errors import StoreUnavailable
+from bridge.models import OutboundMail, StoredMessage
+from bridge.outbox.retry import RetryPolicy
+from bridge.settings import MailSettings
+from bridge.store.base import OutboxStore
+
+log = logging.getLogger(__name__)
+
+
+def render_reply_xml(
+    code: int, description: str, infos: Sequence[tuple[str, str]] = (), *, ok: bool
+) -> bytes:
+    """The HTTP API v1 reply (002 line 794), as SMTP v2 ``reply_to_email`` mails it back."""
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        "<reply>",
+        f"  <result>{'OK' if ok else 'ERROR'}</result>",
+        f"  <code>{code}</code>",
+        f"  <description>{escape(description)}</description>",
+    ]
+    if infos:
+        lines.append("  <message_infos>")
+        for phone, sms_id in infos:
+            lines += [
+                "    <message_info>",
+                f"      <phone>{escape(phone)}</phone>",
+                f"      <sms_id>{escape(sms_id)}</sms_id>",
+                "    </message_info>",
+            ]
+        lines.append("  </message_infos>")
+    lines.append("</reply>")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _base_message(settings: MailSettings, to: str, subject: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = settings.from_address
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = format_datetime_now()
+    message["Message-ID"] = make_msgid(domain=settings.from_address.rpartition("@")[2] or None)
+    message["Auto-Submitted"] = "auto-replied"
+    return message
+
+
+def format_datetime_now() -> str:
+    from datetime import datetime, timezone
+
+    return format_datetime(datetime.now(timezone.utc))
+
+
+def build_v2_reply(settings: MailSettings, to: str, xml: bytes, original_subject: str) -> OutboundMail:
+    message = _base_message(settings, to, f"Re: {original_subject}".strip()[:200])
+    message.set_content(xml.decode("utf-8"), subtype="xml", charset="utf-8")
+    return OutboundMail("v2_reply", to, message.as_bytes())
+
+
+def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
+                 error: str) -> OutboundMail | None:
+    """A delivery status notification (RFC 3464) to the envelope sender of a failed SMS."""
+    to = message.mail_from
+    if not settings.bounces or not to or to == "<>":
+        return None  # a null sender must never get a bounce (RFC 5321 §4.5.5)
+    report = _base_message(settings, to, f"Undelivered SMS to +{message.phone}")
+    report.set_content(
+        f"Your message to {message.phone} could not be sent as an SMS.\n\n"
+        f"Reason: {error}\n"
+        f"Message id: {message.id}\nAttempts: {message.attempts}\n\n"
+        f"Text:\n{message.text[:1000]}\n",
+        charset="utf-8",
+    )
+    status = EmailMessage()
+    status.set_content(
+        f"Reporting-MTA: dns; {hostname}\n\n"
+        f"Final-Recipient: rfc822; {message.phone}\n"
+        "Action: failed\nStatus: 5.0.0\n"
+        f"Diagnostic-Code: x-sms; {' '.join(error.split())[:300]}\n",
+    )
+    report.make_mixed()
+    report.set_type("multipart/report")
+    report.set_param("report-type", "delivery-status")
+    dsn = EmailMessage()
+    dsn.set_payload(status.get_content())
+    dsn["Content-Type"] = "message/delivery-status"
+    report.attach(dsn)
+    return OutboundMail("bounce", to, report.as_bytes())
+
+
+class MailRelay:
+    """Sends queued outgoing mail through the smarthost, retrying with backoff."""
+
+    def __init__(self, store: OutboxStore, settings: MailSettings, poll_interval: float = 1.0,
+                 max_attempts: int = 20) -> None:
+        self.store = store
+        self.settings = settings
+        self.poll_interval = poll_interval
+        self.max_attempts = max_attempts
+        self.policy = RetryPolicy(base=5.0, cap=900.0)
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                batch = await self.store.claim_mails(time.time(), 20, 120.0)
+            except StoreUnavailable:
+                batch = []
+            for mail_id, mail, attempts in batch:
+                await self._send(mail_id, mail, attempts)
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
+                self._wake.clear()
+
+    async def _send(self, mail_id: int, mail: OutboundMail, attempts: int) -> None:
+        assert self.settings.smarthost is not None
+        try:
+            await aiosmtplib.send(
+                mail.content,
+                sender="",  # null reverse-path: bounces and replies must not bounce back
+                recipients=[mail.mail_to],
+                hostname=self.settings.smarthost,
+                port=self.settings.smarthost_port,
+                start_tls=self.settings.starttls,
+                username=self.settings.username,
+                password=self.settings.password.get_secret_value() if self.settings.password
+                else None,
+                timeout=self.settings.timeout,
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            permanent = isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600
+            give_up = permanent or attempts >= self.max_attempts
+            log.warning("outgoing mail failed", extra={"mail_id": mail_id, "kind": mail.kind,
+                                                       "error": str(exc), "give_up": give_up})
+            metrics.OUTGOING_MAIL.labels(outcome="failed" if give_up else "retry").inc()
+            next_at = None if give_up else time.time() + self.policy.backoff(attempts)
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.mail_retry(mail_id, str(exc)[:500], next_at)
+            return
+        metrics.OUTGOING_MAIL.labels(outcome="sent").inc()
+        log.info("outgoing mail sent", extra={"mail_id": mail_id, "kind": mail.kind})
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.mail_done(mail_id, time.time())

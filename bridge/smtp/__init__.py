@@ -1,0 +1,1 @@
+"""SMTP intake: the aiosmtpd handler (:mod:`.handler`) and server wiring (:mod:`.server`)."""

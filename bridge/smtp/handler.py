@@ -1,0 +1,248 @@
+"""The SMTP intake handler: aiosmtpd calls its ``handle_*`` hooks; it validates, persists and
+replies — nothing is delivered inside the SMTP transaction.
+
+Refusals come at the earliest stage that can know them (RCPT for the address, DATA for the
+content), with a standard reply code and the spec's API error code in the text
+(002 line 1988). 250 is answered only after the sends are committed to the store.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import metrics
+from bridge.errors import IntakeError, StoreUnavailable
+from bridge.models import MailEnvelope, OutboundMail, SendRequest
+from bridge.outbox.ratelimit import SlidingWindowCounter
+from bridge.parsing.mail import ParsedMail, Recipient, parse_mail, parse_recipient, parse_v2_body
+from bridge.parsing.phones import normalize_phone
+from bridge.parsing.requests import (
+    authenticate_v2,
+    build_v1_requests,
+    build_v2_requests,
+    check_phone_allowed,
+)
+from bridge.relays.email import build_v2_reply, render_reply_xml
+from bridge.settings import AccountSettings, Settings
+from bridge.store.base import OutboxStore
+
+log = logging.getLogger(__name__)
+
+TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
+
+# An end-of-data marker written with a bare LF or CR (``<LF>.<CR><LF>`` and variants) is the
+# SMTP smuggling trick: aiosmtpd 1.4.6 keeps it inside one body, and a relay that treats it
+# as the end would see a second mail. Such a body is refused, never split or guessed at.
+_SMUGGLED_END = re.compile(rb"(?<!\r)\n\.(?:\r?\n|\r)|\r\n\.(?:\n|\r(?!\n))|\r(?!\n)\.(?:\r?\n)")
+
+
+@dataclass
+class _Rcpt:
+    recipient: Recipient
+    login: str | None
+    account: AccountSettings | None
+
+
+def sender_allowed(account: AccountSettings, mail_from: str, peer_ip: str | None) -> bool:
+    """Envelope-sender patterns and client networks; each list, when set, must match."""
+    if account.allowed_senders:
+        sender = mail_from.lower()
+        if not any(fnmatch.fnmatchcase(sender, p.lower()) for p in account.allowed_senders):
+            return False
+    if account.allowed_networks:
+        try:
+            address = ipaddress.ip_address(peer_ip or "")
+        except ValueError:
+            return False
+        if not any(
+            address in ipaddress.ip_network(net, strict=False) for net in account.allowed_networks
+        ):
+            return False
+    return True
+
+
+class IntakeHandler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: OutboxStore,
+        *,
+        on_enqueued: Callable[[], None] = lambda: None,
+        on_mail_queued: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.on_enqueued = on_enqueued
+        self.on_mail_queued = on_mail_queued
+        self.clock = clock
+        self.mail_rate = SlidingWindowCounter(60.0)
+        self.domains = {d.lower() for d in settings.smtp.accepted_domains}
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default answers "500 Error: (Class) text": permanent, and leaks internals.
+        log.exception("unexpected error in SMTP session", exc_info=error)
+        metrics.MAILS_REJECTED.labels(reason="internal").inc()
+        return TEMPFAIL
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        try:
+            rcpt = self._check_rcpt(session, envelope, address)
+        except IntakeError as exc:
+            metrics.MAILS_REJECTED.labels(reason=exc.reason).inc()
+            log.info("recipient refused", extra={"rcpt": address, "reply": exc.smtp_reply()})
+            return exc.smtp_reply()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        rcpts: list[_Rcpt] = getattr(envelope, "bridge_rcpts", [])
+        rcpts.append(rcpt)
+        envelope.bridge_rcpts = rcpts
+        return "250 2.1.5 OK"
+
+    def _check_rcpt(self, session: Any, envelope: Any, address: str) -> _Rcpt:
+        recipient = parse_recipient(address)
+        if self.domains and recipient.domain not in self.domains:
+            raise IntakeError(550, "5.7.1", f"Relaying to {recipient.domain} is not allowed")
+        if recipient.is_v2:
+            if any(r.recipient.is_v2 for r in getattr(envelope, "bridge_rcpts", [])):
+                raise IntakeError(452, "4.5.3", "One multi@ recipient per mail")
+            return _Rcpt(recipient, None, None)
+        assert recipient.login is not None
+        account = self.settings.account(recipient.login)
+        if account is None:
+            raise IntakeError(550, "5.1.1", f"No such account: {recipient.login[:64]}")
+        login = self.settings.canonical_login(recipient.login)
+        self._check_sender(session, envelope, login, account)
+        if recipient.phone is not None:
+            check_phone_allowed(account, normalize_phone(recipient.phone))
+        self._check_rate(login, account)
+        return _Rcpt(recipient, login, account)
+
+    def _check_sender(self, session: Any, envelope: Any, login: str, account: AccountSettings) -> None:
+        auth_login = session.auth_data if getattr(session, "authenticated", False) else None
+        if isinstance(auth_login, str):
+            if auth_login.lower() != login.lower():
+                raise IntakeError(550, "5.7.1", f"Authenticated as {auth_login}, not {login}")
+            return  # AUTH proved the identity; sender lists are for unauthenticated clients
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        if not sender_allowed(account, envelope.mail_from or "", peer):
+            raise IntakeError(550, "5.7.1", "Sender is not allowed to use this account")
+
+    def _check_rate(self, login: str, account: AccountSettings) -> None:
+        # 002 line 1768: "не более 100 писем в минуту" is the recommended limit.
+        if not self.mail_rate.allow(login, account.mail_rate_per_minute):
+            raise IntakeError(451, "4.7.1", "Mail rate limit exceeded, try again later")
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        try:
+            return await self._accept(session, envelope)
+        except IntakeError as exc:
+            metrics.MAILS_REJECTED.labels(reason=exc.reason).inc()
+            log.info("mail refused", extra={"mail_from": envelope.mail_from,
+                                            "reply": exc.smtp_reply()})
+            if exc.reply is not None:
+                try:
+                    await self.store.queue_mail(exc.reply, self.clock())
+                    self.on_mail_queued()
+                except StoreUnavailable:
+                    log.warning("could not queue the v2 error reply")
+            return exc.smtp_reply()
+        except StoreUnavailable as exc:
+            metrics.MAILS_REJECTED.labels(reason="store_unavailable").inc()
+            log.warning("mail deferred: %s", exc)
+            return "451 4.3.0 Message store unavailable, please try again later"
+
+    # -- the mail -------------------------------------------------------------------------
+
+    async def _accept(self, session: Any, envelope: Any) -> str:
+        raw: bytes = envelope.original_content or b""
+        if _SMUGGLED_END.search(raw):
+            raise IntakeError(550, "5.6.0", "Bare CR or LF around '.' in message data refused")
+        rcpts: list[_Rcpt] = getattr(envelope, "bridge_rcpts", [])
+        now = self.clock()
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        mail_from = envelope.mail_from or ""
+        legacy = next((r.account.legacy_charset for r in rcpts if r.account), "windows-1251")
+        mail = parse_mail(raw, legacy_charset=legacy,
+                          max_header_bytes=self.settings.smtp.max_header_bytes)
+
+        batches: list[tuple[str | None, list[SendRequest]]] = []
+        reply: Callable[[Any], OutboundMail | None] | None = None
+        fmt = "v1"
+        for rcpt in rcpts:
+            if rcpt.recipient.is_v2:
+                fmt = "v2"
+                requests, reply = self._v2(session, envelope, mail, now)
+            else:
+                assert rcpt.login is not None and rcpt.account is not None
+                requests = build_v1_requests(rcpt.login, rcpt.account, rcpt.recipient, mail)
+            key = f"{mail.message_id}\0{rcpt.recipient.address.lower()}" if mail.message_id else None
+            batches.append((key, requests))
+
+        envelope_info = MailEnvelope(
+            mail_from=mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            message_id=mail.message_id,
+            peer=peer,
+            format=fmt,
+        )
+        result = await self.store.enqueue(
+            envelope_info, batches, now=now, dedup_window=self.settings.smtp.duplicate_window,
+            reply=reply,
+        )
+        if result.duplicate:
+            metrics.MAILS_DUPLICATE.inc()
+            log.info("duplicate mail recognised", extra={"message_id_hdr": mail.message_id})
+            return "250 2.0.0 Already queued (duplicate Message-ID), not sent twice"
+        metrics.MAILS_ACCEPTED.labels(format=fmt).inc()
+        metrics.MESSAGES_QUEUED.inc(len(result.message_ids))
+        self.on_enqueued()
+        if reply is not None:
+            self.on_mail_queued()
+        ids = ",".join(str(i) for i in result.message_ids[:20])
+        more = "…" if len(result.message_ids) > 20 else ""
+        log.info("mail queued", extra={"format": fmt, "messages": list(result.message_ids),
+                                       "mail_from": mail_from})
+        return f"250 2.0.0 Queued {len(result.message_ids)} messages: {ids}{more}"
+
+    def _v2(
+        self, session: Any, envelope: Any, mail: ParsedMail, now: float
+    ) -> tuple[list[SendRequest], Callable[[Any], OutboundMail | None] | None]:
+        fields = parse_v2_body(mail.text)
+        login, account = authenticate_v2(self.settings, fields)
+        self._check_sender(session, envelope, login, account)
+        self._check_rate(login, account)
+        mail_from = envelope.mail_from or ""
+        wants_reply = fields.get("reply_to_email", "").strip() == "1" and bool(mail_from)
+        try:
+            v2 = build_v2_requests(fields, login, account, now)
+        except IntakeError as exc:
+            if wants_reply:
+                # The XML error goes back too (002 line 1811), but only once the sender has
+                # authenticated: answering anyone would make the bridge a backscatter source.
+                xml = render_reply_xml(exc.api_code or 0, exc.text, ok=False)
+                exc.reply = build_v2_reply(self.settings.mail, mail_from, xml, mail.subject)
+            raise
+        if not v2.reply_to_email or not mail_from:
+            return v2.requests, None
+        phones = [r.phone for r in v2.requests]
+        mail_settings = self.settings.mail
+        want_ids = v2.want_sms_ids
+
+        def reply(ids: Any) -> OutboundMail:
+            infos = list(zip(phones, [str(i) for i in ids], strict=True)) if want_ids else []
+            xml = render_reply_xml(0, f"queued {len(ids)} messages", infos, ok=True)
+            return build_v2_reply(mail_settings, mail_from, xml, mail.subject)
+
+        return v2.requests, reply

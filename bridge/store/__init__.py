@@ -1,0 +1,15 @@
+"""Persistence behind one interface (:class:`OutboxStore`); the URL picks the engine."""
+
+from __future__ import annotations
+
+from bridge.store.base import OutboxStore
+from bridge.store.sqlite import SqliteStore
+
+__all__ = ["OutboxStore", "SqliteStore", "open_store"]
+
+
+def open_store(url: str, *, busy_timeout: float = 5.0) -> OutboxStore:
+    """The store for a URL (``sqlite:///PATH``); call ``await store.open()`` before use."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore.from_url(url, busy_timeout=busy_timeout)
+    raise ValueError(f"unsupported store URL {url!r}")

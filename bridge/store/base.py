@@ -1,0 +1,98 @@
+"""The store interface: everything the bridge persists goes through these methods.
+
+Every method that returns normally has committed durably. Implementations raise
+:class:`bridge.errors.StoreUnavailable` when they cannot, so callers answer "try later"
+(SMTP 451 4.3.0) and promise nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from bridge.models import EnqueueResult, MailEnvelope, OutboundMail, SendRequest, StoredMessage
+
+ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
+
+
+class OutboxStore(Protocol):
+    """Outbox of SMS sends, their status history, and mails the bridge sends itself."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers now (``/readyz``)."""
+
+    async def enqueue(
+        self,
+        envelope: MailEnvelope,
+        batches: Sequence[tuple[str | None, Sequence[SendRequest]]],
+        *,
+        now: float,
+        dedup_window: float,
+        reply: ReplyBuilder | None = None,
+    ) -> EnqueueResult:
+        """Commit a mail's sends in one transaction.
+
+        ``batches`` pairs a deduplication key (Message-ID + recipient, or ``None``) with the
+        sends for that recipient. A key already seen within ``dedup_window`` seconds skips its
+        sends: an MTA resending a mail whose 250 it missed sends nothing twice. ``reply``, if
+        given, builds a mail to queue in the same transaction from the new message ids.
+        """
+        ...
+
+    async def claim_due(
+        self, owner: str, now: float, limit: int, lease_seconds: float
+    ) -> list[StoredMessage]:
+        """Claim queued messages that are due, and ``sending`` ones whose lease expired."""
+        ...
+
+    async def mark_sent(
+        self, message_id: int, owner: str, upstream: str, upstream_ids: Sequence[str], now: float
+    ) -> None: ...
+
+    async def schedule_retry(
+        self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
+    ) -> None: ...
+
+    async def mark_failed(
+        self, message_id: int, owner: str, error: str, now: float, bounce: OutboundMail | None
+    ) -> None: ...
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest queued message becomes due, or ``None`` if none is queued."""
+        ...
+
+    async def list_messages(
+        self, *, limit: int = 50, status: str | None = None
+    ) -> list[StoredMessage]: ...
+
+    async def message_events(self, message_id: int) -> list[dict[str, Any]]: ...
+
+    async def queue_mail(self, mail: OutboundMail, now: float) -> None:
+        """Queue a mail on its own (a v2 error reply, which has no sends)."""
+        ...
+
+    async def claim_mails(self, now: float, limit: int, lease_seconds: float) -> list[
+        tuple[int, OutboundMail, int]
+    ]:
+        """Claim outgoing mails that are due: ``(id, mail, attempts)``."""
+        ...
+
+    async def mail_done(self, mail_id: int, now: float) -> None: ...
+
+    async def mail_retry(self, mail_id: int, error: str, next_attempt_at: float | None) -> None:
+        """Retry at ``next_attempt_at``, or give up (``None``) and keep the row as failed."""
+        ...
+
+    async def list_mails(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    async def bridge_id(self) -> str:
+        """A random id made once per store; prefixes the idempotency keys sent upstream."""
+        ...
+
+    async def purge(self, now: float, dedup_window: float) -> None:
+        """Forget deduplication keys older than the window."""
+        ...

@@ -1,0 +1,561 @@
+"""SQLite store: the embedded default.
+
+Durability: WAL journal with ``synchronous=FULL``; ``NORMAL`` survives a process crash but may
+lose the last commits on power loss, and a 250 promises more than that (notes/pitfalls.md).
+
+Throughput: one writer thread owns the connection and commits in groups. Operations queued
+while a commit is in progress are run in the next transaction, each inside its own SAVEPOINT
+so one failing operation does not undo the others, and one fsync serves them all. Write
+transactions begin with ``BEGIN IMMEDIATE``: a deferred transaction that reads then writes
+fails at once with "database is locked" whatever ``busy_timeout`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.errors import StoreUnavailable
+from bridge.models import (
+    EnqueueResult,
+    MailEnvelope,
+    MessageStatus,
+    OutboundMail,
+    SendRequest,
+    StoredMessage,
+)
+from bridge.store.base import ReplyBuilder
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Numbered migrations; PRAGMA user_version records how many ran.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE mails (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        mail_from TEXT NOT NULL,
+        message_id TEXT,
+        peer TEXT NOT NULL,
+        format TEXT NOT NULL
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        mail_id INTEGER REFERENCES mails(id),
+        account TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        text TEXT NOT NULL,
+        parts INTEGER NOT NULL,
+        encoding TEXT NOT NULL,
+        options TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        upstream_used TEXT,
+        upstream_ids TEXT NOT NULL DEFAULT '[]',
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX messages_queued ON messages(next_attempt_at) WHERE status = 'queued';
+    CREATE INDEX messages_leased ON messages(lease_until) WHERE status = 'sending';
+    CREATE TABLE message_events (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        at REAL NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX message_events_message ON message_events(message_id);
+    CREATE TABLE mail_dedup (key TEXT PRIMARY KEY, mail_id INTEGER, seen_at REAL NOT NULL);
+    CREATE INDEX mail_dedup_seen ON mail_dedup(seen_at);
+    CREATE TABLE outgoing_mail (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        mail_to TEXT NOT NULL,
+        content BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX outgoing_mail_due ON outgoing_mail(next_attempt_at) WHERE status != 'sent';
+    """,
+]
+
+_MESSAGE_COLUMNS = (
+    "m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status, m.attempts, "
+    "m.created_at, m.options, m.upstream_ids, m.last_error, COALESCE(ml.mail_from, ''), "
+    "m.next_attempt_at, m.upstream_used"
+)
+
+
+def _row_to_message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(
+        id=row[0],
+        account=row[1],
+        upstream=row[2],
+        phone=row[3],
+        text=row[4],
+        parts=row[5],
+        encoding=row[6],
+        status=row[7],
+        attempts=row[8],
+        created_at=row[9],
+        options=json.loads(row[10]),
+        upstream_ids=json.loads(row[11]),
+        last_error=row[12],
+        mail_from=row[13],
+        next_attempt_at=row[14],
+        upstream_used=row[15],
+    )
+
+
+_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class SqliteStore:
+    """:class:`bridge.store.base.OutboxStore` on one SQLite file."""
+
+    MAX_GROUP = 512
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = str(path)
+        self.busy_timeout = busy_timeout
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SqliteStore:
+        return cls(url.removeprefix("sqlite:///"), busy_timeout=busy_timeout)
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self.MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_group(conn, batch)
+        conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op[0](conn)
+                except Exception as exc:  # an operation's own error stays its own
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("store transaction failed: %s", exc)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            error = StoreUnavailable(f"store unavailable: {exc}")
+            outcomes = [(op, None, error) for op in batch]
+        for (_, future, loop), result, err in outcomes:
+            loop.call_soon_threadsafe(_resolve, future, result, err)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            raise StoreUnavailable("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, future, loop))
+        return await future
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = await asyncio.to_thread(self._connect)
+        await asyncio.to_thread(self._migrate, conn)
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="sqlite-store", daemon=True
+        )
+        self._thread.start()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreUnavailable(
+                    f"the store {self.path} has schema version {version}, newer than this "
+                    f"sms-bridge knows ({len(MIGRATIONS)}); upgrade sms-bridge"
+                )
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(thread.join)
+
+    async def ping(self) -> None:
+        await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        envelope: MailEnvelope,
+        batches: Sequence[tuple[str | None, Sequence[SendRequest]]],
+        *,
+        now: float,
+        dedup_window: float,
+        reply: ReplyBuilder | None = None,
+    ) -> EnqueueResult:
+        def op(conn: sqlite3.Connection) -> EnqueueResult:
+            fresh: list[tuple[str | None, Sequence[SendRequest]]] = []
+            for key, requests in batches:
+                if key is not None:
+                    row = conn.execute(
+                        "SELECT seen_at FROM mail_dedup WHERE key = ?", (key,)
+                    ).fetchone()
+                    if row is not None and row[0] >= now - dedup_window:
+                        continue
+                fresh.append((key, requests))
+            if not fresh:
+                return EnqueueResult((), duplicate=True)
+            mail_id = conn.execute(
+                "INSERT INTO mails (received_at, mail_from, message_id, peer, format) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (now, envelope.mail_from, envelope.message_id, envelope.peer, envelope.format),
+            ).lastrowid
+            ids: list[int] = []
+            for key, requests in fresh:
+                if key is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO mail_dedup (key, mail_id, seen_at) "
+                        "VALUES (?, ?, ?)",
+                        (key, mail_id, now),
+                    )
+                for req in requests:
+                    ids.append(self._insert_message(conn, mail_id, req, now))
+            if reply is not None:
+                mail = reply(ids)
+                if mail is not None:
+                    self._insert_mail(conn, mail, now)
+            return EnqueueResult(tuple(ids))
+
+        return await self._call(op)
+
+    @staticmethod
+    def _insert_message(
+        conn: sqlite3.Connection, mail_id: int | None, req: SendRequest, now: float
+    ) -> int:
+        options = {
+            "originator": req.originator,
+            "flash": req.flash,
+            "max_parts": req.max_parts,
+            "not_before": req.not_before,
+            "validity": req.validity,
+            "transliterate": req.transliterate,
+            "two_byte_concat": req.two_byte_concat,
+            "push_id": req.push_id,
+            "fallbacks": list(req.fallbacks),
+        }
+        due = max(now, req.not_before or now)
+        message_id = conn.execute(
+            "INSERT INTO messages (mail_id, account, upstream, phone, text, parts, encoding, "
+            "options, status, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            (
+                mail_id, req.account, req.upstream, req.phone, req.text, req.parts,
+                req.encoding, json.dumps(options), due, now, now,
+            ),
+        ).lastrowid
+        assert message_id is not None
+        conn.execute(
+            "INSERT INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
+            (message_id, now, MessageStatus.QUEUED.value, None),
+        )
+        return message_id
+
+    @staticmethod
+    def _insert_mail(conn: sqlite3.Connection, mail: OutboundMail, now: float) -> None:
+        conn.execute(
+            "INSERT INTO outgoing_mail (kind, mail_to, content, status, next_attempt_at, "
+            "created_at) VALUES (?, ?, ?, 'queued', ?, ?)",
+            (mail.kind, mail.mail_to, mail.content, now, now),
+        )
+
+    async def claim_due(
+        self, owner: str, now: float, limit: int, lease_seconds: float
+    ) -> list[StoredMessage]:
+        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM ("
+                    " SELECT id, next_attempt_at AS k FROM messages"
+                    "  WHERE status = 'queued' AND next_attempt_at <= ?"
+                    " UNION ALL"
+                    " SELECT id, lease_until AS k FROM messages"
+                    "  WHERE status = 'sending' AND lease_until <= ?"
+                    ") ORDER BY k, id LIMIT ?",
+                    (now, now, limit),
+                )
+            ]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            conn.execute(
+                f"UPDATE messages SET status = 'sending', lease_owner = ?, lease_until = ?, "
+                f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
+                (owner, now + lease_seconds, now, *ids),
+            )
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
+                f"ON ml.id = m.mail_id WHERE m.id IN ({marks}) ORDER BY m.id",
+                ids,
+            ).fetchall()
+            return [_row_to_message(row) for row in rows]
+
+        return await self._call(op)
+
+    async def _finish(
+        self,
+        message_id: int,
+        owner: str,
+        sql: str,
+        params: tuple[Any, ...],
+        event: tuple[str, str | None],
+        now: float,
+        mail: OutboundMail | None = None,
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                f"UPDATE messages SET {sql}, lease_owner = NULL, lease_until = NULL, "
+                "updated_at = ? WHERE id = ? AND status = 'sending' AND lease_owner = ?",
+                (*params, now, message_id, owner),
+            )
+            if cursor.rowcount == 0:
+                log.warning("message %s: lease lost before its result was recorded", message_id)
+                return
+            conn.execute(
+                "INSERT INTO message_events (message_id, at, status, detail) VALUES (?,?,?,?)",
+                (message_id, now, *event),
+            )
+            if mail is not None:
+                self._insert_mail(conn, mail, now)
+
+        await self._call(op)
+
+    async def mark_sent(
+        self, message_id: int, owner: str, upstream: str, upstream_ids: Sequence[str], now: float
+    ) -> None:
+        await self._finish(
+            message_id,
+            owner,
+            "status = 'sent', upstream_used = ?, upstream_ids = ?, last_error = NULL",
+            (upstream, json.dumps(list(upstream_ids))),
+            (MessageStatus.SENT.value, f"{upstream}: {', '.join(upstream_ids)}"),
+            now,
+        )
+
+    async def schedule_retry(
+        self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
+    ) -> None:
+        await self._finish(
+            message_id,
+            owner,
+            "status = 'queued', next_attempt_at = ?, last_error = ?",
+            (next_attempt_at, error),
+            ("retry", error),
+            now,
+        )
+
+    async def mark_failed(
+        self, message_id: int, owner: str, error: str, now: float, bounce: OutboundMail | None
+    ) -> None:
+        await self._finish(
+            message_id,
+            owner,
+            "status = 'failed', last_error = ?",
+            (error,),
+            (MessageStatus.FAILED.value, error),
+            now,
+            bounce,
+        )
+
+    async def next_due_at(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(k) FROM (SELECT MIN(next_attempt_at) AS k FROM messages "
+                "WHERE status = 'queued' UNION ALL SELECT MIN(lease_until) FROM messages "
+                "WHERE status = 'sending')"
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._call(op)
+
+    async def list_messages(
+        self, *, limit: int = 50, status: str | None = None
+    ) -> list[StoredMessage]:
+        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
+            where, params = ("WHERE m.status = ?", [status]) if status else ("", [])
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
+                f"ON ml.id = m.mail_id {where} ORDER BY m.id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [_row_to_message(row) for row in rows]
+
+        return await self._call(op)
+
+    async def message_events(self, message_id: int) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT at, status, detail FROM message_events WHERE message_id = ? ORDER BY id",
+                (message_id,),
+            ).fetchall()
+            return [{"at": r[0], "status": r[1], "detail": r[2]} for r in rows]
+
+        return await self._call(op)
+
+    # -- mails the bridge sends -----------------------------------------------------------
+
+    async def queue_mail(self, mail: OutboundMail, now: float) -> None:
+        await self._call(lambda conn: self._insert_mail(conn, mail, now))
+
+    async def claim_mails(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[tuple[int, OutboundMail, int]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[int, OutboundMail, int]]:
+            rows = conn.execute(
+                "SELECT id, kind, mail_to, content, attempts FROM outgoing_mail "
+                "WHERE (status = 'queued' AND next_attempt_at <= ?) "
+                "OR (status = 'sending' AND lease_until <= ?) ORDER BY next_attempt_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE outgoing_mail SET status = 'sending', lease_until = ?, "
+                    "attempts = attempts + 1 WHERE id = ?",
+                    (now + lease_seconds, row[0]),
+                )
+            return [(r[0], OutboundMail(r[1], r[2], bytes(r[3])), r[4] + 1) for r in rows]
+
+        return await self._call(op)
+
+    async def mail_done(self, mail_id: int, now: float) -> None:
+        await self._call(
+            lambda conn: conn.execute(
+                "UPDATE outgoing_mail SET status = 'sent', lease_until = NULL, last_error = NULL "
+                "WHERE id = ?",
+                (mail_id,),
+            )
+        )
+
+    async def mail_retry(self, mail_id: int, error: str, next_attempt_at: float | None) -> None:
+        if next_attempt_at is None:
+            sql, params = "status = 'failed', last_error = ?", (error, mail_id)
+        else:
+            sql = "status = 'queued', next_attempt_at = ?, last_error = ?"
+            params = (next_attempt_at, error, mail_id)  # type: ignore[assignment]
+        await self._call(
+            lambda conn: conn.execute(
+                f"UPDATE outgoing_mail SET {sql}, lease_until = NULL WHERE id = ?", params
+            )
+        )
+
+    async def list_mails(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT id, kind, mail_to, status, attempts, last_error, created_at, content "
+                "FROM outgoing_mail ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            keys = ("id", "kind", "mail_to", "status", "attempts", "last_error", "created_at",
+                    "content")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self._call(op)
+
+    async def purge(self, now: float, dedup_window: float) -> None:
+        await self._call(
+            lambda conn: conn.execute(
+                "DELETE FROM mail_dedup WHERE seen_at < ?", (now - dedup_window,)
+            )
+        )
+
+    async def bridge_id(self) -> str:
+        """A random id of this store, made once: prefixes idempotency keys sent upstream."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            import secrets
+
+            row = conn.execute("SELECT value FROM meta WHERE key = 'bridge_id'").fetchone()
+            if row:
+                return str(row[0])
+            value = secrets.token_hex(6)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('bridge_id', ?)", (value,))
+            return value
+
+        return await self._call(op)

@@ -1,0 +1,1 @@
+"""SMS providers behind one interface (:mod:`bridge.upstreams.base`) and a registry."""

@@ -1,0 +1,149 @@
+"""The upstream interface: one small protocol every SMS provider module implements.
+
+Modelled on httpx's transports: the dispatcher holds an :class:`Upstream` and calls
+``send``; it neither knows nor cares which provider is behind it. Providers map their wire
+errors to :class:`TransientUpstreamError` or :class:`PermanentUpstreamError` at this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import httpx
+
+from bridge.errors import PermanentUpstreamError, TransientUpstreamError
+from bridge.settings import UpstreamSettings
+
+
+@dataclass(frozen=True)
+class OutboundSms:
+    """One SMS to one phone, as handed to a provider."""
+
+    message_id: int
+    idempotency_key: str  # unique per message and bridge; constant across retries
+    attempt: int  # 1 for the first try
+    phone: str
+    text: str
+    encoding: str  # "gsm7" or "ucs2"
+    originator: str | None = None
+    flash: bool = False
+    max_parts: int = 255
+    validity: int | None = None
+    transliterate: bool = False
+    two_byte_concat: bool = False
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    """The provider accepted the SMS: its ids (one per message, or per part)."""
+
+    provider_ids: tuple[str, ...]
+    note: str = ""
+
+
+class Upstream(Protocol):
+    name: str
+    kind: str
+    # True when the provider honours an idempotency key, so a retry after an ambiguous
+    # failure cannot send twice.
+    idempotent: bool
+
+    async def send(self, sms: OutboundSms) -> SendReceipt: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpUpstream:
+    """Shared HTTP plumbing: primary/backup hosts, overall deadline, error mapping.
+
+    002, "Надёжность и отказоустойчивость" (line 88): on connection problems with the main
+    host, send to the backup host. A connection that could not be opened carried nothing, so
+    the backup is tried at once; after an answer that may have been processed (5xx, read
+    timeout) the next attempt goes to the other host.
+    """
+
+    kind: ClassVar[str] = ""
+    idempotent: ClassVar[bool] = False
+    required: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.settings = settings
+        self.client = client
+
+    @classmethod
+    def validate(cls, name: str, settings: UpstreamSettings) -> None:
+        for key in ("base_url", *cls.required):
+            if getattr(settings, key) in (None, ""):
+                raise ValueError(f"upstreams.{name}.{key} is required for kind {cls.kind!r}")
+
+    def _hosts(self, attempt: int) -> list[str]:
+        assert self.settings.base_url is not None
+        hosts = [self.settings.base_url.rstrip("/")]
+        if self.settings.backup_url:
+            hosts.append(self.settings.backup_url.rstrip("/"))
+            if attempt % 2 == 0:
+                hosts.reverse()
+        return hosts
+
+    async def request(self, attempt: int, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One logical call: the first reachable host, within ``timeout`` overall.
+
+        httpx timeouts apply per socket operation, so a server dripping bytes would never
+        trip them; ``asyncio.timeout`` bounds the whole call (notes/pitfalls.md).
+        """
+        last: Exception | None = None
+        for host in self._hosts(attempt):
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    response = await self.client.request(method, host + path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                last = exc
+                continue
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                raise TransientUpstreamError(
+                    f"no answer from {self.name} within {self.settings.timeout}s", ambiguous=True
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise TransientUpstreamError(
+                    f"{self.name}: {type(exc).__name__}", ambiguous=True
+                ) from exc
+            self._check_status(response)
+            return response
+        raise TransientUpstreamError(f"cannot connect to {self.name}: {type(last).__name__}")
+
+    def _check_status(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status == 429:
+            raise TransientUpstreamError(
+                f"{self.name}: HTTP 429 too many requests",
+                "http_429",
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 500:
+            raise TransientUpstreamError(f"{self.name}: HTTP {status}", f"http_{status}",
+                                         ambiguous=True)
+        if status in (401, 403):
+            raise PermanentUpstreamError(f"{self.name}: HTTP {status} access denied",
+                                         f"http_{status}")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            import time
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None

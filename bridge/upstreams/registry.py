@@ -1,0 +1,36 @@
+"""Provider kinds → upstream classes. Adding a provider: one module and one line here."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import httpx
+
+from bridge.settings import UpstreamSettings
+from bridge.upstreams.base import Upstream
+
+PROVIDERS: dict[str, str] = {
+    "dryrun": "bridge.upstreams.dryrun:DryRunUpstream",
+    "smstraffic_v1": "bridge.upstreams.smstraffic:SmsTrafficV1Upstream",
+    "smstraffic_v2": "bridge.upstreams.smstraffic:SmsTrafficV2Upstream",
+}
+
+
+def kinds() -> set[str]:
+    return set(PROVIDERS)
+
+
+def provider_class(kind: str) -> Any:
+    module, _, attr = PROVIDERS[kind].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def validate(name: str, settings: UpstreamSettings) -> None:
+    """Raise ``ValueError`` naming the missing key (called from settings validation)."""
+    provider_class(settings.kind).validate(name, settings)
+
+
+def build(name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> Upstream:
+    upstream: Upstream = provider_class(settings.kind)(name, settings, client)
+    return upstream

@@ -1,0 +1,760 @@
+"""Test double of the SMS Traffic HTTP API (v1 XML ``/multi.php`` and v2 JSON ``/v2/send``).
+
+Built from the vendor spec ``/work/shared/specs/002_e7d2ff51d5c777f0.txt`` ("Протоколы работы
+с СМС-сообщениями" v2.3).  Line numbers below refer to that file:
+
+* 55   phone number format: international, digits only, no leading ``+``.
+* 69   sender (originator): at most 11 alphanumeric characters or 15 digits.
+* 88   reliability: primary ``api.smstraffic.ru`` and backup ``api2.smstraffic.ru``.  The
+       double is one host; start two instances to test fail-over between primary and backup.
+* 105  HTTP API v2 (JSON + ``Authorization: Bearer <API_KEY>``), ``POST /v2/send`` (l. 130-318).
+* 794  HTTP API v1 (XML), ``POST|GET /multi.php`` send parameters (l. 800-845), replies
+       (l. 847-985), ``operation=status`` (l. 987-1098).
+* 1988 API error codes (1xx are v2 only; 401-442, 501-504, 1000).
+
+The double is strict where the spec is explicit and tolerant where the spec contradicts itself
+(see ``/work/shared/specs/README.md``); each such choice is written down beside the code.
+
+Simplifications (documented deviations from a real provider):
+
+* one ``AcceptedSms`` and one ``sms_id`` per phone; long texts are not split into parts (the
+  real v1 API assigns one id per part, l. 946-975);
+* no groups (``group=`` always answers 413), no balance, no inbound, no status callbacks;
+* ``start_date`` in the past (417) and message length limits (420/424) are not checked;
+* every known id reports status ``Delivered`` unless changed with :meth:`set_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import re
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+__all__ = ["AcceptedSms", "RecordedRequest", "SmsTrafficDouble"]
+
+#: First id handed out; the value is the one of the want_sms_ids example (spec l. 933-942).
+FIRST_SMS_ID = 1000472891
+
+#: English descriptions for the error codes of the table at spec l. 1988-2046 (the spec only
+#: gives Russian texts; l. 873 says descriptions are sent in English; 401 is verbatim, l. 907).
+ERROR_TEXTS: dict[int, str] = {
+    103: "Empty destinations field",
+    104: "trackingData value is too long",
+    105: "Duplicated request",
+    106: "restrictiveId value is too long",
+    401: "login param is missing",
+    402: "password param is missing",
+    403: "phones param is missing",
+    404: "Incompatible request parameters",
+    405: "message param is missing",
+    407: "No phones given",
+    411: "Authentication failed",
+    413: "No such group",
+    416: "Wrong start_date format",
+    418: "Ids are not provided for delayed messages",
+    421: "Originator is too long",
+    422: "No phone in line",
+    423: "Empty message for phone",
+    428: "Wrong phone format",
+    433: "sms_id param is missing",
+    434: "no such message or this message does not belong to you",
+    440: "Parameter phones is not set or is incorrect",
+    1000: "Temporary server problems",
+}
+
+FAIL_MODES = frozenset(
+    {"http500", "http429", "error", "malformed", "drop", "delay", "accept_then_500"}
+)
+
+#: Body of the "malformed" failure mode: a truncated reply.
+MALFORMED_BODY = "<reply><result>OK"
+
+#: Spec l. 55: international format, digits only, no "+".  Length 10..15 (E.164 max is 15;
+#: the shortest example, "34 6400 12345" / "371 2231 1234", has 11 digits).
+_PHONE_RE = re.compile(r"[0-9]{10,15}")
+#: Spec l. 69 and l. 816-817: numeric originator up to 15 digits, otherwise up to 11 chars.
+_MAX_DIGIT_ORIGINATOR = 15
+_MAX_ALNUM_ORIGINATOR = 11
+#: Spec l. 822: start_date is "ГГГГ-ММ-ДД ЧЧ:ММ:СС", example "2020-05-09 09:00:00".
+_START_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+_START_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+#: Spec l. 1044: all v1 dates are UTC+3.
+_MSK = timezone(timedelta(hours=3))
+#: Spec l. 179: restrictiveId prevents re-sending "в течение часа", at most 36 characters.
+RESTRICTIVE_WINDOW = 3600.0
+_MAX_RESTRICTIVE_ID = 36
+#: Spec l. 168 and l. 180: trackingData at most 40 characters.
+_MAX_TRACKING_DATA = 40
+#: v1 parameters that are stored in dedicated AcceptedSms fields, not in ``params``.
+_V1_OWN_FIELDS = frozenset({"login", "password", "phones", "message", "originator"})
+
+
+class _Headers(dict[str, str]):
+    """A plain ``dict`` of headers with lower-case keys and case-insensitive look-ups."""
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+@dataclass
+class RecordedRequest:
+    """One HTTP request as the double received it (recorded before any processing)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    raw_body: bytes
+    #: v1: decoded form params (query string and url-encoded body; body wins); {} for v2.
+    form: dict[str, str]
+    #: v2: parsed JSON body (None when absent or not valid JSON); None for v1.
+    json: Any
+
+
+@dataclass
+class AcceptedSms:
+    """One SMS accepted for sending: one per phone."""
+
+    api: str  # "v1" or "v2"
+    phone: str
+    message: str
+    originator: str | None
+    sms_id: str  # decimal digits
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Failure:
+    mode: str
+    kw: dict[str, Any]
+
+
+@dataclass
+class _StatusRecord:
+    submitted: datetime
+    status: str = "Delivered"
+    error: str = ""
+
+
+class _V1Error(Exception):
+    def __init__(self, code: int, description: str | None = None) -> None:
+        super().__init__(code, description)
+        self.code = code
+        self.description = description or ERROR_TEXTS.get(code, f"error {code}")
+
+
+class _V2Error(Exception):
+    def __init__(self, code: int, message: str | None = None, http_status: int = 200) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message or ERROR_TEXTS.get(code, f"error {code}")
+        self.http_status = http_status
+
+
+def _v1_xml(inner: str, *, declaration: bool = True) -> web.Response:
+    """Wrap ``inner`` into ``<reply>``; spec l. 861-868 (declaration ``<?xml version="1.0" ?>``,
+    ``Content-Type: text/xml``)."""
+    head = '<?xml version="1.0" ?>\n' if declaration else ""
+    return web.Response(
+        text=f"{head}<reply>{inner}</reply>\n",
+        content_type="text/xml",
+        charset="utf-8",
+    )
+
+
+def _v1_error_response(code: int, description: str) -> web.Response:
+    """Spec l. 870-873 and l. 902-909: ``<result>ERROR</result><code>N</code><description>``."""
+    return _v1_xml(
+        f"<result>ERROR</result><code>{code}</code><description>{escape(description)}</description>"
+    )
+
+
+def _v2_json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _v2_error_body(code: int, message: str) -> dict[str, Any]:
+    """Spec l. 238-256 and l. 296-306: ``{"success": false, "error": {code, message}}``."""
+    return {"success": False, "error": {"code": code, "message": message}}
+
+
+def _valid_phone(phone: str) -> bool:
+    return _PHONE_RE.fullmatch(phone) is not None
+
+
+def _originator_too_long(originator: str) -> bool:
+    """Spec l. 69-71 and l. 816-817: 15 digits for a numeric sender, 11 characters otherwise."""
+    if originator.isdigit():
+        return len(originator) > _MAX_DIGIT_ORIGINATOR
+    return len(originator) > _MAX_ALNUM_ORIGINATOR
+
+
+def _parse_form(raw: bytes, encoding: str) -> dict[str, str]:
+    """Decode ``a=b&c=d`` with the percent-encoded bytes taken as ``encoding``.
+
+    Duplicate names: the last one wins (PHP semantics of the real ``multi.php``)."""
+    # Raw (not percent-encoded) 8-bit bytes are re-encoded as %XX so that they, too, are
+    # decoded with ``encoding`` rather than taken as Latin-1 characters.
+    text = "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+    return dict(
+        urllib.parse.parse_qsl(text, keep_blank_values=True, encoding=encoding, errors="replace")
+    )
+
+
+class SmsTrafficDouble:
+    """In-process HTTP server speaking SMS Traffic HTTP API v1 and v2 (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        login: str = "mylogin",
+        password: str = "mypassword",
+        api_key: str = "1837/secretkey",
+    ) -> None:
+        self.login = login
+        self.password = password
+        self.api_key = api_key
+        self.url = ""
+        self.requests: list[RecordedRequest] = []
+        self.accepted: list[AcceptedSms] = []
+        #: Monotonic clock used for the restrictiveId window; tests may replace it.
+        self.clock: Callable[[], float] = time.monotonic
+        #: Seconds during which a restrictiveId is refused again (spec l. 179: one hour).
+        self.restrictive_window = RESTRICTIVE_WINDOW
+        self._failures: deque[_Failure] = deque()
+        self._next_id = FIRST_SMS_ID
+        self._statuses: dict[str, _StatusRecord] = {}
+        self._restrictive_ids: dict[str, float] = {}
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Listen on ``127.0.0.1`` on a free port; sets :attr:`url`."""
+        app = web.Application()
+        app.router.add_route("*", "/multi.php", self._handle_v1)
+        app.router.add_route("*", "/v2/send", self._handle_v2_send)
+        app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
+        # A short shutdown timeout: stop() must not hang on a handler still in a "delay".
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SmsTrafficDouble:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ test controls
+
+    def fail_next(self, count: int, mode: str, **kw: Any) -> None:
+        """Queue ``count`` failures for the next send requests (v1 sends, v2 ``/v2/send``).
+
+        Modes: ``http500``, ``http429`` (``retry_after``=1), ``error`` (``code``, ``text``),
+        ``malformed``, ``drop``, ``delay`` (``seconds``; then processed normally),
+        ``accept_then_500``.  ``operation=status`` requests do not consume failures.
+
+        ``delay`` keeps processing even when the client gives up meanwhile (aiohttp does not
+        cancel handlers on disconnect), so a client timeout still ends with the SMS accepted:
+        the ambiguous case a real provider produces.  :meth:`stop` waits at most 1 s for such
+        handlers."""
+        if mode not in FAIL_MODES:
+            raise ValueError(f"unknown fail mode {mode!r}; expected one of {sorted(FAIL_MODES)}")
+        if mode == "error" and not isinstance(kw.get("code"), int):
+            raise ValueError("fail_next(mode='error') needs code=<int>")
+        if mode == "delay" and "seconds" not in kw:
+            raise ValueError("fail_next(mode='delay') needs seconds=<float>")
+        for _ in range(count):
+            self._failures.append(_Failure(mode, dict(kw)))
+
+    def set_status(self, sms_id: str, status: str, error: str = "") -> None:
+        """Change what ``operation=status`` reports for ``sms_id`` (spec l. 2048 statuses)."""
+        self._statuses[sms_id].status = status
+        self._statuses[sms_id].error = error
+
+    async def wait_for_accepted(
+        self,
+        n: int,
+        timeout: float = 10.0,  # noqa: ASYNC109 - required public signature
+    ) -> list[AcceptedSms]:
+        """Wait until at least ``n`` SMS were accepted; return all accepted SMS."""
+        try:
+            await self._wait(lambda: len(self.accepted) >= n, timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"SmsTrafficDouble: expected >= {n} accepted SMS within {timeout}s, got "
+                f"{len(self.accepted)}: {self.accepted!r}; {len(self.requests)} requests: "
+                f"{[(r.method, r.path) for r in self.requests]!r}"
+            ) from None
+        return list(self.accepted)
+
+    async def wait_for_requests(
+        self,
+        n: int,
+        timeout: float = 10.0,  # noqa: ASYNC109 - required public signature
+    ) -> list[RecordedRequest]:
+        """Wait until at least ``n`` requests were received; return all of them."""
+        try:
+            await self._wait(lambda: len(self.requests) >= n, timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"SmsTrafficDouble: expected >= {n} requests within {timeout}s, got "
+                f"{len(self.requests)}: {[(r.method, r.path) for r in self.requests]!r}"
+            ) from None
+        return list(self.requests)
+
+    async def _wait(self, predicate: Callable[[], bool], seconds: float) -> None:
+        async with asyncio.timeout(seconds):
+            async with self._changed:
+                await self._changed.wait_for(predicate)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ------------------------------------------------------------------ shared helpers
+
+    def _new_id(self) -> str:
+        sms_id = str(self._next_id)
+        self._next_id += 1
+        return sms_id
+
+    async def _accept(self, sms: AcceptedSms) -> None:
+        self.accepted.append(sms)
+        self._statuses[sms.sms_id] = _StatusRecord(submitted=datetime.now(_MSK))
+        await self._notify()
+
+    async def _record(self, request: web.Request, form: dict[str, str], body: Any) -> None:
+        raw = await request.read()
+        headers = _Headers()
+        for key, value in request.headers.items():
+            headers[key.lower()] = value
+        self.requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                headers=headers,
+                raw_body=raw,
+                form=form,
+                json=body,
+            )
+        )
+        await self._notify()
+
+    async def _apply_failure(self, api: str) -> tuple[web.Response | None, bool]:
+        """Pop the next queued failure.  Returns (response to send instead, accept_then_500)."""
+        if not self._failures:
+            return None, False
+        failure = self._failures.popleft()
+        mode, kw = failure.mode, failure.kw
+        if mode == "delay":
+            await asyncio.sleep(float(kw["seconds"]))
+            return None, False
+        if mode == "accept_then_500":
+            return None, True
+        if mode == "http500":
+            return web.Response(status=500, text="500 Internal Server Error"), False
+        if mode == "http429":
+            # Spec l. 119: HTTP 429, optionally with Retry-After.
+            retry_after = str(kw.get("retry_after", 1))
+            headers = {"Retry-After": retry_after}
+            if api == "v2":
+                return _v2_json(_v2_error_body(429, "Too many requests"), 429, headers), False
+            return web.Response(status=429, text="Too many requests", headers=headers), False
+        if mode == "error":
+            code = int(kw["code"])
+            text = str(kw.get("text") or ERROR_TEXTS.get(code, f"error {code}"))
+            if api == "v2":
+                return _v2_json(_v2_error_body(code, text)), False
+            return _v1_error_response(code, text), False
+        if mode == "malformed":
+            ctype = "application/json" if api == "v2" else "text/xml"
+            return web.Response(text=MALFORMED_BODY, content_type=ctype), False
+        # "drop": close the socket without a response; the client sees a connection error
+        # (server disconnected), never an HTTP status.
+        raise _Drop
+
+    @staticmethod
+    def _drop(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        # Raising CancelledError makes aiohttp drop the connection silently, without trying
+        # to write a 500 onto the closed socket and without logging a traceback.
+        raise asyncio.CancelledError
+
+    async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request, {}, None)
+        return web.Response(status=404, text="404 Not Found")
+
+    # ------------------------------------------------------------------ v1 (XML)
+
+    async def _v1_form(self, request: web.Request) -> dict[str, str]:
+        """Parameters of a v1 request, decoded per ``rus`` (spec l. 811-814).
+
+        ``rus=5``: the text is UTF-8; ``rus=0``/``1`` or absent: windows-1251.  The charset
+        applies to the whole request (the real ``multi.php`` takes one encoding per request).
+        The query string is read for GET and POST alike (PHP ``$_REQUEST``); a POST body is
+        read only with ``Content-Type: application/x-www-form-urlencoded`` (spec l. 796) -- with
+        any other type the body is invisible, as it is to PHP, and the request fails with
+        ``401 login param is missing``."""
+        raw_query = request.raw_path.partition("?")[2].encode("latin-1", "replace")
+        body = b""
+        if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
+            body = await request.read()
+        probe = _parse_form(raw_query, "latin-1") | _parse_form(body, "latin-1")
+        encoding = "utf-8" if probe.get("rus", "").strip() == "5" else "windows-1251"
+        return _parse_form(raw_query, encoding) | _parse_form(body, encoding)
+
+    async def _handle_v1(self, request: web.Request) -> web.StreamResponse:
+        """``GET|POST /multi.php`` (spec l. 794-1098)."""
+        form = await self._v1_form(request)
+        await self._record(request, form, None)
+        if request.method not in ("GET", "POST"):
+            return web.Response(status=405, text="405 Method Not Allowed")
+        operation = form.get("operation")
+        accept_then_500 = False
+        if operation is None:
+            try:
+                failure, accept_then_500 = await self._apply_failure("v1")
+            except _Drop:
+                return self._drop(request)
+            if failure is not None:
+                return failure
+        try:
+            self._v1_auth(form)
+            if operation is None:
+                response = await self._v1_send(form)
+            elif operation == "status":
+                response = self._v1_status(form)
+            else:
+                raise _V1Error(404, f"Unsupported operation: {operation}")
+        except _V1Error as exc:
+            response = _v1_error_response(exc.code, exc.description)
+        if accept_then_500:
+            return web.Response(status=500, text="500 Internal Server Error")
+        return response
+
+    def _v1_auth(self, form: dict[str, str]) -> None:
+        """Names are case-sensitive: ``LOGIN=`` is "login param is missing" (spec l. 887-909)."""
+        if not form.get("login"):
+            raise _V1Error(401)
+        if not form.get("password"):
+            raise _V1Error(402)
+        if form["login"] != self.login or form["password"] != self.password:
+            raise _V1Error(411)
+
+    @staticmethod
+    def _v1_entries(form: dict[str, str]) -> list[tuple[str, str, str | None]]:
+        """(phone, message, push_id) per recipient.
+
+        Plain: ``phones`` is a comma-separated list (spec l. 806), one ``message`` (l. 807).
+        ``individual_messages=1`` (l. 826): ``phones`` holds "phone message" lines separated by
+        LF/CR, or by ``delimiter`` when given (l. 830); phone and text separated by one space.
+        ``with_push_id=1`` (l. 838): each line is ``push_id:phone message``."""
+        phones = form.get("phones")
+        if phones is None:
+            if form.get("group"):
+                raise _V1Error(413, f'No such group: "{form["group"]}"')
+            raise _V1Error(403)
+        if form.get("individual_messages") != "1":
+            numbers = [p.strip() for p in phones.split(",") if p.strip()]
+            if not numbers:
+                raise _V1Error(440, 'Parameter "phones" is not set or is incorrect')
+            message = form.get("message", "")
+            if not message:
+                raise _V1Error(405)
+            return [(number, message, None) for number in numbers]
+        delimiter = form.get("delimiter") or None
+        if delimiter is None:
+            lines = re.split(r"[\r\n]+", phones)
+        else:
+            # Spec l. 830 example puts the delimiter at the end of a line; a line break right
+            # after (or before) the delimiter belongs to the layout, not to the texts.
+            lines = [line.strip("\r\n") for line in phones.split(delimiter)]
+        with_push_id = form.get("with_push_id") == "1"
+        entries: list[tuple[str, str, str | None]] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            push_id: str | None = None
+            if with_push_id and ":" in line.split(" ", 1)[0]:
+                push_id, line = line.split(":", 1)
+            phone, _, text = line.partition(" ")
+            if not phone:
+                raise _V1Error(422, f'No phone in line {number}: "{line}"')
+            if not text:
+                raise _V1Error(423, f'Empty message for phone "{phone}"')
+            entries.append((phone, text, push_id))
+        if not entries:
+            raise _V1Error(440, 'Parameter "phones" is not set or is incorrect')
+        return entries
+
+    async def _v1_send(self, form: dict[str, str]) -> web.Response:
+        """Send (no ``operation``); reply per spec l. 861-868 and, with ``want_sms_ids=1``,
+        ``<message_infos>`` (l. 913-944), with ``<push_id>`` for ``with_push_id=1`` (l. 946-979)."""
+        entries = self._v1_entries(form)
+        # Spec l. 843: with ignore_phone_format=1 the numbers are not checked.  The spec names
+        # error 418 there, but 418 is "no ids for delayed messages" and phone errors are
+        # 425-432 (README contradiction); the double answers 428.
+        if form.get("ignore_phone_format") != "1":
+            for phone, _, _ in entries:
+                if not _valid_phone(phone):
+                    raise _V1Error(428, f'"{phone}": wrong phone format. No messages has been sent')
+        originator = form.get("originator") or None
+        if originator is not None and _originator_too_long(originator):
+            raise _V1Error(421)
+        start_date = form.get("start_date", "")
+        if start_date:
+            if _START_DATE_RE.fullmatch(start_date) is None:
+                raise _V1Error(416, f'Wrong start_date format: "{start_date}"')
+            try:
+                datetime.strptime(start_date, _START_DATE_FORMAT)
+            except ValueError:
+                raise _V1Error(416, f'Wrong start_date format: "{start_date}"') from None
+        want_ids = form.get("want_sms_ids") == "1"
+        # Spec l. 834: want_sms_ids=1 cannot be combined with start_date (l. 822 says only
+        # more than 5 minutes ahead; the double takes the stricter reading: any start_date).
+        if want_ids and start_date:
+            raise _V1Error(418)
+        extra = {k: v for k, v in form.items() if k not in _V1_OWN_FIELDS}
+        infos: list[str] = []
+        for phone, text, push_id in entries:
+            sms_id = self._new_id()
+            params = dict(extra)
+            if push_id is not None:
+                params["push_id"] = push_id
+            await self._accept(AcceptedSms("v1", phone, text, originator, sms_id, params))
+            push = f"<push_id>{escape(push_id)}</push_id>" if push_id is not None else ""
+            infos.append(
+                f"<message_info><phone>{escape(phone)}</phone><sms_id>{sms_id}</sms_id>"
+                f"{push}</message_info>"
+            )
+        inner = f"<result>OK</result><code>0</code><description>queued {len(entries)} messages"
+        inner += "</description>"
+        if want_ids:
+            inner += f"<message_infos>{''.join(infos)}</message_infos>"
+        return _v1_xml(inner)
+
+    def _v1_status(self, form: dict[str, str]) -> web.Response:
+        """``operation=status`` (spec l. 987-1098): one id -> fields directly in ``<reply>``
+        (l. 1050-1064, no XML declaration, as in the example); several ids -> one ``<sms>``
+        per id (l. 1066-1098).  Unknown ids carry the error text of l. 1093 and ``<sms_id>``
+        only; the single-id form uses the same shape inside ``<reply>``."""
+        raw_ids = form.get("sms_id", "")
+        ids = [i.strip() for i in raw_ids.split(",") if i.strip()]
+        if not ids:
+            raise _V1Error(433)
+        parts: list[str] = []
+        for sms_id in ids:
+            record = self._statuses.get(sms_id)
+            if record is None:
+                parts.append(f"<error>{ERROR_TEXTS[434]}</error><sms_id>{escape(sms_id)}</sms_id>")
+                continue
+            submitted = record.submitted.strftime(_START_DATE_FORMAT)
+            parts.append(
+                f"<submission_date>{submitted}</submission_date>"
+                f"<send_date>{submitted}</send_date>"
+                f"<last_status_change_date>{submitted}</last_status_change_date>"
+                f"<status>{escape(record.status)}</status>"
+                f"<error>{escape(record.error)}</error>"
+                f"<sms_id>{sms_id}</sms_id>"
+            )
+        if len(parts) == 1:
+            return _v1_xml(parts[0], declaration=False)
+        return _v1_xml("".join(f"<sms>{p}</sms>" for p in parts))
+
+    # ------------------------------------------------------------------ v2 (JSON)
+
+    async def _handle_v2_send(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v2/send`` (spec l. 105-318)."""
+        raw = await request.read()
+        body: Any = None
+        try:
+            body = jsonlib.loads(raw.decode("utf-8")) if raw else None
+        except (UnicodeDecodeError, ValueError):
+            body = None
+        await self._record(request, {}, body)
+        if request.method != "POST":
+            return web.Response(status=405, text="405 Method Not Allowed")
+        try:
+            failure, accept_then_500 = await self._apply_failure("v2")
+        except _Drop:
+            return self._drop(request)
+        if failure is not None:
+            return failure
+        try:
+            self._v2_auth(request)
+            if request.content_type != "application/json" or not isinstance(body, dict):
+                # Spec l. 109: JSON body with Content-Type: application/json is mandatory.
+                # The spec's example at l. 415-423 answers 105 "Invalid request format"
+                # while the table (l. 1994) says 105 is the restrictiveId refusal
+                # (README contradiction); the double sends 105 "Invalid request format"
+                # with HTTP 400 so that it differs from the duplicate (HTTP 200).
+                raise _V2Error(105, "Invalid request format", http_status=400)
+            reply = await self._v2_send(body)
+        except _V2Error as exc:
+            return _v2_json(_v2_error_body(exc.code, exc.message), exc.http_status)
+        if accept_then_500:
+            return web.Response(status=500, text="500 Internal Server Error")
+        return _v2_json(reply)
+
+    def _v2_auth(self, request: web.Request) -> None:
+        """Spec l. 107 and l. 117: ``Authorization: Bearer <API_KEY>``; a key without the
+        permission gets HTTP 403 ("Access denied", l. 576-579).  The spec gives no status for a
+        missing key; the double answers HTTP 401."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _V2Error(401, "Unauthorized", http_status=401)
+        if token.strip() != self.api_key:
+            raise _V2Error(403, "Access denied", http_status=403)
+
+    async def _v2_send(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate and accept a send request; parameter tables at spec l. 134-187, reply
+        format at l. 233-294."""
+        destinations = body.get("destinations")
+        if not isinstance(destinations, list) or not destinations:
+            raise _V2Error(103)
+        restrictive_id = body.get("restrictiveId")
+        if restrictive_id is not None and (
+            not isinstance(restrictive_id, str) or len(restrictive_id) > _MAX_RESTRICTIVE_ID
+        ):
+            raise _V2Error(106)
+        global_tracking = body.get("trackingData")
+        self._check_tracking(global_tracking)
+        for dest in destinations:
+            if isinstance(dest, dict):
+                self._check_tracking(dest.get("trackingData"))
+        originator = body.get("originator")
+        if originator is not None:
+            if not isinstance(originator, str):
+                raise _V2Error(105, "Invalid request format", http_status=400)
+            if _originator_too_long(originator):
+                raise _V2Error(421)
+        channels = body.get("channels") or {}
+        sms_channel = channels.get("sms") if isinstance(channels, dict) else None
+        sms_channel = sms_channel if isinstance(sms_channel, dict) else {}
+        scheduling = body.get("scheduling") or {}
+        scheduling = scheduling if isinstance(scheduling, dict) else {}
+        # Scheduling: the table (l. 185) says startDateTime, the example (l. 229) startTime;
+        # both are accepted (README contradiction) and validated as RFC 3339.
+        for key in ("startDateTime", "startTime"):
+            value = scheduling.get(key)
+            if value is not None:
+                try:
+                    datetime.fromisoformat(str(value))
+                except ValueError:
+                    raise _V2Error(416, f'Wrong start date format: "{value}"') from None
+        # Spec l. 179: same restrictiveId within an hour -> success=false, 105 (l. 296-306).
+        now = self.clock()
+        if restrictive_id is not None:
+            seen = self._restrictive_ids.get(restrictive_id)
+            if seen is not None and now - seen < self.restrictive_window:
+                raise _V2Error(105, "Duplicated request")
+            self._restrictive_ids[restrictive_id] = now
+
+        common: dict[str, Any] = {}
+        # channels.sms (l. 171-176); "timeout" appears only in the example (l. 201): kept too.
+        common.update({k: v for k, v in sms_channel.items() if k != "message"})
+        common.update(scheduling)
+        common.update(
+            {
+                k: v
+                for k, v in body.items()
+                if k not in ("destinations", "channels", "originator", "scheduling")
+            }
+        )
+        default_text = sms_channel.get("message")
+        replies: list[dict[str, Any]] = []
+        for dest in destinations:
+            replies.append(
+                await self._v2_destination(dest, default_text, originator, global_tracking, common)
+            )
+        return {"success": True, "destinations": replies}
+
+    @staticmethod
+    def _check_tracking(value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or len(value) > _MAX_TRACKING_DATA):
+            raise _V2Error(104)
+
+    async def _v2_destination(
+        self,
+        dest: Any,
+        default_text: Any,
+        originator: str | None,
+        global_tracking: Any,
+        common: dict[str, Any],
+    ) -> dict[str, Any]:
+        """One SendRequest.Destinations entry (l. 157-169) -> SendResponse.Destinations (l. 245).
+
+        ``to`` is a number per the table; a digit string is accepted too.  A bad phone yields
+        a per-destination error 428; the spec marks ``id`` mandatory even then (l. 249 and the
+        example at l. 283-291), so a fresh id is given but nothing is accepted."""
+        dest = dest if isinstance(dest, dict) else {}
+        to = dest.get("to")
+        phone = str(to) if isinstance(to, (int, str)) and not isinstance(to, bool) else ""
+        tracking = dest.get("trackingData", global_tracking)
+        reply: dict[str, Any] = {
+            "phone": int(phone) if _valid_phone(phone) else to,
+            "id": self._new_id(),
+        }
+        if tracking is not None:
+            reply["trackingData"] = tracking
+        if not _valid_phone(phone):
+            reply["error"] = {
+                "code": 428,
+                "message": f'"{to}": wrong phone format. No messages has been sent',
+            }
+            return reply
+        content = dest.get("content")
+        individual = None
+        if isinstance(content, dict) and isinstance(content.get("sms"), dict):
+            individual = content["sms"].get("message")
+        text = individual if individual is not None else default_text
+        if not isinstance(text, str) or not text:
+            reply["error"] = {"code": 423, "message": f'Empty message for phone "{phone}"'}
+            return reply
+        subst = dest.get("params")
+        if isinstance(subst, dict):
+            # "[[name]]" placeholders filled from destination params (example l. 197, 206).
+            for key, value in subst.items():
+                text = text.replace(f"[[{key}]]", str(value))
+        params = dict(common)
+        if tracking is not None:
+            params["trackingData"] = tracking
+        if isinstance(subst, dict):
+            params["params"] = subst
+        await self._accept(AcceptedSms("v2", phone, text, originator, reply["id"], params))
+        return reply
+
+
+class _Drop(Exception):
+    """Internal signal: the queued failure is "drop"."""
