@@ -14,7 +14,6 @@ import phonenumbers
 from bridge.errors import IntakeError
 
 _FORMATTING = re.compile(r"[\s()\-.\u00a0]")
-_SEPARATORS = re.compile(r"[,;\s]+")
 _ORIGINATOR_SAFE = re.compile(r"^[A-Za-z0-9_.\- ]+$")
 
 
@@ -54,22 +53,27 @@ def normalize_phone(raw: str) -> str:
 def split_phone_list(raw: str) -> list[str]:
     """Numbers in a Subject or a v2 ``phones`` field: separated by commas, semicolons or spaces.
 
-    A space may also sit *inside* one written number (``+7 916 123 45 67``), so groups of
-    digits that only make sense together are joined before splitting.
+    A space may also sit *inside* one written number (``8 916 123 45 67``), so within a
+    comma-separated item the longest run of space-separated groups (at most 15 digits) that
+    forms a plausible number is taken, then the next one.
     """
-    raw = raw.strip()
-    if not raw:
-        return []
-    parts = [p for p in re.split(r"[,;]+", raw) if p.strip()]
     numbers: list[str] = []
-    for part in parts:
-        part = part.strip()
-        try:
-            numbers.append(normalize_phone(part))
-            continue
-        except IntakeError:
-            pass
-        numbers.extend(normalize_phone(token) for token in _SEPARATORS.split(part) if token)
+    for part in re.split(r"[,;]+", raw):
+        tokens = part.split()
+        start = 0
+        while start < len(tokens):
+            for end in range(len(tokens), start, -1):
+                candidate = " ".join(tokens[start:end])
+                if sum(ch.isdigit() for ch in candidate) > 15 and end > start + 1:
+                    continue
+                try:
+                    numbers.append(normalize_phone(candidate))
+                except IntakeError:
+                    if end == start + 1:
+                        raise
+                    continue
+                start = end
+                break
     return numbers
 
 

@@ -142,19 +142,19 @@ class MailRelay:
 
     async def _send(self, mail_id: int, mail: OutboundMail, attempts: int) -> None:
         assert self.settings.smarthost is not None
+        password = self.settings.password.get_secret_value() if self.settings.password else None
+        client = aiosmtplib.SMTP(
+            hostname=self.settings.smarthost,
+            port=self.settings.smarthost_port,
+            start_tls=self.settings.starttls,
+            username=self.settings.username,
+            password=password,
+            timeout=self.settings.timeout,
+        )
         try:
-            await aiosmtplib.send(
-                mail.content,
-                sender="",  # null reverse-path: bounces and replies must not bounce back
-                recipients=[mail.mail_to],
-                hostname=self.settings.smarthost,
-                port=self.settings.smarthost_port,
-                start_tls=self.settings.starttls,
-                username=self.settings.username,
-                password=self.settings.password.get_secret_value() if self.settings.password
-                else None,
-                timeout=self.settings.timeout,
-            )
+            async with client:
+                # Null reverse-path: a bounce or a reply must never bounce back (RFC 5321).
+                await client.sendmail("", [mail.mail_to], mail.content)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             permanent = isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600
             give_up = permanent or attempts >= self.max_attempts
