@@ -48,6 +48,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -380,18 +381,58 @@ def log(text: str) -> None:
 # -- report -------------------------------------------------------------------------------
 
 
-def _table(results: list[PhaseResult]) -> str:
-    header = (f"{'server':<8} {'mails':>6} {'conc':>5} {'reuse':>5} {'mails/s':>9} "
-              f"{'p50 ms':>8} {'p99 ms':>8} {'failures':>8} {'srv cpu%':>8} {'cli cpu%':>8}")
+@dataclass
+class Round:
+    number: int
+    bare: PhaseResult
+    bridge: PhaseResult
+    store_messages: int
+    store_by_status: dict[str, int]
+
+    @property
+    def ratio(self) -> float:
+        return self.bridge.mails_per_s / self.bare.mails_per_s if self.bare.mails_per_s else 0.0
+
+
+def _median_result(results: list[PhaseResult]) -> PhaseResult:
+    first = results[0]
+    return PhaseResult(
+        server=first.server, mails=first.mails, concurrency=first.concurrency, reuse=first.reuse,
+        ok=sum(r.ok for r in results), failures=sum(r.failures for r in results),
+        elapsed_s=statistics.median(r.elapsed_s for r in results),
+        mails_per_s=statistics.median(r.mails_per_s for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        max_ms=max(r.max_ms for r in results),
+        timed_out=any(r.timed_out for r in results),
+        warmup_failures=sum(r.warmup_failures for r in results),
+        server_cpu_s=statistics.median(r.server_cpu_s for r in results),
+        client_cpu_s=statistics.median(r.client_cpu_s for r in results),
+    )
+
+
+def _row(label: str, r: PhaseResult) -> str:
+    srv = 100 * r.server_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
+    cli = 100 * r.client_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
+    return (
+        f"{r.server:<8} {label:>5} {r.mails:>6} {r.concurrency:>5} "
+        f"{'on' if r.reuse else 'off':>5} {r.mails_per_s:>9.1f} {r.p50_ms:>8.2f} "
+        f"{r.p99_ms:>8.2f} {r.failures:>8} {srv:>8.0f} {cli:>8.0f}"
+    )
+
+
+def _table(rounds: list[Round], bare: PhaseResult, bridge: PhaseResult) -> str:
+    header = (f"{'server':<8} {'round':>5} {'mails':>6} {'conc':>5} {'reuse':>5} "
+              f"{'mails/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failures':>8} {'srv cpu%':>8} "
+              f"{'cli cpu%':>8}")
     lines = [header, "-" * len(header)]
-    for r in results:
-        srv = 100 * r.server_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
-        cli = 100 * r.client_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
-        lines.append(
-            f"{r.server:<8} {r.mails:>6} {r.concurrency:>5} {'on' if r.reuse else 'off':>5} "
-            f"{r.mails_per_s:>9.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.failures:>8} "
-            f"{srv:>8.0f} {cli:>8.0f}"
-        )
+    for rnd in rounds:
+        lines.append(_row(str(rnd.number), rnd.bare))
+        lines.append(_row(str(rnd.number), rnd.bridge))
+    if len(rounds) > 1:
+        lines.append("-" * len(header))
+        lines.append(_row("med", bare))
+        lines.append(_row("med", bridge))
     return "\n".join(lines)
 
 
@@ -402,21 +443,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                         help="send many mails per connection (default) or one per connection")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="bare/bridge pairs, each with fresh processes; medians are compared")
     parser.add_argument("--warmup", type=int, default=WARMUP_MAILS, help="warm-up mails")
     parser.add_argument("--phase-timeout", type=float, default=PHASE_TIMEOUT,
                         help="hard cap in seconds for each load phase")
     parser.add_argument("--keep-rate-limit", action="store_true",
                         help="keep the demo account's stock 100 mails/minute limit")
     args = parser.parse_args(argv)
-    if args.mails < 1 or args.concurrency < 1 or args.warmup < 0:
-        parser.error("--mails and --concurrency must be >= 1, --warmup >= 0")
+    if args.mails < 1 or args.concurrency < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--mails, --concurrency and --rounds must be >= 1, --warmup >= 0")
 
     run = uuid.uuid4().hex[:12]
-    with tempfile.TemporaryDirectory(prefix="smtp-ingest-") as tmpdir:
-        bare = _run_server("bare", args, tmpdir, run)
-        bridge = _run_server("bridge", args, tmpdir, run)
-        queued, by_status = _count_rows(Path(tmpdir) / "bench.sqlite3")
+    rounds: list[Round] = []
+    for number in range(1, args.rounds + 1):
+        with tempfile.TemporaryDirectory(prefix="smtp-ingest-") as tmpdir:
+            log(f"round {number}/{args.rounds}")
+            bare_result = _run_server("bare", args, tmpdir, f"{run}-{number}")
+            bridge_result = _run_server("bridge", args, tmpdir, f"{run}-{number}")
+            queued, by_status = _count_rows(Path(tmpdir) / "bench.sqlite3")
+        rounds.append(Round(number, bare_result, bridge_result, queued, by_status))
 
+    bare = _median_result([r.bare for r in rounds])
+    bridge = _median_result([r.bridge for r in rounds])
     expected = args.mails + args.warmup
     ratio = bridge.mails_per_s / bare.mails_per_s if bare.mails_per_s else 0.0
     reasons: list[str] = []
@@ -427,34 +476,47 @@ def main(argv: list[str] | None = None) -> int:
             reasons.append(
                 f"{r.server}: {r.failures} failures (+{r.warmup_failures} in warm-up)"
             )
-    if queued != expected:
-        reasons.append(f"bridge store holds {queued} messages, expected {expected}")
+    for rnd in rounds:
+        if rnd.store_messages != expected:
+            reasons.append(f"round {rnd.number}: bridge store holds {rnd.store_messages} "
+                           f"messages, expected {expected}")
     verdict = "FAIL" if reasons else "PASS"
 
     if args.json:
         print(json.dumps({
-            "results": [asdict(r) for r in (bare, bridge)],
+            "rounds": [
+                {"round": rnd.number, "bare": asdict(rnd.bare), "bridge": asdict(rnd.bridge),
+                 "ratio": round(rnd.ratio, 4), "bridge_messages_in_store": rnd.store_messages,
+                 "bridge_messages_by_status": rnd.store_by_status}
+                for rnd in rounds
+            ],
+            "median": {"bare": asdict(bare), "bridge": asdict(bridge)},
+            "mails": args.mails,
+            "concurrency": args.concurrency,
+            "reuse": args.reuse,
             "warmup": args.warmup,
             "ratio": round(ratio, 4),
             "target_ratio": TARGET_RATIO,
             "verdict": verdict,
             "reasons": reasons,
-            "bridge_messages_in_store": queued,
-            "bridge_messages_expected": expected,
-            "bridge_messages_by_status": by_status,
+            "bridge_messages_expected_per_round": expected,
             "cpus": os.cpu_count(),
         }, indent=2))
     else:
-        print(_table([bare, bridge]))
-        for r in (bare, bridge):
-            for kind, count in r.failure_kinds.items():
-                print(f"  {r.server} failure x{count}: {kind}")
-        print(f"ratio bridge/bare mails/s: {ratio:.3f}   target: >= {TARGET_RATIO}   {verdict}")
+        print(_table(rounds, bare, bridge))
+        for rnd in rounds:
+            for r in (rnd.bare, rnd.bridge):
+                for kind, count in r.failure_kinds.items():
+                    print(f"  round {rnd.number} {r.server} failure x{count}: {kind}")
+        per_round = ", ".join(f"{rnd.ratio:.3f}" for rnd in rounds)
+        print(f"ratio bridge/bare mails/s: {ratio:.3f} (per round: {per_round})   "
+              f"target: >= {TARGET_RATIO}   {verdict}")
         for reason in reasons:
             print(f"  FAIL reason: {reason}")
-        status = ", ".join(f"{k}={v}" for k, v in sorted(by_status.items()))
-        print(f"bridge store: {queued} messages queued (expected {expected} = {args.mails} "
-              f"+ {args.warmup} warm-up){'; ' + status if status else ''}")
+        for rnd in rounds:
+            status = ", ".join(f"{k}={v}" for k, v in sorted(rnd.store_by_status.items()))
+            print(f"round {rnd.number} bridge store: {rnd.store_messages} messages queued "
+                  f"(expected {expected} = {args.mails} + {args.warmup} warm-up); {status}")
     return 0 if verdict == "PASS" else 1
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bridge import metrics
 from bridge.errors import StoreUnavailable, TransientUpstreamError, UpstreamError
@@ -180,7 +180,8 @@ class Dispatcher:
                 )
                 return
             now = self.clock()
-            await self.store.mark_sent(message.id, self.owner, name, receipt.provider_ids, now)
+            await self._persist(lambda: self.store.mark_sent(
+                message.id, self.owner, name, receipt.provider_ids, now))
             log.info(
                 "sms sent",
                 extra={"message_id": message.id, "upstream": name, "parts": message.parts,
@@ -196,11 +197,35 @@ class Dispatcher:
     ) -> None:
         now = self.clock()
         if action is Action.FAIL or now + delay - message.created_at > self.config.give_up_after:
-            bounce = self.bounce(message, error) if self.bounce else None
-            await self.store.mark_failed(message.id, self.owner, error, now, bounce)
+            bounce = None
+            try:
+                bounce = self.bounce(message, error) if self.bounce else None
+            except Exception:  # the failure is recorded even if its bounce cannot be built
+                log.exception("could not build the bounce for message %s", message.id)
+            await self._persist(
+                lambda: self.store.mark_failed(message.id, self.owner, error, now, bounce))
             metrics.FAILED.labels(upstream=message.upstream).inc()
             log.warning("sms failed for good",
                         extra={"message_id": message.id, "error": error,
                                "bounce": bounce is not None})
         else:
-            await self.store.schedule_retry(message.id, self.owner, error, now + delay, now)
+            await self._persist(
+                lambda: self.store.schedule_retry(message.id, self.owner, error, now + delay, now))
+
+    async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Record an outcome, retrying while the store is briefly unavailable.
+
+        Giving up early would leave the row ``sending`` until its lease expires and then send
+        it again; so keep trying for most of the lease.
+        """
+        deadline = time.monotonic() + self.config.lease_seconds * 0.8
+        delay = 0.05
+        while True:
+            try:
+                await write()
+                return
+            except StoreUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)

@@ -12,6 +12,9 @@ import logging
 import time
 from collections.abc import Sequence
 from email.message import EmailMessage
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 from xml.sax.saxutils import escape
 
@@ -81,28 +84,29 @@ def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
     to = message.mail_from
     if not settings.bounces or not to or to == "<>":
         return None  # a null sender must never get a bounce (RFC 5321 §4.5.5)
-    report = _base_message(settings, to, f"Undelivered SMS to +{message.phone}")
-    report.set_content(
+    reason = " ".join(error.split())[:300]
+    report = MIMEMultipart("report", report_type="delivery-status")
+    for key, value in _base_message(settings, to, f"Undelivered SMS to +{message.phone}").items():
+        report[key] = value
+    report.attach(MIMEText(
         f"Your message to {message.phone} could not be sent as an SMS.\n\n"
-        f"Reason: {error}\n"
-        f"Message id: {message.id}\nAttempts: {message.attempts}\n\n"
+        f"Reason: {reason}\nMessage id: {message.id}\nAttempts: {message.attempts}\n\n"
         f"Text:\n{message.text[:1000]}\n",
-        charset="utf-8",
-    )
-    status = EmailMessage()
-    status.set_content(
-        f"Reporting-MTA: dns; {hostname}\n\n"
-        f"Final-Recipient: rfc822; {message.phone}\n"
-        "Action: failed\nStatus: 5.0.0\n"
-        f"Diagnostic-Code: x-sms; {' '.join(error.split())[:300]}\n",
-    )
-    report.make_mixed()
-    report.set_type("multipart/report")
-    report.set_param("report-type", "delivery-status")
-    dsn = EmailMessage()
-    dsn.set_payload(status.get_content())
-    dsn["Content-Type"] = "message/delivery-status"
-    report.attach(dsn)
+        "plain",
+        "utf-8",
+    ))
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_recipient = Message()
+    per_recipient["Final-Recipient"] = f"rfc822; {message.phone}"
+    per_recipient["Action"] = "failed"
+    per_recipient["Status"] = "5.0.0"
+    per_recipient["Diagnostic-Code"] = f"x-sms; {reason.encode('ascii', 'replace').decode()}"
+    status = Message()
+    status.set_type("message/delivery-status")
+    del status["MIME-Version"]
+    status.set_payload([per_message, per_recipient])
+    report.attach(status)
     return OutboundMail("bounce", to, report.as_bytes())
 
 

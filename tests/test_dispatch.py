@@ -1,0 +1,232 @@
+"""Dispatcher behaviour against a misbehaving provider: retries, failover, rate, bounce."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bridge.app import Bridge
+from tests.conftest import BridgeFactory
+from tests.doubles.mailbox import MailboxDouble
+from tests.doubles.smstraffic import SmsTrafficDouble
+from tests.test_smtp_intake import mail, send, wait_status
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[SmsTrafficDouble]:
+    async with SmsTrafficDouble(login="acme", password="s3cret", api_key="77/key") as double:
+        yield double
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def v1(url: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": "smstraffic_v1", "base_url": url, "login": "acme", "password": "s3cret",
+            **extra}
+
+
+def v2(url: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": "smstraffic_v2", "base_url": url, "api_key": "77/key", **extra}
+
+
+async def start(bridge_factory: BridgeFactory, upstreams: dict[str, Any],
+                **overrides: Any) -> Bridge:
+    account = {"password": "pw", "upstream": "main", **overrides.pop("account", {})}
+    return await bridge_factory(upstreams=upstreams, accounts={"alerts": account}, **overrides)
+
+
+async def submit(bridge: Bridge, phone: str = "79161234567", text: str = "hello") -> None:
+    code, reply = await send(bridge.smtp_port, mail(f"{phone}.alerts@x", "", text))
+    assert code == 250, reply
+
+
+@pytest.mark.parametrize(
+    ("mode", "kw"),
+    [("http500", {}), ("error", {"code": 1000}), ("malformed", {}), ("drop", {}),
+     ("http429", {"retry_after": 0})],
+)
+async def test_transient_failures_are_retried_until_sent(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble, mode: str, kw: dict[str, Any]
+) -> None:
+    bridge = await start(bridge_factory, {"main": v1(provider.url)})
+    provider.fail_next(2, mode, **kw)
+    await submit(bridge)
+    [sms] = await provider.wait_for_accepted(1)
+    assert sms.phone == "79161234567"
+    await wait_status(bridge, 1, "sent")
+    [message] = await bridge.store.list_messages()
+    assert message.attempts == 3
+    events = [e["status"] for e in await bridge.store.message_events(message.id)]
+    assert events == ["queued", "retry", "retry", "sent"]
+    assert len([r for r in provider.requests if r.path == "/multi.php"]) == 3
+
+
+async def test_retry_after_of_429_is_honoured(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(bridge_factory, {"main": v1(provider.url)},
+                         dispatcher={"retry_base": 0.01, "retry_max": 5})
+    provider.fail_next(1, "http429", retry_after=1)
+    started = time.monotonic()
+    await submit(bridge)
+    await provider.wait_for_accepted(1)
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_permanent_error_fails_once_and_bounces_to_the_sender(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    async with MailboxDouble() as box:
+        bridge = await start(bridge_factory, {"main": v1(provider.url)},
+                             mail={"smarthost": "127.0.0.1", "smarthost_port": box.port})
+        provider.fail_next(1, "error", code=432, text="blocked phone")
+        await submit(bridge, text="never delivered")
+        [bounce] = await box.wait_for(1)
+    assert bounce.mail_from in ("", "<>")  # null reverse-path
+    assert bounce.rcpt_tos == ["monitor@example.com"]
+    message = bounce.message
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    text = bounce.content.decode()
+    assert "432" in text and "blocked phone" in text and "never delivered" in text
+    [stored] = await bridge.store.list_messages()
+    assert stored.status == "failed" and stored.attempts == 1
+    assert len(provider.requests) == 1
+
+
+async def test_connection_refused_fails_over_to_backup_host(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(bridge_factory,
+                         {"main": v1(closed_port_url(), backup_url=provider.url)})
+    await submit(bridge)
+    await provider.wait_for_accepted(1)
+    await wait_status(bridge, 1, "sent")
+    [message] = await bridge.store.list_messages()
+    assert message.attempts == 1
+
+
+async def test_after_5xx_the_next_attempt_uses_the_backup_host(
+    bridge_factory: BridgeFactory,
+) -> None:
+    async with SmsTrafficDouble(login="acme", password="s3cret") as primary, \
+            SmsTrafficDouble(login="acme", password="s3cret") as backup:
+        primary.fail_next(5, "http500")
+        bridge = await start(bridge_factory, {"main": v1(primary.url, backup_url=backup.url)})
+        await submit(bridge)
+        await backup.wait_for_accepted(1)
+        assert len(primary.requests) == 1 and primary.accepted == []
+
+
+async def test_fallback_upstream_takes_over_when_the_first_cannot_connect(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(
+        bridge_factory,
+        {"main": v1(closed_port_url()), "spare": v2(provider.url)},
+        account={"fallback_upstreams": ["spare"]},
+    )
+    await submit(bridge)
+    [sms] = await provider.wait_for_accepted(1)
+    assert sms.api == "v2"
+    await wait_status(bridge, 1, "sent")
+    [message] = await bridge.store.list_messages()
+    assert message.upstream_used == "spare"
+
+
+async def test_v2_retry_after_ambiguous_failure_does_not_send_twice(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(bridge_factory, {"main": v2(provider.url)})
+    provider.fail_next(1, "accept_then_500")
+    await submit(bridge)
+    await wait_status(bridge, 1, "sent")
+    assert len(provider.accepted) == 1
+    sends = [r for r in provider.requests if r.path == "/v2/send"]
+    assert len(sends) == 2
+    assert sends[0].json["restrictiveId"] == sends[1].json["restrictiveId"]
+    assert sends[0].headers["Authorization"] == "Bearer 77/key"
+    assert sends[0].json["destinations"] == [{"to": 79161234567}]
+
+
+async def test_slow_provider_hits_the_overall_deadline_and_is_retried(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(bridge_factory, {"main": v2(provider.url, timeout=0.5)})
+    provider.fail_next(1, "delay", seconds=2)
+    await submit(bridge)
+    await wait_status(bridge, 1, "sent", timeout=15)
+    # The slow first call was accepted late; the retry carried the same restrictiveId.
+    assert len(provider.accepted) == 1
+    [message] = await bridge.store.list_messages()
+    assert message.attempts >= 2
+
+
+async def test_upstream_rate_limit_spaces_the_sends(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(bridge_factory, {"main": v1(provider.url, rate_per_second=10)})
+    started = time.monotonic()
+    for index in range(3):
+        code, _ = await send(
+            bridge.smtp_port,
+            mail("alerts@x", ", ".join(f"7916123{index}{n:03d}" for n in range(5)), "burst"),
+        )
+        assert code == 250
+    await provider.wait_for_accepted(15)
+    # 15 sends at 10/s with a burst of 10: at least 0.5 s for the last five.
+    assert time.monotonic() - started >= 0.45
+
+
+async def test_upstream_concurrency_is_bounded(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(bridge_factory, {"main": v1(provider.url, concurrency=2)})
+    in_flight = 0
+    peak = 0
+    original = provider._v1_send
+
+    async def counting(form: dict[str, str]) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            return await original(form)
+        finally:
+            in_flight -= 1
+
+    provider._v1_send = counting  # type: ignore[method-assign]
+    code, _ = await send(bridge.smtp_port,
+                         mail("alerts@x", ", ".join(f"791612340{n:02d}" for n in range(8)), "c"))
+    assert code == 250
+    await provider.wait_for_accepted(8)
+    assert peak == 2
+
+
+async def test_start_date_holds_the_message_until_due(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    from datetime import datetime, timedelta
+
+    from bridge.parsing.requests import PROVIDER_TZ
+
+    bridge = await start(bridge_factory, {"main": v1(provider.url)})
+    due = datetime.now(PROVIDER_TZ).replace(microsecond=0) + timedelta(seconds=2)
+    body = (f"login: alerts\n\npassword: pw\n\nphones: 79161234567\n\nmessage: later\n\n"
+            f"start_date: {due:%Y-%m-%d %H:%M:%S}\n")
+    code, text = await send(bridge.smtp_port, mail("multi@x", "s", body))
+    assert code == 250, text
+    await provider.wait_for_accepted(1, timeout=10)
+    assert time.time() >= due.timestamp()
