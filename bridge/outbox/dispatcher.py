@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +28,24 @@ from bridge.upstreams.base import OutboundSms, SendReceipt, Upstream
 log = logging.getLogger(__name__)
 
 BounceBuilder = Callable[[StoredMessage, str], OutboundMail | None]
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True if a lease owner was a process on this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class Dispatcher:
@@ -48,7 +68,9 @@ class Dispatcher:
         self.bridge_id = bridge_id
         self.bounce = bounce
         self.clock = clock
-        self.owner = f"{bridge_id}:{uuid.uuid4().hex[:8]}"
+        # host:pid:random: a restarted process on the same host can tell its dead
+        # predecessor's leases from those of live workers (see ``owner_is_dead``).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._semaphores = {
             name: asyncio.Semaphore(settings.upstreams[name].concurrency) for name in upstreams
         }
@@ -65,6 +87,13 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
+        try:
+            released = await self.store.expire_leases(owner_is_dead)
+        except StoreUnavailable:
+            released = 0
+        if released:
+            log.warning("resuming sends left in flight by a stopped process",
+                        extra={"messages": released})
         while not self._stopping:
             free = self._capacity - len(self._inflight)
             claimed: list[StoredMessage] = []

@@ -49,6 +49,11 @@ class OutboxStore(Protocol):
         """Claim queued messages that are due, and ``sending`` ones whose lease expired."""
         ...
 
+    async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
+        """End the leases of owners ``is_dead`` says are gone, so their messages are claimed
+        at once instead of after the lease time. Returns how many were released."""
+        ...
+
     async def mark_sent(
         self, message_id: int, owner: str, upstream: str, upstream_ids: Sequence[str], now: float
     ) -> None: ...

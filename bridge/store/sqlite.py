@@ -379,6 +379,26 @@ class SqliteStore:
 
         return await self._call(op)
 
+    async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            owners = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT lease_owner FROM messages WHERE status = 'sending'"
+                )
+                if row[0] and is_dead(row[0])
+            ]
+            released = 0
+            for owner in owners:
+                released += conn.execute(
+                    "UPDATE messages SET lease_until = 0 WHERE status = 'sending' "
+                    "AND lease_owner = ?",
+                    (owner,),
+                ).rowcount
+            return released
+
+        return await self._call(op)
+
     async def _finish(
         self,
         message_id: int,

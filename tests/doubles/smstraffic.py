@@ -225,7 +225,9 @@ class SmsTrafficDouble:
         login: str = "mylogin",
         password: str = "mypassword",
         api_key: str = "1837/secretkey",
+        port: int = 0,
     ) -> None:
+        self.port = port
         self.login = login
         self.password = password
         self.api_key = api_key
@@ -246,7 +248,7 @@ class SmsTrafficDouble:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Listen on ``127.0.0.1`` on a free port; sets :attr:`url`."""
+        """Listen on ``127.0.0.1`` (on ``port``, or a free one); sets :attr:`url`."""
         app = web.Application()
         app.router.add_route("*", "/multi.php", self._handle_v1)
         app.router.add_route("*", "/v2/send", self._handle_v2_send)
@@ -254,7 +256,7 @@ class SmsTrafficDouble:
         # A short shutdown timeout: stop() must not hang on a handler still in a "delay".
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
         await site.start()
         self._runner = runner
         host, port = runner.addresses[0][:2]
