@@ -62,8 +62,14 @@ class StoreUnavailable(BridgeError):
 class UpstreamError(BridgeError):
     """A provider call failed. ``code`` is the provider's own error code when it gave one."""
 
-    def __init__(self, text: str, code: int | str | None = None, *, retry_after: float | None = None,
-                 ambiguous: bool = False) -> None:
+    def __init__(
+        self,
+        text: str,
+        code: int | str | None = None,
+        *,
+        retry_after: float | None = None,
+        ambiguous: bool = False,
+    ) -> None:
         super().__init__(text)
         self.text = text
         self.code = code

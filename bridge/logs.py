@@ -32,7 +32,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+        extra = {
+            k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
+        }
         if extra:
             base += " " + " ".join(f"{k}={v}" for k, v in extra.items())
         return base
@@ -41,9 +43,8 @@ class TextFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if use_json else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if use_json else text)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

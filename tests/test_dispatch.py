@@ -98,7 +98,7 @@ async def test_permanent_error_fails_once_and_bounces_to_the_sender(
     message = bounce.message
     assert message.get_content_type() == "multipart/report"
     assert message.get_param("report-type") == "delivery-status"
-    human, status = [p for p in message.walk() if not p.is_multipart()][:2]
+    human = next(p for p in message.walk() if not p.is_multipart())
     text = human.get_payload(decode=True).decode()
     assert "432" in text and "blocked phone" in text and "never delivered" in text
     assert b"Status: 5.0.0" in bounce.content and b"Action: failed" in bounce.content

@@ -134,7 +134,7 @@ _encoded_words = st.one_of(
             st.text(alphabet="AZaz09+/=_?", max_size=8),
         ),
     ),
-    st.text(alphabet=st.sampled_from([*"ab 7,=?", "ж", "\r\n ", "\t"]), max_size=10),
+    st.lists(st.sampled_from([*"ab 7,=?", "ж", "\r\n ", "\t"]), max_size=10).map("".join),
 )
 
 

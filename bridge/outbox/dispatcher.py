@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -208,9 +209,10 @@ class Dispatcher:
                     message, Action.RETRY, self.policy.backoff(message.attempts), str(error)
                 )
                 return
-            now = self.clock()
-            await self._persist(lambda: self.store.mark_sent(
-                message.id, self.owner, name, receipt.provider_ids, now))
+            await self._persist(
+                functools.partial(self.store.mark_sent, message.id, self.owner, name,
+                                  receipt.provider_ids, self.clock())
+            )
             log.info(
                 "sms sent",
                 extra={"message_id": message.id, "upstream": name, "parts": message.parts,

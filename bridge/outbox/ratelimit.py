@@ -39,7 +39,7 @@ class TokenBucket:
         if self.rate <= 0:
             return
         async with self._lock:
-            while not self.try_take():
+            while not self.try_take():  # noqa: ASYNC110 - waiting for time, not for an event
                 await asyncio.sleep((1 - self.tokens) / self.rate)
 
 

@@ -19,7 +19,8 @@ _ORIGINATOR_SAFE = re.compile(r"^[A-Za-z0-9_.\- ]+$")
 
 def _bad_number(raw: str) -> IntakeError:
     shown = raw if len(raw) <= 40 else raw[:40] + "…"
-    return IntakeError(550, "5.1.3", f'"{shown}": invalid phone number format. No message sent.', 428)
+    text = f'"{shown}": invalid phone number format. No message sent.'
+    return IntakeError(550, "5.1.3", text, 428)
 
 
 def normalize_phone(raw: str) -> str:

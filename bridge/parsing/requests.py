@@ -170,7 +170,9 @@ def authenticate_v2(settings: Settings, fields: dict[str, str]) -> tuple[str, Ac
     return settings.canonical_login(login), account
 
 
-def _individual_pairs(fields: dict[str, str], with_push_id: bool) -> list[tuple[str, str, str | None]]:
+def _individual_pairs(
+    fields: dict[str, str], with_push_id: bool
+) -> list[tuple[str, str, str | None]]:
     """``phones`` with ``individual_messages=1``: "phone text" pairs (002, HTTP API v1)."""
     delimiter = fields.get("delimiter") or "\n"
     pairs: list[tuple[str, str, str | None]] = []

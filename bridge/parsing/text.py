@@ -15,6 +15,7 @@ import html
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import ClassVar
 
 GSM_BASIC = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -121,9 +122,11 @@ def trim_quoted(text: str) -> str:
 
 
 class _HtmlText(HTMLParser):
-    _BLOCK = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul",
-              "ol", "blockquote", "pre"}
-    _SKIP = {"script", "style", "head", "title"}
+    _BLOCK: ClassVar[set[str]] = {
+        "p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol",
+        "blockquote", "pre",
+    }
+    _SKIP: ClassVar[set[str]] = {"script", "style", "head", "title"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -11,8 +11,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from email.message import EmailMessage
-from email.message import Message
+from datetime import UTC
+from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
@@ -67,12 +67,14 @@ def _base_message(settings: MailSettings, to: str, subject: str) -> EmailMessage
 
 
 def format_datetime_now() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return format_datetime(datetime.now(timezone.utc))
+    return format_datetime(datetime.now(UTC))
 
 
-def build_v2_reply(settings: MailSettings, to: str, xml: bytes, original_subject: str) -> OutboundMail:
+def build_v2_reply(
+    settings: MailSettings, to: str, xml: bytes, original_subject: str
+) -> OutboundMail:
     message = _base_message(settings, to, f"Re: {original_subject}".strip()[:200])
     message.set_content(xml.decode("utf-8"), subtype="xml", charset="utf-8")
     return OutboundMail("v2_reply", to, message.as_bytes())

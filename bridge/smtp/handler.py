@@ -129,7 +129,9 @@ class IntakeHandler:
         self._check_rate(login, account)
         return _Rcpt(recipient, login, account)
 
-    def _check_sender(self, session: Any, envelope: Any, login: str, account: AccountSettings) -> None:
+    def _check_sender(
+        self, session: Any, envelope: Any, login: str, account: AccountSettings
+    ) -> None:
         auth_login = session.auth_data if getattr(session, "authenticated", False) else None
         if isinstance(auth_login, str):
             if auth_login.lower() != login.lower():
@@ -187,7 +189,9 @@ class IntakeHandler:
             else:
                 assert rcpt.login is not None and rcpt.account is not None
                 requests = build_v1_requests(rcpt.login, rcpt.account, rcpt.recipient, mail)
-            key = f"{mail.message_id}\0{rcpt.recipient.address.lower()}" if mail.message_id else None
+            key = None
+            if mail.message_id:
+                key = f"{mail.message_id}\0{rcpt.recipient.address.lower()}"
             batches.append((key, requests))
 
         envelope_info = MailEnvelope(

@@ -42,7 +42,7 @@ class ConnectionLimiter:
             del self.active[address]
 
 
-class BridgeSMTP(SMTP):  # type: ignore[misc]
+class BridgeSMTP(SMTP):
     def __init__(self, handler: IntakeHandler, *, config: SmtpSettings,
                  limiter: ConnectionLimiter, **kwargs: Any) -> None:
         # Read by SMTP.__init__ as the StreamReader limit, so set it first.
@@ -52,6 +52,7 @@ class BridgeSMTP(SMTP):  # type: ignore[misc]
         self.limiter = limiter
 
     async def _handle_client(self) -> None:
+        assert self.session is not None and self.transport is not None
         peer = self.session.peer
         address = peer[0] if isinstance(peer, tuple) else str(peer)
         if not self.limiter.acquire(address):

@@ -304,7 +304,7 @@ class SmsTrafficDouble:
     async def wait_for_accepted(
         self,
         n: int,
-        timeout: float = 10.0,  # noqa: ASYNC109 - required public signature
+        timeout: float = 10.0,
     ) -> list[AcceptedSms]:
         """Wait until at least ``n`` SMS were accepted; return all accepted SMS."""
         try:
@@ -320,7 +320,7 @@ class SmsTrafficDouble:
     async def wait_for_requests(
         self,
         n: int,
-        timeout: float = 10.0,  # noqa: ASYNC109 - required public signature
+        timeout: float = 10.0,
     ) -> list[RecordedRequest]:
         """Wait until at least ``n`` requests were received; return all of them."""
         try:
