@@ -249,12 +249,6 @@ def test_text_attachment_before_body_is_ignored() -> None:
     assert parse(raw).text == "real body"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/mail.py extract_body: message.walk() descends into an attached "
-    "message/rfc822, so the forwarded mail's text/plain is sent instead of the mail's own "
-    "(HTML) body",
-)
 def test_forwarded_message_attachment_is_ignored() -> None:
     outer = EmailMessage()
     outer["Subject"] = "79161234567"
@@ -376,12 +370,6 @@ def test_raw_utf8_subject() -> None:
     assert parse(raw, legacy="windows-1251").subject == RU
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/mail.py decode_subject: raw 8-bit text next to an encoded-word "
-    "goes through email.header.decode_header, which re-encodes it with raw-unicode-escape, so "
-    "'Привет =?utf-8?B?0LzQuNGA?=' becomes '\\\\u041f\\\\u0440... мир'",
-)
 def test_raw_8bit_subject_mixed_with_encoded_word() -> None:
     raw = "Subject: Привет =?utf-8?B?0LzQuNGA?=\r\n\r\nbody".encode()
     assert parse(raw).subject == "Привет мир"
@@ -409,12 +397,6 @@ def test_decode_subject_directly() -> None:
     assert decode_subject(b"X: 1", "cp1251") == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/mail.py decode_subject: a malformed B encoded-word makes "
-    "email.header.decode_header raise HeaderParseError (not caught: it is not a ValueError), "
-    "so parse_mail crashes with a non-IntakeError on Subject '=?utf-8?b?A?='",
-)
 def test_malformed_base64_encoded_word_does_not_crash() -> None:
     mail = parse(b"Subject: =?utf-8?b?A?=\r\n\r\nbody")
     assert mail.text == "body"
@@ -471,12 +453,6 @@ def test_header_block_size() -> None:
     assert header_block_size(b"A: b") == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/mail.py header_block_size: prefers the first CRLFCRLF even when "
-    "an earlier LFLF ends the headers, so an LF-only mail whose body has a CRLFCRLF after "
-    "64 KiB is refused 552 although its headers are tiny",
-)
 def test_header_block_size_takes_the_first_blank_line() -> None:
     raw = b"Subject: x\n\n" + b"x" * (CAP + 10) + b"\r\n\r\nmore"
     assert header_block_size(raw) == 10

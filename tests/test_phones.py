@@ -162,11 +162,6 @@ def test_validate_originator_bad_characters_are_436(originator: str) -> None:
     assert info.value.api_code == 436
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/phones.py validate_originator: str.isdigit() accepts non-ASCII "
-    "digits, so '²' or Arabic-Indic '١٢٣' are returned as a numeric originator instead of 436",
-)
 @pytest.mark.parametrize("originator", ["²", "١٢٣", "１２３"])
 def test_validate_originator_non_ascii_digits_are_436(originator: str) -> None:
     with pytest.raises(IntakeError) as info:

@@ -90,12 +90,6 @@ def test_v1_no_phone_is_403(subject: str) -> None:
     assert err.api_code == 403
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/requests.py build_v1_requests: a Subject of only separators "
-    "(',' or ';') gives an empty phone list and returns [] (mail accepted, no SMS) instead "
-    "of refusing with 403",
-)
 @pytest.mark.parametrize("subject", [",", " ; , "])
 def test_v1_subject_of_separators_is_403(subject: str) -> None:
     assert v1_error("login@d", "Hi", subject).api_code == 403
@@ -346,12 +340,6 @@ def test_v2_individual_messages_empty_is_407() -> None:
     assert v2_error({"individual_messages": "1", "phones": "\n\n"}).api_code == 407
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/requests.py make_request/build_v2_requests: an individual "
-    "message line without text is refused with 405; the spec (002 line 1988) has 423 "
-    "'Пустое сообщение для телефона' for exactly this case",
-)
 def test_v2_individual_message_without_text_is_423() -> None:
     err = v2_error({"individual_messages": "1", "phones": f"{PHONE}\n{PHONE2} hi"})
     assert err.api_code == 423
@@ -435,12 +423,6 @@ def test_v2_bad_max_parts_is_404(value: str) -> None:
     assert v2_error({**BASE, "max_parts": value}).api_code == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/requests.py _int: str.isdigit() accepts '²' and then int('²') "
-    "raises ValueError (not IntakeError 404) for max_parts/rus/timeout; Arabic-Indic digits "
-    "are silently accepted",
-)
 @pytest.mark.parametrize(("name", "value"), [("max_parts", "²"), ("rus", "²"),
                                               ("timeout", "²"), ("max_parts", "١")])
 def test_v2_non_ascii_digits_are_404(name: str, value: str) -> None:

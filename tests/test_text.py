@@ -233,12 +233,6 @@ def test_html_entities_are_decoded(markup: str, expected: str) -> None:
     assert html_to_text(markup).strip() == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bridge/parsing/text.py html_to_text: entities are unescaped twice "
-    "(HTMLParser convert_charrefs=True, then html.unescape), so '&amp;lt;b&amp;gt;' "
-    "becomes '<b>' instead of '&lt;b&gt;'",
-)
 def test_html_entities_are_decoded_only_once() -> None:
     assert html_to_text("Use &amp;lt;b&amp;gt; and &amp;amp;").strip() == "Use &lt;b&gt; and &amp;"
 

@@ -10,6 +10,7 @@ import codecs
 import re
 from dataclasses import dataclass
 from email import policy
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
@@ -107,11 +108,8 @@ class ParsedMail:
 
 def header_block_size(raw: bytes) -> int:
     """Bytes before the first empty line: checked before the email package sees the mail."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        index = raw.find(sep)
-        if index >= 0:
-            return index
-    return len(raw)
+    found = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return min(found) if found else len(raw)
 
 
 def _raw_header(raw_headers: bytes, name: bytes) -> bytes | None:
@@ -141,11 +139,22 @@ def decode_subject(raw_headers: bytes, legacy_charset: str) -> str:
     if value is None:
         return ""
     text = decode_bytes(value, None, legacy_charset)
-    try:
-        text = str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeDecodeError):
-        pass
+    # Whitespace between adjacent encoded-words is not part of the text (RFC 2047 §6.2).
+    text = _ADJACENT_WORDS.sub(r"\1\2", text)
+    text = _ENCODED_WORD.sub(_decode_word, text)
     return " ".join(strip_controls(text.replace("\r", " ").replace("\n", " ")).split())
+
+
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+_ADJACENT_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?[^?\s]+\?[bBqQ]\?)")
+
+
+def _decode_word(match: re.Match[str]) -> str:
+    """One encoded-word; a malformed one stays as written rather than failing the mail."""
+    try:
+        return str(make_header(decode_header(match.group(0))))
+    except (ValueError, LookupError, UnicodeDecodeError, HeaderParseError):
+        return match.group(0)
 
 
 def _is_attachment(part: Message) -> bool:
@@ -160,6 +169,20 @@ def _part_text(part: Message, legacy_charset: str) -> str:
     return decode_bytes(payload, part.get_content_charset(), legacy_charset)
 
 
+def _own_parts(message: Message) -> list[Message]:
+    """Leaf parts of this mail, not descending into attached (forwarded) messages."""
+    if message.get_content_maintype() == "message":
+        return []
+    if not message.is_multipart():
+        return [message]
+    parts: list[Message] = []
+    payload = message.get_payload()
+    for part in payload if isinstance(payload, list) else []:
+        if isinstance(part, Message):
+            parts.extend(_own_parts(part))
+    return parts
+
+
 def extract_body(message: Message, legacy_charset: str) -> tuple[str, bool]:
     """The best text of the mail: the first inline text/plain, else text/html made readable.
 
@@ -167,8 +190,8 @@ def extract_body(message: Message, legacy_charset: str) -> tuple[str, bool]:
     """
     plain: str | None = None
     markup: str | None = None
-    for part in message.walk():
-        if part.is_multipart() or _is_attachment(part):
+    for part in _own_parts(message):
+        if _is_attachment(part):
             continue
         ctype = part.get_content_type()
         if ctype == "text/plain" and plain is None:

@@ -41,7 +41,12 @@ def normalize_phone(raw: str) -> str:
     if not digits.isascii() or not digits.isdigit() or not 7 <= len(digits) <= 15:
         raise _bad_number(raw)
     if not compact.startswith(("+", "00")) and len(digits) == 11 and digits[0] == "8":
-        digits = "7" + digits[1:]
+        # "8 916 123 45 67" is the Russian trunk prefix. It is read so only when the Russian
+        # reading is a valid number: 81…/82… (Japan, Korea) stay international, while 84…
+        # (Vietnam) without "+" is ambiguous with Moscow's 8 495 … and read as Russian.
+        russian = phonenumbers.parse("+7" + digits[1:], None)
+        if phonenumbers.is_valid_number(russian):
+            digits = "7" + digits[1:]
     try:
         parsed = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException as exc:
@@ -81,7 +86,7 @@ def split_phone_list(raw: str) -> list[str]:
 def validate_originator(originator: str) -> str:
     """Return the originator or raise 421 (too long) / 436 (characters not allowed)."""
     value = originator.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         if len(value) > 15:
             raise IntakeError(550, "5.7.1", "Originator is too long", 421)
         return value

@@ -43,13 +43,19 @@ def make_request(
     validity: int | None = None,
     two_byte_concat: bool = False,
     push_id: str | None = None,
+    individual: bool = False,
 ) -> SendRequest:
-    """One checked request: number allowed, text present and within ``max_parts``."""
+    """One checked request: number allowed, text present and within ``max_parts``.
+
+    ``individual``: the text came from an ``individual_messages`` line, whose errors have
+    their own codes (423 empty, 424 too long) in 002 line 1988.
+    """
     check_phone_allowed(account, phone)
     if transliterated:
         text = transliterate(text)
     if not text.strip():
-        raise IntakeError(550, "5.6.0", f"Empty message for phone {phone}", 405)
+        raise IntakeError(550, "5.6.0", f"Empty message for phone {phone}",
+                          423 if individual else 405)
     segments = count_segments(text, two_byte_concat=two_byte_concat)
     if segments.parts > max_parts:
         shown = text[:30] + ("…" if len(text) > 30 else "")
@@ -57,7 +63,7 @@ def make_request(
             550,
             "5.3.4",
             f'Message "{shown}" is too long: {segments.parts} parts, max_parts is {max_parts}',
-            420,
+            424 if individual else 420,
         )
     return SendRequest(
         account=login,
@@ -96,6 +102,8 @@ def build_v1_requests(
         if not mail.subject.strip():
             raise IntakeError(550, "5.1.3", "No phone number in the Subject", 403)
         phones = split_phone_list(mail.subject)
+        if not phones:
+            raise IntakeError(550, "5.1.3", "No phone number in the Subject", 403)
     text = clean_text(mail.text, account)
     if not text:
         raise IntakeError(550, "5.6.0", "No message text", 405)
@@ -135,7 +143,7 @@ def _int(fields: dict[str, str], name: str, low: int, high: int, code: int) -> i
     value = fields.get(name, "").strip()
     if not value:
         return None
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise IntakeError(550, "5.6.0", f"{name} must be a number from {low} to {high}", code)
     return int(value)
 
@@ -258,6 +266,7 @@ def build_v2_requests(
                     validity=validity,
                     two_byte_concat=_flag(fields, "two_byte_concat"),
                     push_id=push_id,
+                    individual=individual,
                 )
             )
     if not requests:

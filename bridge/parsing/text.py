@@ -11,7 +11,6 @@ text that fits GSM 03.38 as GSM whatever ``rus`` says, which matches what a hand
 
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -155,6 +154,6 @@ def html_to_text(markup: str) -> str:
     parser = _HtmlText()
     parser.feed(markup)
     parser.close()
-    text = html.unescape("".join(parser.chunks))
+    text = "".join(parser.chunks)  # convert_charrefs already decoded entities, once
     lines = [line.strip() for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
