@@ -112,20 +112,27 @@ def header_block_size(raw: bytes) -> int:
     return min(found) if found else len(raw)
 
 
+def raw_headers_map(raw_headers: bytes) -> dict[bytes, bytes]:
+    """Lower-cased header name → unfolded raw value of its first occurrence."""
+    headers: dict[bytes, bytes] = {}
+    name: bytes | None = None
+    parts: list[bytes] = []
+    for line in raw_headers.replace(b"\r\n", b"\n").split(b"\n"):
+        if line[:1] in (b" ", b"\t") and name is not None:
+            parts.append(line)
+            continue
+        if name is not None and name not in headers:
+            headers[name] = b"".join(parts).strip()
+        key, colon, value = line.partition(b":")
+        name, parts = (key.strip().lower(), [value]) if colon else (None, [])
+    if name is not None and name not in headers:
+        headers[name] = b"".join(parts).strip()
+    return headers
+
+
 def _raw_header(raw_headers: bytes, name: bytes) -> bytes | None:
     """The unfolded raw value of the first header ``name`` (case-insensitive)."""
-    lines = raw_headers.replace(b"\r\n", b"\n").split(b"\n")
-    wanted = name.lower() + b":"
-    for index, line in enumerate(lines):
-        if line[: len(wanted)].lower() == wanted:
-            value = [line[len(wanted) :]]
-            for cont in lines[index + 1 :]:
-                if cont[:1] in (b" ", b"\t"):
-                    value.append(cont)
-                else:
-                    break
-            return b"".join(value).strip()
-    return None
+    return raw_headers_map(raw_headers).get(name.lower())
 
 
 def decode_subject(raw_headers: bytes, legacy_charset: str) -> str:
@@ -205,6 +212,32 @@ def extract_body(message: Message, legacy_charset: str) -> tuple[str, bool]:
     return plain or "", False
 
 
+_CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+
+
+def _simple_body(
+    raw: bytes, headers_size: int, headers: dict[bytes, bytes], legacy_charset: str
+) -> str | None:
+    """The text of a single-part text/plain mail in 7bit/8bit, without the email package.
+
+    Most legacy senders (monitoring, printers, scripts) send exactly that; everything else
+    (MIME multipart, quoted-printable, base64, HTML) goes through the full parser.
+    """
+    ctype = headers.get(b"content-type", b"text/plain").lower()
+    cte = headers.get(b"content-transfer-encoding", b"7bit").strip().lower()
+    if not ctype.startswith(b"text/plain") or cte not in (b"7bit", b"8bit", b"binary"):
+        return None
+    if b"mime-version" not in headers and b"content-type" in headers:
+        return None  # unusual: let the full parser judge it
+    if headers_size >= len(raw) or b"\r" in raw[:headers_size].replace(b"\r\n", b""):
+        return None  # no CRLF/LF blank line (bare-CR mail): the full parser copes
+    body = raw[headers_size:]
+    body = body[4:] if body.startswith(b"\r\n\r\n") else body[2:]
+    match = _CHARSET_PARAM.search(ctype)
+    declared = match.group(1).decode("ascii", "replace") if match else None
+    return decode_bytes(body, declared, legacy_charset)
+
+
 def parse_mail(raw: bytes, *, legacy_charset: str, max_header_bytes: int) -> ParsedMail:
     """Parse one mail's bytes into Subject, body text and Message-ID.
 
@@ -215,10 +248,15 @@ def parse_mail(raw: bytes, *, legacy_charset: str, max_header_bytes: int) -> Par
     if headers_size > max_header_bytes:
         raise IntakeError(552, "5.3.4", f"Message headers exceed {max_header_bytes} bytes")
     raw_headers = raw[:headers_size]
-    message = BytesParser(policy=policy.compat32).parsebytes(raw)
-    text, from_html = extract_body(message, legacy_charset)
+    headers = raw_headers_map(raw_headers)
+    simple = _simple_body(raw, headers_size, headers, legacy_charset)
+    if simple is not None:
+        text, from_html = simple, False
+    else:
+        message = BytesParser(policy=policy.compat32).parsebytes(raw)
+        text, from_html = extract_body(message, legacy_charset)
     text = trim_blank_lines(strip_controls(normalize_newlines(text)))
-    message_id_raw = _raw_header(raw_headers, b"message-id")
+    message_id_raw = headers.get(b"message-id")
     message_id = None
     if message_id_raw:
         message_id = strip_controls(message_id_raw.decode("ascii", errors="replace")).strip()[:998]
