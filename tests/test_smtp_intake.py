@@ -502,3 +502,18 @@ async def test_connections_per_address_are_capped(
     assert greeting.startswith(b"421 4.7.0")
     await first.close()
     await second.close()
+
+
+async def test_address_forms_and_mail_parameters(bridge: Bridge) -> None:
+    client = await RawSmtp.connect(bridge.smtp_port)
+    await client.cmd("EHLO t")
+    # Parameters after a plain path are still seen by aiosmtpd (SIZE over the limit).
+    code, _ = await client.cmd("MAIL FROM:<a@example.com> SIZE=999999999")
+    assert code == 552
+    assert (await client.cmd("MAIL FROM:<a@example.com> SIZE=100"))[0] == 250
+    # Forms outside the fast path go to aiosmtpd's full parser.
+    assert (await client.cmd("RCPT TO:< alerts@x >"))[0] == 250
+    assert (await client.cmd('RCPT TO:<"john doe"@x>'))[0] == 550
+    assert (await client.cmd("RCPT TO:<broken"))[0] >= 500
+    await client.cmd("QUIT")
+    await client.close()

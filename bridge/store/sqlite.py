@@ -128,6 +128,11 @@ def _row_to_message(row: Sequence[Any]) -> StoredMessage:
 _Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
+def _resolve_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in items:
+        _resolve(future, result, error)
+
+
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
@@ -206,8 +211,12 @@ class SqliteStore:
                     pass
             error = StoreUnavailable(f"store unavailable: {exc}")
             outcomes = [(op, None, error) for op in batch]
+        # One wake-up of the event loop per group, not one per operation.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
         for (_, future, loop), result, err in outcomes:
-            loop.call_soon_threadsafe(_resolve, future, result, err)
+            by_loop.setdefault(loop, []).append((future, result, err))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, items)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None:
