@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from bridge.inbound.app import make_http_app
+from bridge.inbound.app import RedactingAccessLogger, make_http_app
+from bridge.inbound.views import InboundService
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.relays.email import MailRelay, build_bounce
+from bridge.relays.forward import ForwardWorker
 from bridge.settings import Settings
 from bridge.smtp.handler import IntakeHandler
 from bridge.smtp.server import start_smtp_server
@@ -40,6 +42,7 @@ class Bridge:
         self._client: httpx.AsyncClient | None = None
         self.dispatcher: Dispatcher | None = None
         self.relay: MailRelay | None = None
+        self.forwarder: ForwardWorker | None = None
         self.smtp_port = 0
         self.http_port = 0
 
@@ -70,6 +73,8 @@ class Bridge:
             self.relay = MailRelay(self.store, settings.mail)
             self._tasks.append(asyncio.create_task(self.relay.run(), name="mail-relay"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self.forwarder = ForwardWorker(self.store, settings, self._client)
+        self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
         handler = IntakeHandler(
             settings,
@@ -80,9 +85,13 @@ class Bridge:
         self._smtp = await start_smtp_server(settings, handler)
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
 
-        app = make_http_app(self.store)
+        service = InboundService(settings, self.store, self._client,
+                                 on_forward=self.forwarder.wake)
+        app = make_http_app(self.store, service)
         self._http = web.AppRunner(
-            app, access_log=None, keepalive_timeout=settings.http.keepalive_timeout
+            app,
+            access_log_class=RedactingAccessLogger,
+            keepalive_timeout=settings.http.keepalive_timeout,
         )
         await self._http.setup()
         site = web.TCPSite(self._http, settings.http.host, settings.http.port)
@@ -114,6 +123,8 @@ class Bridge:
             await self.dispatcher.stop()
         if self.relay is not None:
             await self.relay.stop()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

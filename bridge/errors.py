@@ -6,7 +6,8 @@
     ├── IntakeError            a mail (or one recipient) that cannot be accepted; carries the
     │                          SMTP reply and, where one fits, the spec's API error code
     │                          (002, "Коды ошибок API", line 1988)
-    ├── StoreUnavailable       the store cannot commit now: answer 451 4.3.0, lose nothing
+    ├── InboundError           a provider push refused: HTTP status + JSON body naming the field
+    ├── StoreUnavailable       the store cannot commit now: answer 451 4.3.0 / 503, lose nothing
     └── UpstreamError          a provider call failed
         ├── TransientUpstreamError   try again later (connection, timeout, 5xx, 429, code 1000)
         └── PermanentUpstreamError   never retried (bad number, auth, balance …)
@@ -53,6 +54,23 @@ class IntakeError(BridgeError):
         if self.api_code is not None:
             text = f"{self.api_code} {text}"
         return f"{self.smtp_code} {self.enhanced} {text}"
+
+
+class InboundError(BridgeError):
+    """A provider's push that cannot be accepted: an HTTP status and a JSON body naming the
+    field at fault (``{"error": "...", "field": "phone"}``)."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, str]:
+        body = {"error": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
 
 
 class StoreUnavailable(BridgeError):

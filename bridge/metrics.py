@@ -15,3 +15,15 @@ SEND_SECONDS = Histogram("bridge_send_seconds", "Upstream send call latency", ["
 FAILED = Counter("bridge_messages_failed_total", "SMS failed for good", ["upstream"])
 OUTGOING_MAIL = Counter("bridge_outgoing_mail_total", "Bounces and replies sent", ["outcome"])
 QUEUE_DEPTH = Gauge("bridge_queue_depth", "SMS waiting in the outbox (sampled)")
+INBOUND = Counter("bridge_inbound_total", "Inbound requests accepted", ["kind"])
+INBOUND_REJECTED = Counter("bridge_inbound_rejected_total", "Inbound requests refused",
+                           ["reason"])
+INBOUND_DUPLICATES = Counter("bridge_inbound_duplicates_total",
+                             "Repeated sms_id (or content) answered from the store", ["kind"])
+DELIVERY_REPORTS = Counter("bridge_delivery_reports_total", "Delivery reports received",
+                           ["matched"])
+FORWARDS = Counter("bridge_forwards_total", "Forwarding attempts", ["kind", "outcome"])
+REPLY_SCRIPTS = Counter("bridge_reply_script_calls_total", "Reply script calls", ["outcome"])
+FORWARDS_QUEUED = Gauge("bridge_forwards_queued", "Forwarding jobs waiting (sampled)")
+DEAD_LETTERS = Gauge("bridge_dead_letters", "Forwarding jobs dead-lettered (sampled)")
+QUEUE_AGE = Gauge("bridge_queue_oldest_seconds", "Age of the oldest queued SMS (sampled)")

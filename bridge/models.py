@@ -91,3 +91,73 @@ class EnqueueResult:
 
     message_ids: tuple[int, ...]
     duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """An SMS pushed (or polled) from a provider: mobile-originated or a short-code hit."""
+
+    source: str
+    kind: str  # "mo" or "shortcode"
+    sms_id: str | None
+    phone: str
+    text: str
+    recipient: str | None = None  # receiving number or short code
+    raw: bytes = b""  # the request's parameters as received
+    charset: str = ""
+    charset_error: bool = False
+
+    @property
+    def keyword(self) -> str:
+        """The first word, case-insensitive (route and reply-script matching)."""
+        words = self.text.split(maxsplit=1)
+        return words[0].casefold() if words else ""
+
+
+@dataclass(frozen=True)
+class ForwardJob:
+    """One delivery of an inbound message to one target, committed with the message."""
+
+    kind: str  # "email" or "webhook"
+    target: str  # address, or webhook name
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The answer given to the first request with an ``sms_id``; replays get it again."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    id: int
+    duplicate: bool  # an earlier request had this sms_id (or content, without one)
+    state: str  # "routed", "unrouted", "pending" (reply script running), "answered"
+    response: StoredResponse | None
+    received_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """A provider's status for one sent SMS (002 lines 427 and 1100)."""
+
+    provider_id: str
+    status: str  # the bridge's status: delivered, undelivered, expired, rejected, unknown, sent
+    raw_status: str
+    error_code: int | None = None
+    at: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimedForward:
+    id: int
+    inbound_id: int
+    kind: str
+    target: str
+    payload: bytes
+    attempts: int
+    deadline: float

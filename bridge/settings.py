@@ -14,9 +14,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +33,36 @@ from pydantic_settings import (
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_networks(value: list[str]) -> list[str]:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP network") from exc
+    return value
+
+
+def _check_charset(value: str) -> str:
+    import codecs
+
+    try:
+        codecs.lookup(value)
+    except LookupError as exc:
+        raise ValueError(f"unknown charset {value!r}") from exc
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+NetworkList = Annotated[list[str], AfterValidator(_check_networks)]
+Charset = Annotated[str, AfterValidator(_check_charset)]
+HttpUrlText = Annotated[str, AfterValidator(_check_http_url)]
 
 
 class _Section(BaseModel):
@@ -60,11 +98,72 @@ class SmtpSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """The HTTP listener (health, readiness, metrics)."""
+    """The HTTP listener: inbound endpoints, admin API, health, readiness, metrics."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     keepalive_timeout: float = Field(15.0, gt=0)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    admin_token: SecretStr | None = None
+
+
+class InboundSourceSettings(_Section):
+    """A provider that pushes MO SMS, short-code hits and delivery reports to the bridge."""
+
+    secret: SecretStr
+    allowed_networks: NetworkList = Field(default_factory=list)
+    charset: Charset = "windows-1251"
+
+
+class ShortCodeSettings(_Section):
+    password: SecretStr
+    max_parts: int = Field(1, ge=1, le=255)
+    fallback_reply: str = ""
+
+
+class ReplyScriptSettings(_Section):
+    """A reply script for a short code (and keyword), registered in the configuration."""
+
+    shortcode: str
+    keyword: str | None = None
+    url: HttpUrlText
+    method: Literal["GET", "POST"] = "GET"
+    timeout: float = Field(3.0, gt=0)
+    secret: SecretStr | None = None
+
+
+class WebhookSettings(_Section):
+    url: HttpUrlText
+    secret: SecretStr
+    timeout: float = Field(10.0, gt=0)
+
+
+class RouteSettings(_Section):
+    """Which inbound messages go where. Empty criteria match everything (a catch-all)."""
+
+    to: list[str] = Field(default_factory=list)
+    keyword: str | None = None
+    sender_prefixes: list[str] = Field(default_factory=list)
+    emails: list[str] = Field(default_factory=list)
+    webhooks: list[str] = Field(default_factory=list)
+
+
+class InboundSettings(_Section):
+    """Inbound SMS: sources, short codes, reply scripts, forwarding targets and routes."""
+
+    sources: dict[str, InboundSourceSettings] = Field(default_factory=dict)
+    shortcodes: dict[str, ShortCodeSettings] = Field(default_factory=dict)
+    reply_scripts: list[ReplyScriptSettings] = Field(default_factory=list)
+    webhooks: dict[str, WebhookSettings] = Field(default_factory=dict)
+    routes: list[RouteSettings] = Field(default_factory=list)
+    dedup_window_without_id: float = Field(600.0, ge=0)
+    reply_budget: float = Field(5.0, gt=0)
+    forward_retry_period: float = Field(86400.0, gt=0)
+    forward_retry_base: float = Field(5.0, gt=0)
+    forward_retry_max: float = Field(1800.0, gt=0)
+    egress_allowed_networks: NetworkList = Field(default_factory=list)
+    reply_account: str | None = None
+    reply_domain: str = "localhost"
 
 
 class StoreSettings(_Section):
@@ -128,24 +227,14 @@ class AccountSettings(_Section):
     fallback_upstreams: list[str] = Field(default_factory=list)
     originator: str | None = None
     allowed_senders: list[str] = Field(default_factory=list)
-    allowed_networks: list[str] = Field(default_factory=list)
+    allowed_networks: NetworkList = Field(default_factory=list)
     allowed_prefixes: list[str] = Field(default_factory=list)
     encoding: Literal["unicode", "transliterate"] = "unicode"
     max_parts: int = Field(255, ge=1, le=255)
     mail_rate_per_minute: int = Field(100, ge=0)
     trim_signature: bool = False
     trim_quoted: bool = False
-    legacy_charset: str = "windows-1251"
-
-    @field_validator("allowed_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP network") from exc
-        return value
+    legacy_charset: Charset = "windows-1251"
 
     @field_validator("allowed_prefixes")
     @classmethod
@@ -153,17 +242,6 @@ class AccountSettings(_Section):
         for item in value:
             if not item.isdigit():
                 raise ValueError(f"{item!r}: a prefix is digits only, without '+'")
-        return value
-
-    @field_validator("legacy_charset")
-    @classmethod
-    def _charset(cls, value: str) -> str:
-        import codecs
-
-        try:
-            codecs.lookup(value)
-        except LookupError as exc:
-            raise ValueError(f"unknown charset {value!r}") from exc
         return value
 
 
@@ -193,6 +271,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=_default_upstreams)
     accounts: dict[str, AccountSettings] = Field(default_factory=_default_accounts)
 
@@ -233,6 +312,19 @@ class Settings(BaseSettings):
             ]:
                 if name not in self.upstreams:
                     raise ValueError(f"accounts.{login}.{key}: no upstream named {name!r}")
+        inbound = self.inbound
+        for index, route in enumerate(inbound.routes):
+            for hook in route.webhooks:
+                if hook not in inbound.webhooks:
+                    raise ValueError(f"inbound.routes.{index}.webhooks: no webhook named {hook!r}")
+        for index, script in enumerate(inbound.reply_scripts):
+            if script.shortcode not in inbound.shortcodes:
+                raise ValueError(
+                    f"inbound.reply_scripts.{index}.shortcode: no short code {script.shortcode!r}"
+                    " in inbound.shortcodes"
+                )
+        if inbound.reply_account is not None and self.account(inbound.reply_account) is None:
+            raise ValueError(f"inbound.reply_account: no account named {inbound.reply_account!r}")
         return self
 
     def account(self, login: str) -> AccountSettings | None:

@@ -112,6 +112,30 @@ def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
     return OutboundMail("bounce", to, report.as_bytes())
 
 
+async def send_via_smarthost(
+    settings: MailSettings, to: str, content: bytes, *, sender: str = ""
+) -> None:
+    """One mail through the configured smarthost. The default null reverse-path means a
+    bounce, a reply or a forwarded SMS can never bounce back to the bridge (RFC 5321)."""
+    if settings.smarthost is None:
+        raise aiosmtplib.SMTPException("no smarthost configured ([mail] smarthost)")
+    password = settings.password.get_secret_value() if settings.password else None
+    client = aiosmtplib.SMTP(
+        hostname=settings.smarthost,
+        port=settings.smarthost_port,
+        start_tls=settings.starttls,
+        username=settings.username,
+        password=password,
+        timeout=settings.timeout,
+    )
+    async with client:
+        await client.sendmail(sender, [to], content)
+
+
+def is_permanent_smtp_error(exc: BaseException) -> bool:
+    return isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600
+
+
 class MailRelay:
     """Sends queued outgoing mail through the smarthost, retrying with backoff."""
 
@@ -147,23 +171,10 @@ class MailRelay:
                 self._wake.clear()
 
     async def _send(self, mail_id: int, mail: OutboundMail, attempts: int) -> None:
-        assert self.settings.smarthost is not None
-        password = self.settings.password.get_secret_value() if self.settings.password else None
-        client = aiosmtplib.SMTP(
-            hostname=self.settings.smarthost,
-            port=self.settings.smarthost_port,
-            start_tls=self.settings.starttls,
-            username=self.settings.username,
-            password=password,
-            timeout=self.settings.timeout,
-        )
         try:
-            async with client:
-                # Null reverse-path: a bounce or a reply must never bounce back (RFC 5321).
-                await client.sendmail("", [mail.mail_to], mail.content)
+            await send_via_smarthost(self.settings, mail.mail_to, mail.content)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            permanent = isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600
-            give_up = permanent or attempts >= self.max_attempts
+            give_up = is_permanent_smtp_error(exc) or attempts >= self.max_attempts
             log.warning("outgoing mail failed", extra={"mail_id": mail_id, "kind": mail.kind,
                                                        "error": str(exc), "give_up": give_up})
             metrics.OUTGOING_MAIL.labels(outcome="failed" if give_up else "retry").inc()

@@ -10,7 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from bridge.models import EnqueueResult, MailEnvelope, OutboundMail, SendRequest, StoredMessage
+from bridge.models import (
+    ClaimedForward,
+    DeliveryReport,
+    EnqueueResult,
+    ForwardJob,
+    InboundMessage,
+    InboundRecord,
+    MailEnvelope,
+    OutboundMail,
+    SendRequest,
+    StoredMessage,
+    StoredResponse,
+)
 
 ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
 
@@ -101,3 +113,65 @@ class OutboxStore(Protocol):
     async def purge(self, now: float, dedup_window: float) -> None:
         """Forget deduplication keys older than the window."""
         ...
+
+    # -- inbound SMS (deduplicated by sms_id) and their forwarding jobs --------------------
+
+    async def record_inbound(
+        self,
+        message: InboundMessage,
+        *,
+        now: float,
+        dedup_window: float,
+        state: str,
+        response: StoredResponse | None,
+        jobs: Sequence[ForwardJob],
+        forward_deadline: float,
+    ) -> InboundRecord:
+        """Insert-or-fetch on (source, sms_id): the first request commits the message, its
+        answer and its forwarding jobs in one transaction; a repeat gets the stored record
+        (``duplicate=True``) and commits nothing. Without ``sms_id`` the same content within
+        ``dedup_window`` seconds counts as a repeat."""
+        ...
+
+    async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None: ...
+
+    async def complete_inbound(
+        self, inbound_id: int, response: StoredResponse, script_error: str | None
+    ) -> StoredResponse:
+        """Store a short-code answer unless one was stored first; return the one that stands."""
+        ...
+
+    async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    async def claim_forward_jobs(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[ClaimedForward]: ...
+
+    async def forward_done(self, job_id: int, now: float) -> None: ...
+
+    async def forward_retry(self, job_id: int, error: str, next_attempt_at: float) -> None: ...
+
+    async def forward_dead(self, job_id: int, error: str) -> None: ...
+
+    async def list_forward_jobs(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+
+    async def redeliver(
+        self, job_ids: Sequence[int] | None, now: float, deadline: float
+    ) -> int: ...
+
+    async def record_delivery_reports(
+        self, source: str, reports: Sequence[DeliveryReport], now: float
+    ) -> int: ...
+
+    async def list_reply_scripts(self) -> list[dict[str, Any]]: ...
+
+    async def save_reply_script(
+        self, script: dict[str, Any], now: float, script_id: int | None = None
+    ) -> dict[str, Any] | None: ...
+
+    async def delete_reply_script(self, script_id: int) -> bool: ...
+
+    async def queue_stats(self, now: float) -> dict[str, float]: ...
+

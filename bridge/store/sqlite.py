@@ -13,23 +13,31 @@ fails at once with "database is locked" whatever ``busy_timeout`` says.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import queue
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.errors import StoreUnavailable
 from bridge.models import (
+    ClaimedForward,
+    DeliveryReport,
     EnqueueResult,
+    ForwardJob,
+    InboundMessage,
+    InboundRecord,
     MailEnvelope,
     MessageStatus,
     OutboundMail,
     SendRequest,
     StoredMessage,
+    StoredResponse,
 )
 from bridge.store.base import ReplyBuilder
 
@@ -94,6 +102,72 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     CREATE INDEX outgoing_mail_due ON outgoing_mail(next_attempt_at) WHERE status != 'sent';
+    """,
+    """
+    ALTER TABLE messages ADD COLUMN delivery_status TEXT;
+    ALTER TABLE messages ADD COLUMN delivery_detail TEXT;
+    CREATE TABLE provider_ids (
+        provider_id TEXT PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id)
+    );
+    CREATE TABLE delivery_reports (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        provider_id TEXT NOT NULL,
+        message_id INTEGER,
+        status TEXT NOT NULL,
+        raw_status TEXT NOT NULL,
+        error_code INTEGER,
+        received_at REAL NOT NULL
+    );
+    CREATE TABLE inbound (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        sms_id TEXT,
+        content_hash TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        recipient TEXT,
+        text TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        charset TEXT NOT NULL,
+        charset_error INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        response_status INTEGER,
+        response_body BLOB,
+        response_type TEXT,
+        script_error TEXT,
+        received_at REAL NOT NULL,
+        UNIQUE (source, dedup_key)
+    );
+    CREATE INDEX inbound_hash ON inbound(source, content_hash, received_at);
+    CREATE TABLE forward_jobs (
+        id INTEGER PRIMARY KEY,
+        inbound_id INTEGER NOT NULL REFERENCES inbound(id),
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        deadline REAL NOT NULL
+    );
+    CREATE INDEX forward_jobs_due ON forward_jobs(next_attempt_at) WHERE status = 'queued';
+    CREATE TABLE reply_scripts (
+        id INTEGER PRIMARY KEY,
+        shortcode TEXT NOT NULL,
+        keyword TEXT,
+        url TEXT NOT NULL,
+        method TEXT NOT NULL,
+        timeout REAL NOT NULL,
+        secret TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
     """,
 ]
 
@@ -417,6 +491,7 @@ class SqliteStore:
         event: tuple[str, str | None],
         now: float,
         mail: OutboundMail | None = None,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
@@ -433,12 +508,21 @@ class SqliteStore:
             )
             if mail is not None:
                 self._insert_mail(conn, mail, now)
+            if also is not None:
+                also(conn)
 
         await self._call(op)
 
     async def mark_sent(
         self, message_id: int, owner: str, upstream: str, upstream_ids: Sequence[str], now: float
     ) -> None:
+        def index_ids(conn: sqlite3.Connection) -> None:
+            # Delivery reports name the provider's id; this finds the message from it.
+            conn.executemany(
+                "INSERT OR REPLACE INTO provider_ids (provider_id, message_id) VALUES (?, ?)",
+                [(provider_id, message_id) for provider_id in upstream_ids],
+            )
+
         await self._finish(
             message_id,
             owner,
@@ -446,6 +530,7 @@ class SqliteStore:
             (upstream, json.dumps(list(upstream_ids))),
             (MessageStatus.SENT.value, f"{upstream}: {', '.join(upstream_ids)}"),
             now,
+            also=index_ids,
         )
 
     async def schedule_retry(
@@ -588,3 +673,307 @@ class SqliteStore:
             return value
 
         return await self._call(op)
+
+    # -- inbound SMS ----------------------------------------------------------------------
+
+    async def record_inbound(
+        self,
+        message: InboundMessage,
+        *,
+        now: float,
+        dedup_window: float,
+        state: str,
+        response: StoredResponse | None,
+        jobs: Sequence[ForwardJob],
+        forward_deadline: float,
+    ) -> InboundRecord:
+        content_hash = inbound_content_hash(message)
+
+        def op(conn: sqlite3.Connection) -> InboundRecord:
+            if message.sms_id is not None:
+                row = conn.execute(
+                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = ? AND dedup_key = ?",
+                    (message.source, f"id:{message.sms_id}"),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = ? AND "
+                    "content_hash = ? AND sms_id IS NULL AND received_at >= ? "
+                    "ORDER BY id DESC LIMIT 1",
+                    (message.source, content_hash, now - dedup_window),
+                ).fetchone()
+            if row is not None:
+                return _row_to_inbound(row, duplicate=True)
+            key = (f"id:{message.sms_id}" if message.sms_id is not None
+                   else f"noid:{uuid.uuid4().hex}")
+            inbound_id = conn.execute(
+                "INSERT INTO inbound (source, kind, dedup_key, sms_id, content_hash, phone, "
+                "recipient, text, raw, charset, charset_error, state, response_status, "
+                "response_body, response_type, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.source, message.kind, key, message.sms_id, content_hash,
+                    message.phone, message.recipient, message.text, message.raw,
+                    message.charset, int(message.charset_error), state,
+                    response.status if response else None,
+                    response.body if response else None,
+                    response.content_type if response else None,
+                    now,
+                ),
+            ).lastrowid
+            assert inbound_id is not None
+            conn.executemany(
+                "INSERT INTO forward_jobs (inbound_id, kind, target, payload, status, "
+                "next_attempt_at, created_at, deadline) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                [(inbound_id, job.kind, job.target, job.payload, now, now, forward_deadline)
+                 for job in jobs],
+            )
+            return InboundRecord(inbound_id, False, state, response, now)
+
+        return await self._call(op)
+
+    async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
+        def op(conn: sqlite3.Connection) -> InboundRecord | None:
+            row = conn.execute(
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = ? AND dedup_key = ?",
+                (source, f"id:{sms_id}"),
+            ).fetchone()
+            return None if row is None else _row_to_inbound(row, duplicate=True)
+
+        return await self._call(op)
+
+    async def complete_inbound(
+        self, inbound_id: int, response: StoredResponse, script_error: str | None
+    ) -> StoredResponse:
+        """Store the answer of a short-code hit, unless one was stored first; return the
+        answer that stands."""
+
+        def op(conn: sqlite3.Connection) -> StoredResponse:
+            conn.execute(
+                "UPDATE inbound SET state = 'answered', response_status = ?, response_body = ?, "
+                "response_type = ?, script_error = ? WHERE id = ? AND state = 'pending'",
+                (response.status, response.body, response.content_type, script_error,
+                 inbound_id),
+            )
+            row = conn.execute(
+                "SELECT response_status, response_body, response_type FROM inbound WHERE id = ?",
+                (inbound_id,),
+            ).fetchone()
+            return StoredResponse(row[0], bytes(row[1]), row[2])
+
+        return await self._call(op)
+
+    async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT i.id, i.source, i.kind, i.sms_id, i.phone, i.recipient, i.text, "
+                "i.charset_error, i.state, i.script_error, i.received_at, "
+                "(SELECT COUNT(*) FROM forward_jobs f WHERE f.inbound_id = i.id), "
+                "(SELECT COUNT(*) FROM forward_jobs f WHERE f.inbound_id = i.id "
+                " AND f.status = 'delivered') "
+                "FROM inbound i ORDER BY i.id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            keys = ("id", "source", "kind", "sms_id", "phone", "recipient", "text",
+                    "charset_error", "state", "script_error", "received_at", "forwards",
+                    "delivered")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self._call(op)
+
+    # -- forwarding jobs ------------------------------------------------------------------
+
+    async def claim_forward_jobs(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[ClaimedForward]:
+        def op(conn: sqlite3.Connection) -> list[ClaimedForward]:
+            rows = conn.execute(
+                "SELECT id, inbound_id, kind, target, payload, attempts, deadline "
+                "FROM forward_jobs WHERE (status = 'queued' AND next_attempt_at <= ?) "
+                "OR (status = 'sending' AND lease_until <= ?) ORDER BY next_attempt_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE forward_jobs SET status = 'sending', lease_until = ?, "
+                "attempts = attempts + 1 WHERE id = ?",
+                [(now + lease_seconds, row[0]) for row in rows],
+            )
+            return [ClaimedForward(r[0], r[1], r[2], r[3], bytes(r[4]), r[5] + 1, r[6])
+                    for r in rows]
+
+        return await self._call(op)
+
+    async def forward_done(self, job_id: int, now: float) -> None:
+        await self._call(lambda conn: conn.execute(
+            "UPDATE forward_jobs SET status = 'delivered', lease_until = NULL, last_error = NULL "
+            "WHERE id = ?", (job_id,)))
+
+    async def forward_retry(self, job_id: int, error: str, next_attempt_at: float) -> None:
+        await self._call(lambda conn: conn.execute(
+            "UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, last_error = ?, "
+            "lease_until = NULL WHERE id = ?", (next_attempt_at, error, job_id)))
+
+    async def forward_dead(self, job_id: int, error: str) -> None:
+        await self._call(lambda conn: conn.execute(
+            "UPDATE forward_jobs SET status = 'dead', last_error = ?, lease_until = NULL "
+            "WHERE id = ?", (error, job_id)))
+
+    async def list_forward_jobs(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, params = ("WHERE status = ?", [status]) if status else ("", [])
+            rows = conn.execute(
+                f"SELECT id, inbound_id, kind, target, status, attempts, last_error, created_at "
+                f"FROM forward_jobs {where} ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            keys = ("id", "inbound_id", "kind", "target", "status", "attempts", "last_error",
+                    "created_at")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self._call(op)
+
+    async def redeliver(self, job_ids: Sequence[int] | None, now: float, deadline: float) -> int:
+        """Queue dead letters again (all of them when ``job_ids`` is None)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            sql = ("UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, "
+                   "deadline = ?, attempts = 0 WHERE status = 'dead'")
+            if job_ids is None:
+                return conn.execute(sql, (now, deadline)).rowcount
+            return sum(conn.execute(sql + " AND id = ?", (now, deadline, job_id)).rowcount
+                       for job_id in job_ids)
+
+        return await self._call(op)
+
+    # -- delivery reports -----------------------------------------------------------------
+
+    async def record_delivery_reports(
+        self, source: str, reports: Sequence[DeliveryReport], now: float
+    ) -> int:
+        """Attach reports to their messages' status history; return how many matched.
+        Unmatched reports are kept too (``delivery_reports.message_id`` is NULL)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            matched = 0
+            for report in reports:
+                row = conn.execute(
+                    "SELECT message_id FROM provider_ids WHERE provider_id = ?",
+                    (report.provider_id,),
+                ).fetchone()
+                message_id = row[0] if row else None
+                conn.execute(
+                    "INSERT INTO delivery_reports (source, provider_id, message_id, status, "
+                    "raw_status, error_code, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (source, report.provider_id, message_id, report.status, report.raw_status,
+                     report.error_code, now),
+                )
+                if message_id is None:
+                    continue
+                matched += 1
+                detail = f"{report.raw_status} ({report.provider_id})"
+                if report.error_code:
+                    detail += f" error {report.error_code}"
+                conn.execute(
+                    "UPDATE messages SET delivery_status = ?, delivery_detail = ? WHERE id = ?",
+                    (report.status, detail, message_id),
+                )
+                conn.execute(
+                    "INSERT INTO message_events (message_id, at, status, detail) "
+                    "VALUES (?, ?, ?, ?)",
+                    (message_id, now, report.status, detail),
+                )
+            return matched
+
+        return await self._call(op)
+
+    # -- reply scripts registered through the API ----------------------------------------
+
+    async def list_reply_scripts(self) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(f"SELECT {_SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
+            return [_row_to_script(row) for row in rows]
+
+        return await self._call(op)
+
+    async def save_reply_script(
+        self, script: dict[str, Any], now: float, script_id: int | None = None
+    ) -> dict[str, Any] | None:
+        """Create (``script_id`` None) or replace a reply script; None if it does not exist."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            values = (script["shortcode"], script.get("keyword"), script["url"],
+                      script["method"], script["timeout"], script.get("secret"))
+            if script_id is None:
+                new_id = conn.execute(
+                    "INSERT INTO reply_scripts (shortcode, keyword, url, method, timeout, secret, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*values, now, now),
+                ).lastrowid
+            else:
+                new_id = script_id
+                if conn.execute(
+                    "UPDATE reply_scripts SET shortcode = ?, keyword = ?, url = ?, method = ?, "
+                    "timeout = ?, secret = ?, updated_at = ? WHERE id = ?",
+                    (*values, now, script_id),
+                ).rowcount == 0:
+                    return None
+            row = conn.execute(
+                f"SELECT {_SCRIPT_COLUMNS} FROM reply_scripts WHERE id = ?", (new_id,)
+            ).fetchone()
+            return _row_to_script(row)
+
+        return await self._call(op)
+
+    async def delete_reply_script(self, script_id: int) -> bool:
+        return bool(await self._call(lambda conn: conn.execute(
+            "DELETE FROM reply_scripts WHERE id = ?", (script_id,)).rowcount))
+
+    async def queue_stats(self, now: float) -> dict[str, float]:
+        def op(conn: sqlite3.Connection) -> dict[str, float]:
+            queued, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM messages "
+                "WHERE status IN ('queued', 'sending')"
+            ).fetchone()
+            forwards, dead = conn.execute(
+                "SELECT SUM(status IN ('queued', 'sending')), SUM(status = 'dead') "
+                "FROM forward_jobs"
+            ).fetchone()
+            return {
+                "messages_queued": float(queued),
+                "oldest_queued_age": float(now - oldest) if oldest is not None else 0.0,
+                "forwards_queued": float(forwards or 0),
+                "dead_letters": float(dead or 0),
+            }
+
+        return await self._call(op)
+
+
+_INBOUND_COLUMNS = (
+    "id, state, response_status, response_body, response_type, received_at"
+)
+_SCRIPT_COLUMNS = "id, shortcode, keyword, url, method, timeout, secret, created_at, updated_at"
+
+
+def _row_to_inbound(row: Sequence[Any], *, duplicate: bool) -> InboundRecord:
+    response = None
+    if row[2] is not None:
+        response = StoredResponse(int(row[2]), bytes(row[3] or b""), str(row[4]))
+    return InboundRecord(int(row[0]), duplicate, str(row[1]), response, float(row[5]))
+
+
+def _row_to_script(row: Sequence[Any]) -> dict[str, Any]:
+    keys = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret", "created_at",
+            "updated_at")
+    return dict(zip(keys, row, strict=True))
+
+
+def inbound_content_hash(message: InboundMessage) -> str:
+    """Identity of a message that came without ``sms_id``: same source, kind, sender,
+    receiving number and text within the window count as one (a provider's retry)."""
+    digest = hashlib.sha256()
+    for part in (message.kind, message.phone, message.recipient or "", message.text):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
+

@@ -1,0 +1,207 @@
+"""What providers push to the bridge, parsed without I/O.
+
+Spec: ``002_e7d2ff51d5c777f0.txt`` — inbound SMS forwarded to an HTTP(S) script (line 1897:
+``phone``, ``message``, ``sms_id``; windows-1251 by default; the same ``sms_id`` must get the
+same answer), short code (line 1976: ``phone``, ``message``, ``shortcode``, ``password``,
+``sms_id``; the answer goes back to the subscriber unchanged), status callbacks in form
+encoding (line 1100) and JSON (line 427).
+
+Parameters are decoded from the raw bytes with the source's charset: aiohttp's
+``request.query`` and ``request.post()`` turn windows-1251 bytes into U+FFFD irreversibly
+(notes/pitfalls.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from bridge.errors import InboundError
+from bridge.models import DeliveryReport, InboundMessage
+from bridge.parsing.mail import resolve_charset
+from bridge.parsing.text import count_segments, html_to_text, normalize_newlines, strip_controls
+
+
+@dataclass(frozen=True)
+class DecodedParams:
+    values: dict[str, str]
+    charset: str
+    charset_error: bool  # the bytes were not valid in ``charset``; values hold U+FFFD
+
+
+def declared_charset(content_type: str | None) -> str | None:
+    """The ``charset`` parameter of a Content-Type header, if any and known."""
+    if not content_type:
+        return None
+    match = re.search(r"charset\s*=\s*\"?([^\";\s]+)", content_type, re.IGNORECASE)
+    return resolve_charset(match.group(1)) if match else None
+
+
+def decode_params(raw: bytes, charset: str) -> DecodedParams:
+    """``a=1&b=%F2%E5`` → values decoded with ``charset``.
+
+    A value that is not valid in the charset is never silently repaired: the caller keeps the
+    raw bytes and the message is flagged, so nobody reads mojibake as the customer's text.
+    """
+    text = raw.decode("ascii", errors="surrogateescape")
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
+        return DecodedParams(_first(pairs), charset, False)
+    except UnicodeDecodeError:
+        pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="replace")
+        return DecodedParams(_first(pairs), charset, True)
+
+
+def _first(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, value in pairs:
+        values.setdefault(key, value)
+    return values
+
+
+def _required(values: dict[str, str], name: str, *, allow_empty: bool = False) -> str:
+    value = values.get(name)
+    if value is None or (not allow_empty and not value.strip()):
+        raise InboundError(400, f"missing parameter {name!r}", field=name)
+    return value
+
+
+def _clean(text: str) -> str:
+    return strip_controls(normalize_newlines(text)).strip()
+
+
+def _sms_id(values: dict[str, str]) -> str | None:
+    value = values.get("sms_id", "").strip()
+    if len(value) > 64:
+        raise InboundError(400, "sms_id longer than 64 characters", field="sms_id")
+    return value or None
+
+
+def _phone(values: dict[str, str]) -> str:
+    phone = _required(values, "phone").strip().lstrip("+")
+    if not phone.isascii() or not phone.isdigit() or len(phone) > 20:
+        raise InboundError(400, "phone must be digits", field="phone")
+    return phone
+
+
+def parse_mo(source: str, params: DecodedParams, raw: bytes) -> InboundMessage:
+    """A mobile-originated SMS (002 line 1897)."""
+    values = params.values
+    recipient = next(
+        (values[k].strip() for k in ("to", "recipient", "shortcode") if values.get(k)), None
+    )
+    return InboundMessage(
+        source=source,
+        kind="mo",
+        sms_id=_sms_id(values),
+        phone=_phone(values),
+        text=_clean(_required(values, "message", allow_empty=True)),
+        recipient=recipient,
+        raw=raw,
+        charset=params.charset,
+        charset_error=params.charset_error,
+    )
+
+
+def parse_shortcode(source: str, params: DecodedParams, raw: bytes) -> tuple[InboundMessage, str]:
+    """A short-code hit (002 line 1976) and the password it carried."""
+    values = params.values
+    shortcode = _required(values, "shortcode").strip()
+    password = values.get("password", "")
+    message = InboundMessage(
+        source=source,
+        kind="shortcode",
+        sms_id=_sms_id(values),
+        phone=_phone(values),
+        text=_clean(_required(values, "message", allow_empty=True)),
+        recipient=shortcode,
+        raw=raw,
+        charset=params.charset,
+        charset_error=params.charset_error,
+    )
+    return message, password
+
+
+# 002, "Справка по статусам СМС сообщений" (line 2048) → the bridge's statuses.
+_STATUS_MAP = {
+    "": "sent",
+    "buffered smsc": "sent",
+    "delivered": "delivered",
+    "non delivered": "undelivered",
+    "rejected": "rejected",
+    "expired": "expired",
+    "deleted": "undelivered",
+    "unknown status": "unknown",
+    "clicked": "delivered",
+    "checked": "delivered",
+    "read": "delivered",
+}
+
+
+def map_status(raw_status: str) -> str:
+    return _STATUS_MAP.get(" ".join(raw_status.lower().split()), "unknown")
+
+
+def _error_code(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_dlr_form(values: dict[str, str]) -> list[DeliveryReport]:
+    """v1 status callback, form-encoded (002 line 1100).
+
+    The spec's example is not URL-encoded (``delivery_date=2020-05-09 17:04:00``) and carries
+    no ``error_code``: both are accepted.
+    """
+    provider_id = _required(values, "sms_id").strip()
+    raw_status = _required(values, "status", allow_empty=True).strip()
+    return [DeliveryReport(provider_id, map_status(raw_status), raw_status,
+                           _error_code(values.get("error_code")),
+                           values.get("delivery_date", "").strip())]
+
+
+def parse_dlr_json(body: bytes) -> list[DeliveryReport]:
+    """v2 status callback: a JSON array of objects (002 line 427).
+
+    The table names ``error_code``; the example sends ``err_code``: both are read. A single
+    object instead of an array is accepted too.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InboundError(400, "body is not valid JSON", field="body") from exc
+    items = data if isinstance(data, list) else [data]
+    reports: list[DeliveryReport] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InboundError(400, f"item {index} is not an object", field=f"[{index}]")
+        provider_id = str(item.get("sms_id") or "").strip()
+        if not provider_id:
+            raise InboundError(400, f"item {index}: missing sms_id", field=f"[{index}].sms_id")
+        raw_status = str(item.get("status") or "").strip()
+        code = item.get("error_code", item.get("err_code"))
+        reports.append(DeliveryReport(provider_id, map_status(raw_status), raw_status,
+                                      _error_code(code), str(item.get("delivery_date") or "")))
+    return reports
+
+
+def clean_reply(text: str, max_parts: int) -> str:
+    """A reply script's answer as SMS text: no formatting (002 line 1976: "не должен
+    содержать никакого форматирования"), within ``max_parts`` parts."""
+    if re.search(r"<[a-zA-Z/][^>]*>", text):
+        text = html_to_text(text)
+    text = strip_controls(normalize_newlines(text))
+    text = "\n".join(" ".join(line.split()) for line in text.split("\n")).strip()
+    while text and count_segments(text).parts > max_parts:
+        segments = count_segments(text)
+        keep = max(1, len(text) - max(1, (segments.units - segments.per_part * max_parts)))
+        text = text[: min(keep, len(text) - 1)].rstrip()
+    return text

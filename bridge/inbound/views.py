@@ -1,0 +1,390 @@
+"""Inbound HTTP endpoints: MO SMS, short-code hits, delivery reports, reply-script admin API.
+
+URLs (``SOURCE`` is a configured ``[inbound.sources.SOURCE]``; its secret goes in the path,
+where a provider's URL template keeps it, or in an ``X-Bridge-Secret`` header)::
+
+    GET|POST /in/SOURCE/SECRET/mo          (or /in/SOURCE/mo + X-Bridge-Secret)
+    GET|POST /in/SOURCE/SECRET/shortcode
+    GET|POST /in/SOURCE/SECRET/dlr         form (002 line 1100) or JSON (002 line 427)
+
+Every first request with an ``sms_id`` is committed with its forwarding jobs before it is
+answered; every repeat gets the stored answer and forwards nothing (002 line 1897: "если
+sms_id повторяется, то необходимо дать тот же ответ").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from aiohttp import web
+from pydantic import ValidationError
+
+from bridge import metrics
+from bridge.errors import InboundError, StoreUnavailable
+from bridge.inbound.parsing import (
+    DecodedParams,
+    clean_reply,
+    declared_charset,
+    decode_params,
+    parse_dlr_form,
+    parse_dlr_json,
+    parse_mo,
+    parse_shortcode,
+)
+from bridge.inbound.routing import ReplyScript, select_script
+from bridge.models import InboundMessage, InboundRecord, StoredResponse
+from bridge.relays.egress import EgressPolicy, EgressRefused
+from bridge.relays.forward import plan_forwarding
+from bridge.relays.replies import call_reply_script
+from bridge.settings import InboundSourceSettings, ReplyScriptSettings, Settings
+from bridge.store.base import OutboxStore
+
+log = logging.getLogger(__name__)
+
+OK_RESPONSE = StoredResponse(200, b"OK", "text/plain; charset=utf-8")
+
+
+def json_error(status: int, message: str, field: str | None = None) -> web.Response:
+    return web.json_response(InboundError(status, message, field=field).body(), status=status)
+
+
+def stored(response: StoredResponse) -> web.Response:
+    return web.Response(status=response.status, body=response.body,
+                        headers={"Content-Type": response.content_type})
+
+
+class InboundService:
+    """The state behind the inbound endpoints: settings, store and reply-script calls."""
+
+    SCRIPT_CACHE_SECONDS = 5.0
+
+    def __init__(self, settings: Settings, store: OutboxStore, client: httpx.AsyncClient,
+                 *, on_forward: Callable[[], None] = lambda: None) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.on_forward = on_forward
+        self.egress = EgressPolicy(settings.inbound.egress_allowed_networks)
+        # Short-code hits being answered in this process, so that concurrent repeats wait
+        # for the one script call instead of making their own.
+        self._inflight: dict[tuple[str, str], asyncio.Future[StoredResponse]] = {}
+        self._scripts: list[ReplyScript] | None = None
+        self._scripts_at = 0.0
+
+    # -- request plumbing -------------------------------------------------------------------
+
+    def authenticate(self, request: web.Request) -> tuple[str, InboundSourceSettings]:
+        name = request.match_info["source"]
+        source = self.settings.inbound.sources.get(name)
+        given = request.match_info.get("secret") or request.headers.get("X-Bridge-Secret") or ""
+        expected = source.secret.get_secret_value().encode() if source else b"\0none"
+        # Bytes, not str: hmac.compare_digest raises TypeError on non-ASCII str.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected) \
+                or source is None:
+            raise InboundError(403, "forbidden")
+        if source.allowed_networks:
+            try:
+                remote = ipaddress.ip_address(request.remote or "")
+            except ValueError:
+                raise InboundError(403, "forbidden") from None
+            if not any(remote in ipaddress.ip_network(net, strict=False)
+                       for net in source.allowed_networks):
+                raise InboundError(403, "forbidden")
+        return name, source
+
+    async def read_params(
+        self, request: web.Request, source: InboundSourceSettings
+    ) -> tuple[DecodedParams, bytes]:
+        """Query string and form body, decoded from raw bytes with the right charset."""
+        body = await read_body(request, self.settings.http.max_body_bytes)
+        query = request.raw_path.partition("?")[2].encode("ascii", "surrogateescape")
+        charset = declared_charset(request.headers.get("Content-Type")) or source.charset
+        raw = query + (b"&" if query and body else b"") + body
+        return decode_params(raw, charset), raw
+
+    # -- MO SMS -------------------------------------------------------------------------------
+
+    async def mo(self, request: web.Request) -> web.Response:
+        name, source = self.authenticate(request)
+        params, raw = await self.read_params(request, source)
+        message = parse_mo(name, params, raw)
+        record = await self._record(message, "routed", OK_RESPONSE)
+        return stored(record.response or OK_RESPONSE)
+
+    async def _record(self, message: InboundMessage, state: str,
+                      response: StoredResponse | None) -> InboundRecord:
+        now = time.time()
+        if message.sms_id is not None:
+            # A replay is answered from the store without building anything.
+            earlier = await self.store.get_inbound(message.source, message.sms_id)
+            if earlier is not None:
+                metrics.INBOUND_DUPLICATES.labels(kind=message.kind).inc()
+                return earlier
+        jobs, routed = plan_forwarding(self.settings, message, now)
+        if state == "routed" and not routed:
+            state = "unrouted"  # kept and listed by `sms-bridge inbound`, never dropped
+        config = self.settings.inbound
+        record = await self.store.record_inbound(
+            message, now=now, dedup_window=config.dedup_window_without_id, state=state,
+            response=response, jobs=jobs, forward_deadline=now + config.forward_retry_period,
+        )
+        if record.duplicate:
+            metrics.INBOUND_DUPLICATES.labels(kind=message.kind).inc()
+        else:
+            metrics.INBOUND.labels(kind=message.kind).inc()
+            log.info("inbound sms", extra={"inbound_id": record.id, "kind": message.kind,
+                                           "sms_id": message.sms_id, "jobs": len(jobs),
+                                           "routed": routed})
+            if jobs:
+                self.on_forward()
+        return record
+
+    # -- short codes --------------------------------------------------------------------------
+
+    async def shortcode(self, request: web.Request) -> web.Response:
+        name, source = self.authenticate(request)
+        params, raw = await self.read_params(request, source)
+        message, password = parse_shortcode(name, params, raw)
+        assert message.recipient is not None
+        code = self.settings.inbound.shortcodes.get(message.recipient)
+        expected = code.password.get_secret_value().encode() if code else b"\0none"
+        if not hmac.compare_digest(password.encode("utf-8", "surrogateescape"), expected) \
+                or code is None:
+            raise InboundError(403, "wrong short code or password", field="password")
+        budget = self.settings.inbound.reply_budget
+        try:
+            async with asyncio.timeout(budget):
+                response = await self._answer(message, source)
+        except TimeoutError:
+            # Waiting on another request's script call took the whole budget.
+            response = self._reply_response(code.fallback_reply, source.charset)
+        return stored(response)
+
+    async def _answer(
+        self, message: InboundMessage, source: InboundSourceSettings
+    ) -> StoredResponse:
+        key = (message.source, message.sms_id or "")
+        if message.sms_id is not None and key in self._inflight:
+            metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
+            return await asyncio.shield(self._inflight[key])
+        future: asyncio.Future[StoredResponse] = asyncio.get_running_loop().create_future()
+        if message.sms_id is not None:
+            self._inflight[key] = future
+        try:
+            record = await self._record(message, "pending", None)
+            if record.response is not None:
+                result = record.response
+            else:
+                result = await self._run_script(record, message, source)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters see it, nobody logs it as lost
+            raise
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    async def _run_script(self, record: InboundRecord, message: InboundMessage,
+                          source: InboundSourceSettings) -> StoredResponse:
+        assert message.recipient is not None
+        code = self.settings.inbound.shortcodes[message.recipient]
+        script = select_script(await self.scripts(), message.recipient, message.keyword)
+        error: str | None = None
+        if script is None:
+            text, error = code.fallback_reply, "no reply script registered"
+        else:
+            # Leave a little of the budget for the commit after the call.
+            timeout = min(script.timeout, self.settings.inbound.reply_budget * 0.8)
+            try:
+                answer = await call_reply_script(self.client, self.egress, script, message,
+                                                 timeout=timeout)
+                text = clean_reply(answer, code.max_parts)
+                metrics.REPLY_SCRIPTS.labels(outcome="ok").inc()
+            except Exception as exc:  # any failure yields the fallback and is recorded
+                text, error = code.fallback_reply, f"{type(exc).__name__}: {exc}"[:300]
+                metrics.REPLY_SCRIPTS.labels(outcome="failed").inc()
+                log.warning("reply script failed", extra={"inbound_id": record.id,
+                                                          "script": script.id, "error": error})
+        response = self._reply_response(text, source.charset)
+        return await self.store.complete_inbound(record.id, response, error)
+
+    @staticmethod
+    def _reply_response(text: str, charset: str) -> StoredResponse:
+        return StoredResponse(200, text.encode(charset, errors="replace"),
+                              f"text/plain; charset={charset}")
+
+    async def scripts(self) -> list[ReplyScript]:
+        """Reply scripts from the configuration and the admin API (cached for a few seconds)."""
+        now = time.monotonic()
+        if self._scripts is None or now - self._scripts_at > self.SCRIPT_CACHE_SECONDS:
+            configured = [
+                ReplyScript(f"config:{i}", s.shortcode, s.keyword, s.url, s.method, s.timeout,
+                            s.secret.get_secret_value() if s.secret else None)
+                for i, s in enumerate(self.settings.inbound.reply_scripts)
+            ]
+            registered = [
+                ReplyScript(str(row["id"]), row["shortcode"], row["keyword"], row["url"],
+                            row["method"], row["timeout"], row["secret"])
+                for row in await self.store.list_reply_scripts()
+            ]
+            self._scripts, self._scripts_at = configured + registered, now
+        return self._scripts
+
+    # -- delivery reports -------------------------------------------------------------------
+
+    async def dlr(self, request: web.Request) -> web.Response:
+        name, source = self.authenticate(request)
+        content_type = request.headers.get("Content-Type", "")
+        if "json" in content_type.lower():
+            reports = parse_dlr_json(await read_body(request, self.settings.http.max_body_bytes))
+        else:
+            params, _ = await self.read_params(request, source)
+            reports = parse_dlr_form(params.values)
+        matched = await self.store.record_delivery_reports(name, reports, time.time())
+        metrics.DELIVERY_REPORTS.labels(matched="yes").inc(matched)
+        metrics.DELIVERY_REPORTS.labels(matched="no").inc(len(reports) - matched)
+        # 002 lines 427 and 1100: answer 200 or 204, or the provider slows its reports down.
+        return web.Response(status=200, text="OK")
+
+    # -- admin API for reply scripts ----------------------------------------------------------
+
+    def check_admin(self, request: web.Request) -> None:
+        token = self.settings.http.admin_token
+        if token is None:
+            raise InboundError(404, "the admin API is disabled (set http.admin_token)")
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                   token.get_secret_value().encode()):
+            raise InboundError(401, "missing or wrong bearer token")
+
+    async def _script_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            data = json.loads(await read_body(request, self.settings.http.max_body_bytes))
+            script = ReplyScriptSettings.model_validate(data)
+        except ValueError as exc:
+            field = None
+            if isinstance(exc, ValidationError) and exc.errors():
+                field = ".".join(str(p) for p in exc.errors()[0]["loc"]) or None
+            raise InboundError(400, f"invalid reply script: {_first_error(exc)}",
+                               field=field) from None
+        if script.shortcode not in self.settings.inbound.shortcodes:
+            raise InboundError(400, f"unknown short code {script.shortcode!r}", field="shortcode")
+        # Refuse a URL that is not reachable under the egress policy now, not at the first hit.
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(script.url)
+        try:
+            await self.egress.resolve(parts.hostname or "",
+                                      parts.port or (443 if parts.scheme == "https" else 80))
+        except EgressRefused as exc:
+            raise InboundError(400, f"url refused: {exc}", field="url") from None
+        values = script.model_dump()
+        values["secret"] = script.secret.get_secret_value() if script.secret else None
+        return values
+
+    async def list_scripts(self, request: web.Request) -> web.Response:
+        self.check_admin(request)
+        configured = [_public({"id": f"config:{i}", "source": "config", **s.model_dump()})
+                      for i, s in enumerate(self.settings.inbound.reply_scripts)]
+        registered = [_public({**row, "source": "api"})
+                      for row in await self.store.list_reply_scripts()]
+        return web.json_response({"reply_scripts": configured + registered})
+
+    async def create_script(self, request: web.Request) -> web.Response:
+        self.check_admin(request)
+        saved = await self.store.save_reply_script(await self._script_body(request), time.time())
+        self._scripts = None
+        assert saved is not None
+        return web.json_response(_public({**saved, "source": "api"}), status=201)
+
+    async def get_script(self, request: web.Request) -> web.Response:
+        self.check_admin(request)
+        script_id = _script_id(request)
+        for row in await self.store.list_reply_scripts():
+            if row["id"] == script_id:
+                return web.json_response(_public({**row, "source": "api"}))
+        raise InboundError(404, "no such reply script")
+
+    async def update_script(self, request: web.Request) -> web.Response:
+        self.check_admin(request)
+        saved = await self.store.save_reply_script(await self._script_body(request), time.time(),
+                                                   _script_id(request))
+        if saved is None:
+            raise InboundError(404, "no such reply script")
+        self._scripts = None
+        return web.json_response(_public({**saved, "source": "api"}))
+
+    async def delete_script(self, request: web.Request) -> web.Response:
+        self.check_admin(request)
+        if not await self.store.delete_reply_script(_script_id(request)):
+            raise InboundError(404, "no such reply script")
+        self._scripts = None
+        return web.Response(status=204)
+
+
+def _script_id(request: web.Request) -> int:
+    value = request.match_info["script_id"]
+    if not value.isascii() or not value.isdigit():
+        raise InboundError(404, "no such reply script (configured scripts are read-only)")
+    return int(value)
+
+
+def _public(script: dict[str, Any]) -> dict[str, Any]:
+    """A script as the API shows it: the secret is never echoed."""
+    shown = {k: v for k, v in script.items() if k != "secret"}
+    shown["has_secret"] = bool(script.get("secret"))
+    return shown
+
+
+def _first_error(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        return str(exc.errors()[0]["msg"])
+    return str(exc).splitlines()[0]
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise InboundError(413, f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise InboundError(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal is an HTTP status with a JSON body; nothing internal leaks."""
+    try:
+        return await handler(request)
+    except InboundError as exc:
+        metrics.INBOUND_REJECTED.labels(reason=str(exc.status)).inc()
+        return web.json_response(exc.body(), status=exc.status)
+    except StoreUnavailable:
+        metrics.INBOUND_REJECTED.labels(reason="store").inc()
+        # Nothing was committed: the provider's retry is safe and will be answered.
+        return json_error(503, "store unavailable, retry later")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return json_error(exc.status, exc.reason)
+        raise
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path.split("/")[1])
+        return json_error(500, "internal error")

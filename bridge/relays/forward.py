@@ -1,0 +1,199 @@
+"""Forwarding inbound SMS to mailboxes and webhooks, from the durable store.
+
+The jobs are committed with the inbound message (before the provider gets its answer) and
+delivered here at least once: a target that is down delays delivery, it loses nothing; after
+``forward_retry_period`` a job is dead-lettered, listed by ``sms-bridge dead-letters`` and
+queued again by ``sms-bridge redeliver``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+import httpx
+import phonenumbers
+
+from bridge import metrics
+from bridge.errors import BridgeError, StoreUnavailable
+from bridge.models import ClaimedForward, ForwardJob, InboundMessage
+from bridge.outbox.retry import RetryPolicy
+from bridge.relays.egress import EgressPolicy, EgressRefused, guarded_request
+from bridge.relays.email import is_permanent_smtp_error, send_via_smarthost
+from bridge.relays.signing import signature_headers
+from bridge.settings import Settings
+from bridge.store.base import OutboxStore
+
+log = logging.getLogger(__name__)
+
+
+class WebhookFailed(BridgeError):
+    """The webhook receiver did not answer 2xx."""
+
+
+def pretty_phone(phone: str) -> str:
+    """``79161234567`` → ``+7 916 123-45-67`` for people; digits unchanged if unknown."""
+    try:
+        number = phonenumbers.parse("+" + phone, None)
+    except phonenumbers.NumberParseException:
+        return "+" + phone
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
+
+
+def reply_address(settings: Settings, phone: str) -> str | None:
+    """``PHONE.login@domain``: a reply to it re-enters the SMTP intake as SMTP v1 and goes
+    back to the customer as an SMS (002 line 1768)."""
+    login = settings.inbound.reply_account
+    if login is None:
+        return None
+    return f"{phone}.{settings.canonical_login(login)}@{settings.inbound.reply_domain}"
+
+
+def build_inbound_email(settings: Settings, message: InboundMessage, to: str) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = settings.mail.from_address
+    mail["To"] = to
+    kind = "Short code" if message.kind == "shortcode" else "SMS"
+    mail["Subject"] = f"{kind} from {pretty_phone(message.phone)}"
+    mail["Date"] = format_datetime(datetime.now(UTC))
+    mail["Message-ID"] = make_msgid(domain=settings.mail.from_address.rpartition("@")[2] or None)
+    mail["Auto-Submitted"] = "auto-generated"
+    reply_to = reply_address(settings, message.phone)
+    if reply_to:
+        mail["Reply-To"] = reply_to
+    mail["X-SMS-From"] = message.phone
+    if message.sms_id:
+        mail["X-SMS-Id"] = message.sms_id
+    if message.recipient:
+        mail["X-SMS-To"] = message.recipient
+    body = message.text
+    if message.charset_error:
+        mail["X-SMS-Charset-Error"] = message.charset
+        body += (f"\n\n[The provider's bytes were not valid {message.charset}; "
+                 "undecodable characters are shown as \ufffd. The raw request is stored.]")
+    mail.set_content(body + "\n", charset="utf-8")
+    return mail.as_bytes()
+
+
+def build_webhook_payload(message: InboundMessage, received_at: float) -> bytes:
+    data = {
+        "type": "sms.received" if message.kind == "mo" else "shortcode.received",
+        "timestamp": datetime.fromtimestamp(received_at, UTC).isoformat(),
+        "data": {
+            "source": message.source,
+            "sms_id": message.sms_id,
+            "from": message.phone,
+            "to": message.recipient,
+            "text": message.text,
+            "charset": message.charset,
+            "charset_error": message.charset_error,
+        },
+    }
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def plan_forwarding(
+    settings: Settings, message: InboundMessage, received_at: float
+) -> tuple[list[ForwardJob], bool]:
+    """Jobs for the first matching route, and whether a route claimed the message."""
+    from bridge.inbound.routing import select_route
+
+    route = select_route(settings.inbound.routes, message)
+    if route is None:
+        return [], False
+    jobs = [ForwardJob("email", address, build_inbound_email(settings, message, address))
+            for address in route.emails]
+    if route.webhooks:
+        payload = build_webhook_payload(message, received_at)
+        jobs += [ForwardJob("webhook", name, payload) for name in route.webhooks]
+    return jobs, True
+
+
+class ForwardWorker:
+    """Claims due forwarding jobs and delivers them, with backoff and dead-lettering."""
+
+    def __init__(self, store: OutboxStore, settings: Settings, client: httpx.AsyncClient,
+                 *, poll_interval: float = 1.0, concurrency: int = 16) -> None:
+        self.store = store
+        self.settings = settings
+        self.client = client
+        self.poll_interval = poll_interval
+        self.concurrency = concurrency
+        config = settings.inbound
+        self.policy = RetryPolicy(config.forward_retry_base, config.forward_retry_max,
+                                  config.forward_retry_period)
+        self.egress = EgressPolicy(config.egress_allowed_networks)
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                jobs = await self.store.claim_forward_jobs(time.time(), self.concurrency, 120.0)
+            except StoreUnavailable:
+                jobs = []
+            if jobs:
+                await asyncio.gather(*(self._deliver(job) for job in jobs))
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _deliver(self, job: ClaimedForward) -> None:
+        try:
+            if job.kind == "email":
+                await send_via_smarthost(self.settings.mail, job.target, job.payload)
+            else:
+                await self._post_webhook(job)
+        except Exception as exc:  # every failure is recorded; none may lose the job
+            permanent = isinstance(exc, EgressRefused | LookupError) or is_permanent_smtp_error(exc)
+            await self._failed(job, f"{type(exc).__name__}: {exc}"[:500], permanent)
+            return
+        metrics.FORWARDS.labels(kind=job.kind, outcome="delivered").inc()
+        log.info("forwarded", extra={"job": job.id, "kind": job.kind, "target": job.target,
+                                     "inbound_id": job.inbound_id})
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.forward_done(job.id, time.time())
+
+    async def _post_webhook(self, job: ClaimedForward) -> None:
+        webhook = self.settings.inbound.webhooks.get(job.target)
+        if webhook is None:
+            raise LookupError(f"webhook {job.target!r} is no longer configured")
+        # The id is stable across retries so the receiver can deduplicate (Standard Webhooks).
+        headers = signature_headers(webhook.secret.get_secret_value(), f"msg_{job.id}",
+                                    job.payload)
+        headers["Content-Type"] = "application/json"
+        response = await guarded_request(self.client, self.egress, "POST", webhook.url,
+                                         timeout=webhook.timeout, content=job.payload,
+                                         headers=headers)
+        if not 200 <= response.status_code < 300:
+            # Any other answer (3xx included: redirects are not followed) is retried.
+            raise WebhookFailed(f"webhook answered HTTP {response.status_code}")
+
+    async def _failed(self, job: ClaimedForward, error: str, permanent: bool) -> None:
+        now = time.time()
+        delay = self.policy.backoff(job.attempts)
+        dead = permanent or now + delay > job.deadline
+        metrics.FORWARDS.labels(kind=job.kind, outcome="dead" if dead else "retry").inc()
+        log.warning("forwarding failed", extra={"job": job.id, "kind": job.kind,
+                                                "target": job.target, "error": error,
+                                                "dead_letter": dead})
+        with contextlib.suppress(StoreUnavailable):
+            if dead:
+                await self.store.forward_dead(job.id, error)
+            else:
+                await self.store.forward_retry(job.id, error, now + delay)
