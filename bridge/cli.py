@@ -1,4 +1,5 @@
-"""``sms-bridge`` command line: serve, check-config, messages, mails, migrate.
+"""``sms-bridge`` command line: serve, check-config, messages, mails, inbound, dead-letters,
+redeliver, migrate.
 
 The only place that exits the process.
 """
@@ -95,6 +96,58 @@ async def _mails(settings: Settings, limit: int) -> None:
         await store.close()
 
 
+async def _inbound(settings: Settings, limit: int) -> None:
+    from bridge.store import open_store
+
+    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
+    await store.open()
+    try:
+        print(f"{'id':>6}  {'received (UTC)':19}  {'source':8} {'kind':9} {'state':9} "
+              f"{'from':15} {'to':8} {'fwd':>5}  text")
+        for row in await store.list_inbound(limit=limit):
+            received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["received_at"]))
+            text = " ".join(row["text"].split())[:40]
+            if row["charset_error"]:
+                text += "  [charset error: raw bytes stored]"
+            if row["script_error"]:
+                text += f"  [script: {row['script_error'][:40]}]"
+            print(f"{row['id']:>6}  {received}  {row['source']:8} {row['kind']:9} "
+                  f"{row['state']:9} {row['phone']:15} {row['recipient'] or '':8} "
+                  f"{row['delivered']}/{row['forwards']:<3}  {text}")
+    finally:
+        await store.close()
+
+
+async def _dead_letters(settings: Settings, limit: int) -> None:
+    from bridge.store import open_store
+
+    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
+    await store.open()
+    try:
+        rows = await store.list_forward_jobs(status="dead", limit=limit)
+        print(f"{len(rows)} dead letter(s)")
+        for row in rows:
+            print(f"{row['id']:>6}  inbound {row['inbound_id']:<6} {row['kind']:7} "
+                  f"{row['target']:30} attempts={row['attempts']}  {row['last_error'] or ''}")
+    finally:
+        await store.close()
+
+
+async def _redeliver(settings: Settings, ids: list[int], everything: bool) -> int:
+    from bridge.store import open_store
+
+    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
+    await store.open()
+    try:
+        now = time.time()
+        count = await store.redeliver(None if everything else ids, now,
+                                      now + settings.inbound.forward_retry_period)
+    finally:
+        await store.close()
+    print(f"{count} dead letter(s) queued again")
+    return count
+
+
 async def _migrate(settings: Settings) -> None:
     from bridge.store import open_store
 
@@ -116,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     messages.add_argument("--json", action="store_true", help="with status history")
     mails = commands.add_parser("mails", help="list mails the bridge sends (bounces, replies)")
     mails.add_argument("--limit", type=int, default=50)
+    inbound = commands.add_parser("inbound", help="list inbound SMS and short-code hits")
+    inbound.add_argument("--limit", type=int, default=50)
+    dead = commands.add_parser("dead-letters", help="list forwards that gave up")
+    dead.add_argument("--limit", type=int, default=100)
+    redeliver = commands.add_parser("redeliver", help="queue dead letters again")
+    redeliver.add_argument("ids", type=int, nargs="*", help="dead-letter ids")
+    redeliver.add_argument("--all", action="store_true", help="every dead letter")
     commands.add_parser("migrate", help="create or upgrade the store schema")
     args = parser.parse_args(argv)
 
@@ -130,6 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_messages(settings, args.limit, args.status, args.json))
     elif args.command == "mails":
         asyncio.run(_mails(settings, args.limit))
+    elif args.command == "inbound":
+        asyncio.run(_inbound(settings, args.limit))
+    elif args.command == "dead-letters":
+        asyncio.run(_dead_letters(settings, args.limit))
+    elif args.command == "redeliver":
+        if not args.ids and not args.all:
+            parser.error("redeliver: give dead-letter ids or --all")
+        asyncio.run(_redeliver(settings, args.ids, args.all))
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))
     return 0

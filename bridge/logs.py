@@ -51,3 +51,5 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     # aiosmtpd logs every command at INFO/DEBUG with peer data; keep it to warnings.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO; reply-script URLs may carry tokens.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -9,6 +9,7 @@ calls pass the SSRF guard of :mod:`bridge.relays.egress`.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlencode
 
 import httpx
@@ -45,7 +46,9 @@ async def call_reply_script(
     ).encode("ascii")
     headers: dict[str, str] = {}
     if script.secret:
-        headers.update(signature_headers(script.secret, f"sms_{message.sms_id or ''}", fields))
+        # Standard Webhooks ids are plain tokens; an sms_id may hold any character.
+        token = re.sub(r"[^A-Za-z0-9_-]", "_", message.sms_id or "none")[:64]
+        headers.update(signature_headers(script.secret, f"sms_{token}", fields))
     if script.method == "POST":
         headers["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8"
         response = await guarded_request(client, egress, "POST", script.url, timeout=timeout,
