@@ -15,6 +15,7 @@ from bridge.inbound.app import RedactingAccessLogger, make_http_app
 from bridge.inbound.views import InboundService
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.dispatcher import Dispatcher
+from bridge.outbox.leases import make_owner, owner_is_dead
 from bridge.relays.email import MailRelay, build_bounce
 from bridge.relays.forward import ForwardWorker
 from bridge.settings import Settings
@@ -66,14 +67,21 @@ class Bridge:
         def bounce(message: StoredMessage, error: str) -> OutboundMail | None:
             return build_bounce(settings.mail, settings.smtp.hostname, message, error)
 
+        # One lease owner for this process; the leases of a dead predecessor on this host
+        # are released before any worker claims.
+        owner = make_owner()
+        released = await self.store.expire_leases(owner_is_dead)
+        if released:
+            log.warning("resuming work left in flight by a stopped process",
+                        extra={"rows": released})
         self.dispatcher = Dispatcher(self.store, self.upstreams, settings, bridge_id=bridge_id,
-                                     bounce=bounce)
+                                     bounce=bounce, owner=owner)
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
         if settings.mail.smarthost:
-            self.relay = MailRelay(self.store, settings.mail)
+            self.relay = MailRelay(self.store, settings.mail, owner=owner)
             self._tasks.append(asyncio.create_task(self.relay.run(), name="mail-relay"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        self.forwarder = ForwardWorker(self.store, settings, self._client)
+        self.forwarder = ForwardWorker(self.store, settings, self._client, owner=owner)
         self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
         handler = IntakeHandler(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -11,8 +12,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.doubles.receiver import HttpReceiver
 from tests.doubles.smstraffic import SmsTrafficDouble
 from tests.test_smtp_intake import mail, send
 
@@ -62,17 +65,19 @@ class BridgeProcess:
             await self.proc.wait()
 
 
-def write_config(tmp_path: Path, smtp_port: int, upstream: str, **dispatcher: float) -> Path:
+def write_config(tmp_path: Path, smtp_port: int, upstream: str, *, http_port: int = 0,
+                 extra: str = "", **dispatcher: float) -> Path:
     config = tmp_path / "bridge.toml"
     lines = [
         'log_format = "json"',
         "[smtp]", 'host = "127.0.0.1"', f"port = {smtp_port}",
-        "[http]", 'host = "127.0.0.1"', f"port = {free_port()}",
+        "[http]", 'host = "127.0.0.1"', f"port = {http_port or free_port()}",
         "[store]", f'url = "sqlite:///{tmp_path / "bridge.sqlite3"}"',
         "[dispatcher]", "poll_interval = 0.2", "retry_base = 0.05", "retry_max = 0.2",
         *(f"{key} = {value}" for key, value in dispatcher.items()),
         "[upstreams.main]", upstream,
         "[accounts.alerts]", 'password = "pw"', 'upstream = "main"',
+        extra,
     ]
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -152,3 +157,39 @@ async def test_kill_during_the_upstream_call_does_not_send_twice(
         assert len(sends) == 2  # resent after the lease expired …
         assert sends[0].json["restrictiveId"] == sends[1].json["restrictiveId"]
         assert len(provider.accepted) == 1  # … and recognised by restrictiveId
+
+
+async def test_kill_before_forwarding_loses_nothing_and_replays_stay_answered(
+    tmp_path: Path, processes: list[BridgeProcess]
+) -> None:
+    hook_port, http_port = free_port(), free_port()  # the webhook receiver is down at first
+    inbound = "\n".join([
+        "[inbound]", 'egress_allowed_networks = ["127.0.0.0/8"]',
+        "forward_retry_base = 0.05", "forward_retry_max = 0.2",
+        "[inbound.sources.st]", 'secret = "src"',
+        "[inbound.webhooks.crm]", f'url = "http://127.0.0.1:{hook_port}/hook"',
+        'secret = "hook-secret"',
+        "[[inbound.routes]]", 'webhooks = ["crm"]',
+    ])
+    config = write_config(tmp_path, free_port(), 'kind = "dryrun"', http_port=http_port,
+                          extra=inbound)
+    first = BridgeProcess(config)
+    processes.append(first)
+    await first.start()
+    mo = f"http://127.0.0.1:{http_port}/in/st/src/mo"
+    params = {"phone": "79161234567", "message": "hello", "sms_id": "k-1"}
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(mo, params=params)
+        assert answer.status_code == 200
+        await first.kill()
+        async with HttpReceiver(port=hook_port) as hook:
+            second = BridgeProcess(config)
+            processes.append(second)
+            await second.start()
+            [call] = await hook.wait_for(1)
+            replay = await client.get(mo, params=params)
+            assert (replay.status_code, replay.content) == (answer.status_code, answer.content)
+            with sqlite3.connect(tmp_path / "bridge.sqlite3") as conn:
+                assert conn.execute("SELECT COUNT(*) FROM forward_jobs").fetchone() == (1,)
+    assert json.loads(call.body)["data"]["sms_id"] == "k-1"
+    assert len(hook.requests) == 1

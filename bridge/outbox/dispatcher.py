@@ -11,15 +11,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from bridge import metrics
 from bridge.errors import StoreUnavailable, TransientUpstreamError, UpstreamError
 from bridge.models import OutboundMail, StoredMessage
+from bridge.outbox.leases import make_owner
 from bridge.outbox.ratelimit import TokenBucket
 from bridge.outbox.retry import Action, RetryPolicy
 from bridge.settings import DispatcherSettings, Settings
@@ -29,24 +27,6 @@ from bridge.upstreams.base import OutboundSms, SendReceipt, Upstream
 log = logging.getLogger(__name__)
 
 BounceBuilder = Callable[[StoredMessage, str], OutboundMail | None]
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True if a lease owner was a process on this host that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class Dispatcher:
@@ -59,6 +39,7 @@ class Dispatcher:
         bridge_id: str,
         bounce: BounceBuilder | None = None,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
@@ -69,9 +50,7 @@ class Dispatcher:
         self.bridge_id = bridge_id
         self.bounce = bounce
         self.clock = clock
-        # host:pid:random: a restarted process on the same host can tell its dead
-        # predecessor's leases from those of live workers (see ``owner_is_dead``).
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or make_owner()
         self._semaphores = {
             name: asyncio.Semaphore(settings.upstreams[name].concurrency) for name in upstreams
         }
@@ -88,13 +67,6 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        try:
-            released = await self.store.expire_leases(owner_is_dead)
-        except StoreUnavailable:
-            released = 0
-        if released:
-            log.warning("resuming sends left in flight by a stopped process",
-                        extra={"messages": released})
         while not self._stopping:
             free = self._capacity - len(self._inflight)
             claimed: list[StoredMessage] = []

@@ -140,7 +140,8 @@ class MailRelay:
     """Sends queued outgoing mail through the smarthost, retrying with backoff."""
 
     def __init__(self, store: OutboxStore, settings: MailSettings, poll_interval: float = 1.0,
-                 max_attempts: int = 20) -> None:
+                 max_attempts: int = 20, *, owner: str) -> None:
+        self.owner = owner
         self.store = store
         self.settings = settings
         self.poll_interval = poll_interval
@@ -159,7 +160,7 @@ class MailRelay:
     async def run(self) -> None:
         while not self._stopping:
             try:
-                batch = await self.store.claim_mails(time.time(), 20, 120.0)
+                batch = await self.store.claim_mails(self.owner, time.time(), 20, 120.0)
             except StoreUnavailable:
                 batch = []
             for mail_id, mail, attempts in batch:

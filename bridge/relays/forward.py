@@ -119,7 +119,8 @@ class ForwardWorker:
     """Claims due forwarding jobs and delivers them, with backoff and dead-lettering."""
 
     def __init__(self, store: OutboxStore, settings: Settings, client: httpx.AsyncClient,
-                 *, poll_interval: float = 1.0, concurrency: int = 16) -> None:
+                 *, owner: str, poll_interval: float = 1.0, concurrency: int = 16) -> None:
+        self.owner = owner
         self.store = store
         self.settings = settings
         self.client = client
@@ -142,7 +143,8 @@ class ForwardWorker:
     async def run(self) -> None:
         while not self._stopping:
             try:
-                jobs = await self.store.claim_forward_jobs(time.time(), self.concurrency, 120.0)
+                jobs = await self.store.claim_forward_jobs(self.owner, time.time(),
+                                                           self.concurrency, 120.0)
             except StoreUnavailable:
                 jobs = []
             if jobs:

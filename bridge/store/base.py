@@ -62,8 +62,9 @@ class OutboxStore(Protocol):
         ...
 
     async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
-        """End the leases of owners ``is_dead`` says are gone, so their messages are claimed
-        at once instead of after the lease time. Returns how many were released."""
+        """End the leases (outbox, forwarding jobs, outgoing mail) of owners ``is_dead`` says
+        are gone, so their rows are claimed at once instead of after the lease time. Returns
+        how many were released."""
         ...
 
     async def mark_sent(
@@ -92,7 +93,9 @@ class OutboxStore(Protocol):
         """Queue a mail on its own (a v2 error reply, which has no sends)."""
         ...
 
-    async def claim_mails(self, now: float, limit: int, lease_seconds: float) -> list[
+    async def claim_mails(
+        self, owner: str, now: float, limit: int, lease_seconds: float
+    ) -> list[
         tuple[int, OutboundMail, int]
     ]:
         """Claim outgoing mails that are due: ``(id, mail, attempts)``."""
@@ -144,7 +147,7 @@ class OutboxStore(Protocol):
     async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
 
     async def claim_forward_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, owner: str, now: float, limit: int, lease_seconds: float
     ) -> list[ClaimedForward]: ...
 
     async def forward_done(self, job_id: int, now: float) -> None: ...

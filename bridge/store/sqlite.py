@@ -97,6 +97,7 @@ MIGRATIONS: list[str] = [
         status TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
         lease_until REAL,
         last_error TEXT,
         created_at REAL NOT NULL
@@ -151,6 +152,7 @@ MIGRATIONS: list[str] = [
         status TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
         lease_until REAL,
         last_error TEXT,
         created_at REAL NOT NULL,
@@ -464,20 +466,21 @@ class SqliteStore:
 
     async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            owners = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT DISTINCT lease_owner FROM messages WHERE status = 'sending'"
-                )
-                if row[0] and is_dead(row[0])
-            ]
             released = 0
-            for owner in owners:
-                released += conn.execute(
-                    "UPDATE messages SET lease_until = 0 WHERE status = 'sending' "
-                    "AND lease_owner = ?",
-                    (owner,),
-                ).rowcount
+            for table in ("messages", "forward_jobs", "outgoing_mail"):
+                owners = [
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT DISTINCT lease_owner FROM {table} WHERE status = 'sending'"
+                    )
+                    if row[0] and is_dead(row[0])
+                ]
+                for owner in owners:
+                    released += conn.execute(
+                        f"UPDATE {table} SET lease_until = 0 WHERE status = 'sending' "
+                        "AND lease_owner = ?",
+                        (owner,),
+                    ).rowcount
             return released
 
         return await self._call(op)
@@ -599,7 +602,7 @@ class SqliteStore:
         await self._call(lambda conn: self._insert_mail(conn, mail, now))
 
     async def claim_mails(
-        self, now: float, limit: int, lease_seconds: float
+        self, owner: str, now: float, limit: int, lease_seconds: float
     ) -> list[tuple[int, OutboundMail, int]]:
         def op(conn: sqlite3.Connection) -> list[tuple[int, OutboundMail, int]]:
             rows = conn.execute(
@@ -610,9 +613,9 @@ class SqliteStore:
             ).fetchall()
             for row in rows:
                 conn.execute(
-                    "UPDATE outgoing_mail SET status = 'sending', lease_until = ?, "
-                    "attempts = attempts + 1 WHERE id = ?",
-                    (now + lease_seconds, row[0]),
+                    "UPDATE outgoing_mail SET status = 'sending', lease_owner = ?, "
+                    "lease_until = ?, attempts = attempts + 1 WHERE id = ?",
+                    (owner, now + lease_seconds, row[0]),
                 )
             return [(r[0], OutboundMail(r[1], r[2], bytes(r[3])), r[4] + 1) for r in rows]
 
@@ -784,7 +787,7 @@ class SqliteStore:
     # -- forwarding jobs ------------------------------------------------------------------
 
     async def claim_forward_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, owner: str, now: float, limit: int, lease_seconds: float
     ) -> list[ClaimedForward]:
         def op(conn: sqlite3.Connection) -> list[ClaimedForward]:
             rows = conn.execute(
@@ -794,9 +797,9 @@ class SqliteStore:
                 (now, now, limit),
             ).fetchall()
             conn.executemany(
-                "UPDATE forward_jobs SET status = 'sending', lease_until = ?, "
+                "UPDATE forward_jobs SET status = 'sending', lease_owner = ?, lease_until = ?, "
                 "attempts = attempts + 1 WHERE id = ?",
-                [(now + lease_seconds, row[0]) for row in rows],
+                [(owner, now + lease_seconds, row[0]) for row in rows],
             )
             return [ClaimedForward(r[0], r[1], r[2], r[3], bytes(r[4]), r[5] + 1, r[6])
                     for r in rows]

@@ -30,7 +30,8 @@ class Scripted:
 
 
 class HttpReceiver:
-    def __init__(self, default: Scripted | None = None) -> None:
+    def __init__(self, default: Scripted | None = None, *, port: int = 0) -> None:
+        self.port = port
         self.default = default or Scripted()
         self.requests: list[Received] = []
         self.script: deque[Scripted] = deque()
@@ -57,7 +58,7 @@ class HttpReceiver:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
