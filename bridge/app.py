@@ -16,6 +16,7 @@ from bridge.inbound.views import InboundService
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.outbox.leases import make_owner, owner_is_dead
+from bridge.outbox.polling import InboundPoller, StatusPoller
 from bridge.relays.email import MailRelay, build_bounce
 from bridge.relays.forward import ForwardWorker
 from bridge.settings import Settings
@@ -95,6 +96,11 @@ class Bridge:
 
         service = InboundService(settings, self.store, self._client,
                                  on_forward=self.forwarder.wake)
+        self.status_poller = StatusPoller(self.store, self.upstreams, settings)
+        self.inbound_poller = InboundPoller(self.store, self.upstreams, settings,
+                                            service.accept_polled)
+        self._tasks.append(asyncio.create_task(self.status_poller.run(), name="status-poller"))
+        self._tasks.append(asyncio.create_task(self.inbound_poller.run(), name="inbound-poller"))
         app = make_http_app(self.store, service)
         self._http = web.AppRunner(
             app,

@@ -113,6 +113,7 @@ class InboundSourceSettings(_Section):
     secret: SecretStr
     allowed_networks: NetworkList = Field(default_factory=list)
     charset: Charset = "windows-1251"
+    dlr_format: str = "smstraffic"
 
 
 class ShortCodeSettings(_Section):
@@ -214,9 +215,14 @@ class UpstreamSettings(_Section):
     login: str | None = None
     password: SecretStr | None = None
     api_key: SecretStr | None = None
+    client_id: str | None = None
+    callback_url: str | None = None
     concurrency: int = Field(8, ge=1, le=1024)
     rate_per_second: float = Field(0.0, ge=0)
     timeout: float = Field(15.0, gt=0)
+    status_poll_interval: float = Field(60.0, ge=0)
+    status_poll_max: float = Field(259200.0, gt=0)
+    inbound_poll_interval: float = Field(0.0, ge=0)
 
 
 class AccountSettings(_Section):
@@ -313,6 +319,12 @@ class Settings(BaseSettings):
                 if name not in self.upstreams:
                     raise ValueError(f"accounts.{login}.{key}: no upstream named {name!r}")
         inbound = self.inbound
+        for name, source in inbound.sources.items():
+            if source.dlr_format not in registry.DLR_FORMATS:
+                raise ValueError(
+                    f"inbound.sources.{name}.dlr_format: unknown format {source.dlr_format!r} "
+                    f"(known: {', '.join(sorted(registry.DLR_FORMATS))})"
+                )
         for index, route in enumerate(inbound.routes):
             for hook in route.webhooks:
                 if hook not in inbound.webhooks:

@@ -193,6 +193,16 @@ def parse_dlr_json(body: bytes) -> list[DeliveryReport]:
     return reports
 
 
+def parse_smstraffic_dlr(
+    content_type: str, query: bytes, body: bytes, charset: str
+) -> list[DeliveryReport]:
+    """SMS Traffic's status callbacks: JSON (v2, line 427) or a form (v1, line 1100)."""
+    if "json" in content_type.lower():
+        return parse_dlr_json(body)
+    raw = query + (b"&" if query and body else b"") + body
+    return parse_dlr_form(decode_params(raw, charset).values)
+
+
 def clean_reply(text: str, max_parts: int) -> str:
     """A reply script's answer as SMS text: no formatting (002 line 1976: "не должен
     содержать никакого форматирования"), within ``max_parts`` parts."""

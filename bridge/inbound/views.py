@@ -34,8 +34,6 @@ from bridge.inbound.parsing import (
     clean_reply,
     declared_charset,
     decode_params,
-    parse_dlr_form,
-    parse_dlr_json,
     parse_mo,
     parse_shortcode,
 )
@@ -46,6 +44,7 @@ from bridge.relays.forward import plan_forwarding
 from bridge.relays.replies import call_reply_script
 from bridge.settings import InboundSourceSettings, ReplyScriptSettings, Settings
 from bridge.store.base import OutboxStore
+from bridge.upstreams.registry import dlr_parser
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +117,11 @@ class InboundService:
         message = parse_mo(name, params, raw)
         record = await self._record(message, "routed", OK_RESPONSE)
         return stored(record.response or OK_RESPONSE)
+
+    async def accept_polled(self, message: InboundMessage) -> InboundRecord:
+        """A message fetched by polling enters the same pipeline as a pushed one: same
+        routes, forwarding and deduplication (by its provider's ``sms_id``)."""
+        return await self._record(message, "routed", OK_RESPONSE)
 
     async def _record(self, message: InboundMessage, state: str,
                       response: StoredResponse | None) -> InboundRecord:
@@ -246,11 +250,10 @@ class InboundService:
     async def dlr(self, request: web.Request) -> web.Response:
         name, source = self.authenticate(request)
         content_type = request.headers.get("Content-Type", "")
-        if "json" in content_type.lower():
-            reports = parse_dlr_json(await read_body(request, self.settings.http.max_body_bytes))
-        else:
-            params, _ = await self.read_params(request, source)
-            reports = parse_dlr_form(params.values)
+        body = await read_body(request, self.settings.http.max_body_bytes)
+        query = request.raw_path.partition("?")[2].encode("ascii", "surrogateescape")
+        charset = declared_charset(content_type) or source.charset
+        reports = dlr_parser(source.dlr_format)(content_type, query, body, charset)
         matched = await self.store.record_delivery_reports(name, reports, time.time())
         metrics.DELIVERY_REPORTS.labels(matched="yes").inc(matched)
         metrics.DELIVERY_REPORTS.labels(matched="no").inc(len(reports) - matched)

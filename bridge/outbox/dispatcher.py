@@ -22,7 +22,7 @@ from bridge.outbox.ratelimit import TokenBucket
 from bridge.outbox.retry import Action, RetryPolicy
 from bridge.settings import DispatcherSettings, Settings
 from bridge.store.base import OutboxStore
-from bridge.upstreams.base import OutboundSms, SendReceipt, Upstream
+from bridge.upstreams.base import OutboundSms, SendReceipt, StatusPolling, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ class Dispatcher:
         }
         self._buckets = {
             name: TokenBucket(settings.upstreams[name].rate_per_second) for name in upstreams
+        }
+        # Where statuses are polled, the first poll comes one interval after the send.
+        self._poll_interval = {
+            name: settings.upstreams[name].status_poll_interval
+            for name, upstream in upstreams.items() if isinstance(upstream, StatusPolling)
         }
         self._wake = asyncio.Event()
         self._stopping = False
@@ -181,9 +186,11 @@ class Dispatcher:
                     message, Action.RETRY, self.policy.backoff(message.attempts), str(error)
                 )
                 return
+            now = self.clock()
+            interval = self._poll_interval.get(name, 0.0)
             await self._persist(
                 functools.partial(self.store.mark_sent, message.id, self.owner, name,
-                                  receipt.provider_ids, self.clock())
+                                  receipt.provider_ids, now, now + interval if interval else None)
             )
             log.info(
                 "sms sent",

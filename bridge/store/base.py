@@ -68,8 +68,16 @@ class OutboxStore(Protocol):
         ...
 
     async def mark_sent(
-        self, message_id: int, owner: str, upstream: str, upstream_ids: Sequence[str], now: float
-    ) -> None: ...
+        self,
+        message_id: int,
+        owner: str,
+        upstream: str,
+        upstream_ids: Sequence[str],
+        now: float,
+        poll_at: float | None = None,
+    ) -> None:
+        """Record the provider's acceptance; ``poll_at`` starts status polling then."""
+        ...
 
     async def schedule_retry(
         self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
@@ -175,6 +183,18 @@ class OutboxStore(Protocol):
     ) -> dict[str, Any] | None: ...
 
     async def delete_reply_script(self, script_id: int) -> bool: ...
+
+    async def due_status_polls(
+        self, upstream: str, now: float, limit: int
+    ) -> list[tuple[int, list[str], int]]: ...
+
+    async def reschedule_status_polls(
+        self, schedule: Sequence[tuple[int, float | None]]
+    ) -> None: ...
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
 
     async def queue_stats(self, now: float) -> dict[str, float]: ...
 

@@ -107,6 +107,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN delivery_status TEXT;
     ALTER TABLE messages ADD COLUMN delivery_detail TEXT;
+    ALTER TABLE messages ADD COLUMN next_poll_at REAL;
+    ALTER TABLE messages ADD COLUMN poll_count INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_polls ON messages(upstream_used, next_poll_at)
+        WHERE next_poll_at IS NOT NULL;
     CREATE TABLE provider_ids (
         provider_id TEXT PRIMARY KEY,
         message_id INTEGER NOT NULL REFERENCES messages(id)
@@ -517,7 +521,13 @@ class SqliteStore:
         await self._call(op)
 
     async def mark_sent(
-        self, message_id: int, owner: str, upstream: str, upstream_ids: Sequence[str], now: float
+        self,
+        message_id: int,
+        owner: str,
+        upstream: str,
+        upstream_ids: Sequence[str],
+        now: float,
+        poll_at: float | None = None,
     ) -> None:
         def index_ids(conn: sqlite3.Connection) -> None:
             # Delivery reports name the provider's id; this finds the message from it.
@@ -529,8 +539,9 @@ class SqliteStore:
         await self._finish(
             message_id,
             owner,
-            "status = 'sent', upstream_used = ?, upstream_ids = ?, last_error = NULL",
-            (upstream, json.dumps(list(upstream_ids))),
+            "status = 'sent', upstream_used = ?, upstream_ids = ?, last_error = NULL, "
+            "next_poll_at = ?",
+            (upstream, json.dumps(list(upstream_ids)), poll_at if upstream_ids else None),
             (MessageStatus.SENT.value, f"{upstream}: {', '.join(upstream_ids)}"),
             now,
             also=index_ids,
@@ -878,9 +889,11 @@ class SqliteStore:
                 detail = f"{report.raw_status} ({report.provider_id})"
                 if report.error_code:
                     detail += f" error {report.error_code}"
+                # A final status ends status polling for the message.
                 conn.execute(
-                    "UPDATE messages SET delivery_status = ?, delivery_detail = ? WHERE id = ?",
-                    (report.status, detail, message_id),
+                    "UPDATE messages SET delivery_status = ?, delivery_detail = ?, "
+                    "next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END WHERE id = ?",
+                    (report.status, detail, report.status in FINAL_STATUSES, message_id),
                 )
                 conn.execute(
                     "INSERT INTO message_events (message_id, at, status, detail) "
@@ -933,6 +946,46 @@ class SqliteStore:
         return bool(await self._call(lambda conn: conn.execute(
             "DELETE FROM reply_scripts WHERE id = ?", (script_id,)).rowcount))
 
+    # -- status polling and polling cursors ------------------------------------------------
+
+    async def due_status_polls(
+        self, upstream: str, now: float, limit: int
+    ) -> list[tuple[int, list[str], int]]:
+        """Sent messages of ``upstream`` whose status is due to be asked for:
+        ``(message id, provider ids, polls so far)``."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[int, list[str], int]]:
+            rows = conn.execute(
+                "SELECT id, upstream_ids, poll_count FROM messages WHERE upstream_used = ? "
+                "AND next_poll_at IS NOT NULL AND next_poll_at <= ? ORDER BY next_poll_at "
+                "LIMIT ?",
+                (upstream, now, limit),
+            ).fetchall()
+            return [(row[0], json.loads(row[1]), row[2]) for row in rows]
+
+        return await self._call(op)
+
+    async def reschedule_status_polls(
+        self, schedule: Sequence[tuple[int, float | None]]
+    ) -> None:
+        """Next poll time per message (None: stop polling it)."""
+        await self._call(lambda conn: conn.executemany(
+            "UPDATE messages SET next_poll_at = ?, poll_count = poll_count + 1 "
+            "WHERE id = ? AND next_poll_at IS NOT NULL",
+            [(at, message_id) for message_id, at in schedule]))
+
+    async def get_meta(self, key: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._call(op)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._call(lambda conn: conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
+
     async def queue_stats(self, now: float) -> dict[str, float]:
         def op(conn: sqlite3.Connection) -> dict[str, float]:
             queued, oldest = conn.execute(
@@ -952,6 +1005,8 @@ class SqliteStore:
 
         return await self._call(op)
 
+
+FINAL_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
 
 _INBOUND_COLUMNS = (
     "id, state, response_status, response_body, response_type, received_at"

@@ -8,12 +8,14 @@ errors to :class:`TransientUpstreamError` or :class:`PermanentUpstreamError` at 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
 
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError
+from bridge.models import DeliveryReport, InboundMessage
 from bridge.settings import UpstreamSettings
 
 
@@ -53,6 +55,29 @@ class Upstream(Protocol):
     async def send(self, sms: OutboundSms) -> SendReceipt: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StatusPolling(Protocol):
+    """An upstream whose delivery statuses can be asked for (for providers without
+    callbacks, or as a fallback when callbacks are lost)."""
+
+    async def poll_statuses(self, provider_ids: Sequence[str]) -> list[DeliveryReport]:
+        """Current status of each id the provider knows; ids it does not know are left out.
+        Raises an :class:`UpstreamError` when the provider cannot answer now."""
+        ...
+
+
+@runtime_checkable
+class InboundPolling(Protocol):
+    """An upstream that offers inbound SMS by polling instead of (or besides) pushing."""
+
+    async def poll_inbound(self, cursor: str | None) -> tuple[list[InboundMessage], str | None]:
+        """Messages after ``cursor`` (None: from the provider's earliest), and the cursor to
+        pass next time. The messages' ``source`` is the upstream's name; each must carry the
+        provider's ``sms_id`` so that a message seen twice (around a restart) is recorded
+        once. Raises an :class:`UpstreamError` when the provider cannot answer now."""
+        ...
 
 
 class HttpUpstream:

@@ -17,13 +17,28 @@ PROVIDERS: dict[str, str] = {
 }
 
 
+# Formats of delivery-report callbacks, for ``[inbound.sources.X] dlr_format``. A parser is
+# ``(content_type, raw_query, body, charset) -> list[DeliveryReport]``.
+DLR_FORMATS: dict[str, str] = {
+    "smstraffic": "bridge.inbound.parsing:parse_smstraffic_dlr",
+}
+
+
 def kinds() -> set[str]:
     return set(PROVIDERS)
 
 
-def provider_class(kind: str) -> Any:
-    module, _, attr = PROVIDERS[kind].partition(":")
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def provider_class(kind: str) -> Any:
+    return _load(PROVIDERS[kind])
+
+
+def dlr_parser(name: str) -> Any:
+    return _load(DLR_FORMATS[name])
 
 
 def validate(name: str, settings: UpstreamSettings) -> None:
