@@ -51,7 +51,7 @@ Run
 
     defaults: 5000 requests, 50 concurrent workers, both modes, 3 rounds. ``--json`` prints
     one JSON object instead of the table (progress goes to stderr). The exit status is 0 on
-    PASS, 1 on FAIL.
+    PASS, 1 on FAIL (with ``--mode replay50`` alone only failures and the store check count).
 """
 
 from __future__ import annotations

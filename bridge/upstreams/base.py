@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
 
-from bridge.errors import PermanentUpstreamError, TransientUpstreamError
+from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport, InboundMessage
 from bridge.settings import UpstreamSettings
 
@@ -55,6 +55,21 @@ class Upstream(Protocol):
     async def send(self, sms: OutboundSms) -> SendReceipt: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BatchSending(Protocol):
+    """An upstream that can send several SMS in one request (batch/bulk endpoints).
+
+    The dispatcher hands it up to ``max_batch`` messages at once. The result list has one
+    entry per message, in order: a :class:`SendReceipt`, or the :class:`UpstreamError` for
+    that message alone. A failure of the whole request is raised instead.
+    """
+
+    max_batch: int
+
+    async def send_batch(self, batch: Sequence[OutboundSms]) -> list[SendReceipt | UpstreamError]:
+        ...
 
 
 @runtime_checkable

@@ -14,6 +14,11 @@ PROVIDERS: dict[str, str] = {
     "dryrun": "bridge.upstreams.dryrun:DryRunUpstream",
     "smstraffic_v1": "bridge.upstreams.smstraffic:SmsTrafficV1Upstream",
     "smstraffic_v2": "bridge.upstreams.smstraffic:SmsTrafficV2Upstream",
+    "smstraffic_soap": "bridge.upstreams.smstraffic_soap:SmsTrafficSoapUpstream",
+    "kcell": "bridge.upstreams.kcell:KcellUpstream",
+    "devino_rest": "bridge.upstreams.devino_rest:DevinoRestUpstream",
+    "devino_soap": "bridge.upstreams.devino_soap:DevinoSoapUpstream",
+    "smsc": "bridge.upstreams.smsc:SmscUpstream",
 }
 
 
@@ -21,6 +26,7 @@ PROVIDERS: dict[str, str] = {
 # ``(content_type, raw_query, body, charset) -> list[DeliveryReport]``.
 DLR_FORMATS: dict[str, str] = {
     "smstraffic": "bridge.inbound.parsing:parse_smstraffic_dlr",
+    "kcell": "bridge.upstreams.kcell:parse_delivery_reports",
 }
 
 
