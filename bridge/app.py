@@ -45,6 +45,8 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.relay: MailRelay | None = None
         self.forwarder: ForwardWorker | None = None
+        self.status_poller: StatusPoller | None = None
+        self.inbound_poller: InboundPoller | None = None
         self.smtp_port = 0
         self.http_port = 0
 
@@ -133,12 +135,15 @@ class Bridge:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        # Ask every worker to stop, let in-flight work record its outcome, then cancel.
         if self.dispatcher is not None:
             await self.dispatcher.stop()
-        if self.relay is not None:
-            await self.relay.stop()
-        if self.forwarder is not None:
-            await self.forwarder.stop()
+        for worker in (self.relay, self.forwarder, self.status_poller, self.inbound_poller):
+            if worker is not None:
+                await worker.stop()
+        running = [t for t in self._tasks if t.get_name() != "housekeeping"]
+        if running:
+            await asyncio.wait(running, timeout=10.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

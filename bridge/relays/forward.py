@@ -9,12 +9,14 @@ queued again by ``sms-bridge redeliver``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import time
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.header import Header
+from email.message import Message
 from email.utils import format_datetime, make_msgid
 
 import httpx
@@ -56,11 +58,16 @@ def reply_address(settings: Settings, phone: str) -> str | None:
 
 
 def build_inbound_email(settings: Settings, message: InboundMessage, to: str) -> bytes:
-    mail = EmailMessage()
+    """The mail a helpdesk receives for an inbound SMS.
+
+    Built with the compat32 API and explicit encodings: the ``policy.default`` header
+    registry cost 0.7 ms per mail in the inbound benchmark's profile."""
+    kind = "Short code" if message.kind == "shortcode" else "SMS"
+    mail = Message()
     mail["From"] = settings.mail.from_address
     mail["To"] = to
-    kind = "Short code" if message.kind == "shortcode" else "SMS"
-    mail["Subject"] = f"{kind} from {pretty_phone(message.phone)}"
+    subject = f"{kind} from {pretty_phone(message.phone)}"
+    mail["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
     mail["Date"] = format_datetime(datetime.now(UTC))
     mail["Message-ID"] = make_msgid(domain=settings.mail.from_address.rpartition("@")[2] or None)
     mail["Auto-Submitted"] = "auto-generated"
@@ -68,17 +75,40 @@ def build_inbound_email(settings: Settings, message: InboundMessage, to: str) ->
     if reply_to:
         mail["Reply-To"] = reply_to
     mail["X-SMS-From"] = message.phone
-    if message.sms_id:
+    # Provider-given values are printable ASCII here or dropped: no header injection.
+    if message.sms_id and message.sms_id.isprintable() and message.sms_id.isascii():
         mail["X-SMS-Id"] = message.sms_id
-    if message.recipient:
+    if message.recipient and message.recipient.isascii() and message.recipient.isprintable():
         mail["X-SMS-To"] = message.recipient
     body = message.text
     if message.charset_error:
         mail["X-SMS-Charset-Error"] = message.charset
         body += (f"\n\n[The provider's bytes were not valid {message.charset}; "
                  "undecodable characters are shown as \ufffd. The raw request is stored.]")
-    mail.set_content(body + "\n", charset="utf-8")
+    mail["MIME-Version"] = "1.0"
+    mail["Content-Type"] = 'text/plain; charset="utf-8"'
+    mail["Content-Transfer-Encoding"] = "base64"
+    mail.set_payload(base64.encodebytes((body + "\n").encode("utf-8")).decode("ascii"))
     return mail.as_bytes()
+
+
+def message_payload(message: InboundMessage) -> bytes:
+    """What an e-mail job stores: the message's fields. The mail is rendered when it is
+    sent, off the request path."""
+    return json.dumps({
+        "source": message.source, "kind": message.kind, "sms_id": message.sms_id,
+        "phone": message.phone, "text": message.text, "recipient": message.recipient,
+        "charset": message.charset, "charset_error": message.charset_error,
+    }, ensure_ascii=False).encode("utf-8")
+
+
+def message_from_payload(payload: bytes) -> InboundMessage:
+    data = json.loads(payload)
+    return InboundMessage(
+        source=data["source"], kind=data["kind"], sms_id=data["sms_id"], phone=data["phone"],
+        text=data["text"], recipient=data["recipient"], charset=data["charset"],
+        charset_error=data["charset_error"],
+    )
 
 
 def build_webhook_payload(message: InboundMessage, received_at: float) -> bytes:
@@ -107,8 +137,10 @@ def plan_forwarding(
     route = select_route(settings.inbound.routes, message)
     if route is None:
         return [], False
-    jobs = [ForwardJob("email", address, build_inbound_email(settings, message, address))
-            for address in route.emails]
+    jobs = []
+    if route.emails:
+        fields = message_payload(message)
+        jobs += [ForwardJob("email", address, fields) for address in route.emails]
     if route.webhooks:
         payload = build_webhook_payload(message, received_at)
         jobs += [ForwardJob("webhook", name, payload) for name in route.webhooks]
@@ -158,7 +190,9 @@ class ForwardWorker:
     async def _deliver(self, job: ClaimedForward) -> None:
         try:
             if job.kind == "email":
-                await send_via_smarthost(self.settings.mail, job.target, job.payload)
+                content = build_inbound_email(self.settings, message_from_payload(job.payload),
+                                              job.target)
+                await send_via_smarthost(self.settings.mail, job.target, content)
             else:
                 await self._post_webhook(job)
         except Exception as exc:  # every failure is recorded; none may lose the job
@@ -169,7 +203,7 @@ class ForwardWorker:
         log.info("forwarded", extra={"job": job.id, "kind": job.kind, "target": job.target,
                                      "inbound_id": job.inbound_id})
         with contextlib.suppress(StoreUnavailable):
-            await self.store.forward_done(job.id, time.time())
+            await self.store.forward_done(job.id, self.owner, time.time())
 
     async def _post_webhook(self, job: ClaimedForward) -> None:
         webhook = self.settings.inbound.webhooks.get(job.target)
@@ -196,6 +230,6 @@ class ForwardWorker:
                                                 "dead_letter": dead})
         with contextlib.suppress(StoreUnavailable):
             if dead:
-                await self.store.forward_dead(job.id, error)
+                await self.store.forward_dead(job.id, self.owner, error)
             else:
-                await self.store.forward_retry(job.id, error, now + delay)
+                await self.store.forward_retry(job.id, self.owner, error, now + delay)

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -232,6 +233,10 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Reads run on their own connection and thread: in WAL mode they see every committed
+        # write without waiting behind the writer's group commits (and their fsync).
+        self._reader: ThreadPoolExecutor | None = None
+        self._reader_conn: sqlite3.Connection | None = None
 
     @classmethod
     def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SqliteStore:
@@ -298,6 +303,15 @@ class SqliteStore:
         for loop, items in by_loop.items():
             loop.call_soon_threadsafe(_resolve_all, items)
 
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None or self._reader_conn is None:
+            raise StoreUnavailable("store is not open")
+        conn = self._reader_conn
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None:
             raise StoreUnavailable("store is not open")
@@ -318,6 +332,15 @@ class SqliteStore:
             target=self._run, args=(conn,), name="sqlite-store", daemon=True
         )
         self._thread.start()
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._reader_conn = await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._connect_reader)
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA query_only = 1")
+        return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -340,6 +363,12 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            if self._reader_conn is not None:
+                await asyncio.get_running_loop().run_in_executor(reader, self._reader_conn.close)
+                self._reader_conn = None
+            reader.shutdown(wait=True)
         thread, self._thread = self._thread, None
         if thread is not None:
             self._queue.put(None)
@@ -595,7 +624,7 @@ class SqliteStore:
             ).fetchall()
             return [_row_to_message(row) for row in rows]
 
-        return await self._call(op)
+        return await self._read(op)
 
     async def message_events(self, message_id: int) -> list[dict[str, Any]]:
         def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -605,7 +634,7 @@ class SqliteStore:
             ).fetchall()
             return [{"at": r[0], "status": r[1], "detail": r[2]} for r in rows]
 
-        return await self._call(op)
+        return await self._read(op)
 
     # -- mails the bridge sends -----------------------------------------------------------
 
@@ -664,7 +693,7 @@ class SqliteStore:
                     "content")
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
-        return await self._call(op)
+        return await self._read(op)
 
     async def purge(self, now: float, dedup_window: float) -> None:
         await self._call(
@@ -754,7 +783,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else _row_to_inbound(row, duplicate=True)
 
-        return await self._call(op)
+        return await self._read(op)
 
     async def complete_inbound(
         self, inbound_id: int, response: StoredResponse, script_error: str | None
@@ -793,7 +822,7 @@ class SqliteStore:
                     "delivered")
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
-        return await self._call(op)
+        return await self._read(op)
 
     # -- forwarding jobs ------------------------------------------------------------------
 
@@ -817,20 +846,26 @@ class SqliteStore:
 
         return await self._call(op)
 
-    async def forward_done(self, job_id: int, now: float) -> None:
+    # Outcomes are recorded only by the lease holder: a worker whose lease expired and was
+    # taken over must not overwrite the new holder's result (e.g. put a delivered job back).
+    _FORWARD_HELD = "WHERE id = ? AND status = 'sending' AND lease_owner = ?"
+
+    async def forward_done(self, job_id: int, owner: str, now: float) -> None:
         await self._call(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'delivered', lease_until = NULL, last_error = NULL "
-            "WHERE id = ?", (job_id,)))
+            + self._FORWARD_HELD, (job_id, owner)))
 
-    async def forward_retry(self, job_id: int, error: str, next_attempt_at: float) -> None:
+    async def forward_retry(
+        self, job_id: int, owner: str, error: str, next_attempt_at: float
+    ) -> None:
         await self._call(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, last_error = ?, "
-            "lease_until = NULL WHERE id = ?", (next_attempt_at, error, job_id)))
+            "lease_until = NULL " + self._FORWARD_HELD, (next_attempt_at, error, job_id, owner)))
 
-    async def forward_dead(self, job_id: int, error: str) -> None:
+    async def forward_dead(self, job_id: int, owner: str, error: str) -> None:
         await self._call(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'dead', last_error = ?, lease_until = NULL "
-            "WHERE id = ?", (error, job_id)))
+            + self._FORWARD_HELD, (error, job_id, owner)))
 
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100
@@ -846,7 +881,7 @@ class SqliteStore:
                     "created_at")
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
-        return await self._call(op)
+        return await self._read(op)
 
     async def redeliver(self, job_ids: Sequence[int] | None, now: float, deadline: float) -> int:
         """Queue dead letters again (all of them when ``job_ids`` is None)."""
@@ -911,7 +946,7 @@ class SqliteStore:
             rows = conn.execute(f"SELECT {_SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
             return [_row_to_script(row) for row in rows]
 
-        return await self._call(op)
+        return await self._read(op)
 
     async def save_reply_script(
         self, script: dict[str, Any], now: float, script_id: int | None = None
@@ -963,7 +998,7 @@ class SqliteStore:
             ).fetchall()
             return [(row[0], json.loads(row[1]), row[2]) for row in rows]
 
-        return await self._call(op)
+        return await self._read(op)
 
     async def reschedule_status_polls(
         self, schedule: Sequence[tuple[int, float | None]]
@@ -979,7 +1014,7 @@ class SqliteStore:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._call(op)
+        return await self._read(op)
 
     async def set_meta(self, key: str, value: str) -> None:
         await self._call(lambda conn: conn.execute(
@@ -1003,7 +1038,7 @@ class SqliteStore:
                 "dead_letters": float(dead or 0),
             }
 
-        return await self._call(op)
+        return await self._read(op)
 
 
 FINAL_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
