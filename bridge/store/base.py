@@ -155,7 +155,8 @@ class OutboxStore(Protocol):
     async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
 
     async def claim_forward_jobs(
-        self, owner: str, now: float, limit: int, lease_seconds: float
+        self, owner: str, now: float, limit: int, lease_seconds: float,
+        kinds: Sequence[str] = ("email", "webhook"),
     ) -> list[ClaimedForward]: ...
 
     async def forward_done(self, job_id: int, owner: str, now: float) -> None:

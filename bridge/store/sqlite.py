@@ -827,14 +827,17 @@ class SqliteStore:
     # -- forwarding jobs ------------------------------------------------------------------
 
     async def claim_forward_jobs(
-        self, owner: str, now: float, limit: int, lease_seconds: float
+        self, owner: str, now: float, limit: int, lease_seconds: float,
+        kinds: Sequence[str] = ("email", "webhook"),
     ) -> list[ClaimedForward]:
         def op(conn: sqlite3.Connection) -> list[ClaimedForward]:
+            marks = ",".join("?" * len(kinds))
             rows = conn.execute(
                 "SELECT id, inbound_id, kind, target, payload, attempts, deadline "
-                "FROM forward_jobs WHERE (status = 'queued' AND next_attempt_at <= ?) "
-                "OR (status = 'sending' AND lease_until <= ?) ORDER BY next_attempt_at LIMIT ?",
-                (now, now, limit),
+                "FROM forward_jobs WHERE ((status = 'queued' AND next_attempt_at <= ?) "
+                f"OR (status = 'sending' AND lease_until <= ?)) AND kind IN ({marks}) "
+                "ORDER BY next_attempt_at LIMIT ?",
+                (now, now, *kinds, limit),
             ).fetchall()
             conn.executemany(
                 "UPDATE forward_jobs SET status = 'sending', lease_owner = ?, lease_until = ?, "
