@@ -97,7 +97,7 @@ class Bridge:
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
 
         service = InboundService(settings, self.store, self._client,
-                                 on_forward=self.forwarder.wake)
+                                 on_forward=self.forwarder.notify)
         self.status_poller = StatusPoller(self.store, self.upstreams, settings)
         self.inbound_poller = InboundPoller(self.store, self.upstreams, settings,
                                             service.accept_polled)

@@ -38,7 +38,7 @@ from bridge.inbound.parsing import (
     parse_shortcode,
 )
 from bridge.inbound.routing import ReplyScript, select_script
-from bridge.models import InboundMessage, InboundRecord, StoredResponse
+from bridge.models import ForwardJob, InboundMessage, InboundRecord, StoredResponse
 from bridge.relays.egress import EgressPolicy, EgressRefused
 from bridge.relays.forward import plan_forwarding
 from bridge.relays.replies import call_reply_script
@@ -66,7 +66,7 @@ class InboundService:
     SCRIPT_CACHE_SECONDS = 5.0
 
     def __init__(self, settings: Settings, store: OutboxStore, client: httpx.AsyncClient,
-                 *, on_forward: Callable[[], None] = lambda: None) -> None:
+                 *, on_forward: Callable[[list[ForwardJob]], None] = lambda jobs: None) -> None:
         self.settings = settings
         self.store = store
         self.client = client
@@ -148,7 +148,7 @@ class InboundService:
                                            "sms_id": message.sms_id, "jobs": len(jobs),
                                            "routed": routed})
             if jobs:
-                self.on_forward()
+                self.on_forward(jobs)
         return record
 
     # -- short codes --------------------------------------------------------------------------

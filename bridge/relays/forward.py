@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime, make_msgid
@@ -178,6 +179,11 @@ class ForwardWorker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def notify(self, jobs: Sequence[ForwardJob]) -> None:
+        """New jobs were committed: wake up if this worker takes any of them."""
+        if any(job.kind in self.kinds for job in jobs):
+            self._wake.set()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -163,7 +163,9 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         deadline REAL NOT NULL
     );
-    CREATE INDEX forward_jobs_due ON forward_jobs(next_attempt_at) WHERE status = 'queued';
+    CREATE INDEX forward_jobs_due ON forward_jobs(kind, next_attempt_at)
+        WHERE status = 'queued';
+    CREATE INDEX forward_jobs_leased ON forward_jobs(lease_until) WHERE status = 'sending';
     CREATE TABLE reply_scripts (
         id INTEGER PRIMARY KEY,
         shortcode TEXT NOT NULL,
@@ -831,13 +833,28 @@ class SqliteStore:
         kinds: Sequence[str] = ("email", "webhook"),
     ) -> list[ClaimedForward]:
         def op(conn: sqlite3.Connection) -> list[ClaimedForward]:
-            marks = ",".join("?" * len(kinds))
+            # One indexed range per kind, plus expired leases: no scan of the jobs of kinds
+            # this worker does not take (e-mail jobs waiting for a smarthost).
+            parts = [
+                "SELECT id, next_attempt_at AS k FROM forward_jobs WHERE status = 'queued' "
+                "AND kind = ? AND next_attempt_at <= ?"
+                for _ in kinds
+            ]
+            parts.append("SELECT id, lease_until AS k FROM forward_jobs WHERE status = "
+                         "'sending' AND lease_until <= ?")
+            params: list[Any] = [v for kind in kinds for v in (kind, now)] + [now]
+            ids = [row[0] for row in conn.execute(
+                f"SELECT id FROM ({' UNION ALL '.join(parts)}) ORDER BY k LIMIT ?",
+                (*params, limit),
+            )]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 "SELECT id, inbound_id, kind, target, payload, attempts, deadline "
-                "FROM forward_jobs WHERE ((status = 'queued' AND next_attempt_at <= ?) "
-                f"OR (status = 'sending' AND lease_until <= ?)) AND kind IN ({marks}) "
-                "ORDER BY next_attempt_at LIMIT ?",
-                (now, now, *kinds, limit),
+                f"FROM forward_jobs WHERE id IN ({marks}) AND kind IN "
+                f"({','.join('?' * len(kinds))})",
+                (*ids, *kinds),
             ).fetchall()
             conn.executemany(
                 "UPDATE forward_jobs SET status = 'sending', lease_owner = ?, lease_until = ?, "
