@@ -12,7 +12,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from bridge import metrics
 from bridge.errors import StoreUnavailable, TransientUpstreamError, UpstreamError
@@ -22,7 +23,13 @@ from bridge.outbox.ratelimit import TokenBucket
 from bridge.outbox.retry import Action, RetryPolicy
 from bridge.settings import DispatcherSettings, Settings
 from bridge.store.base import OutboxStore
-from bridge.upstreams.base import OutboundSms, SendReceipt, StatusPolling, Upstream
+from bridge.upstreams.base import (
+    BatchSending,
+    OutboundSms,
+    SendReceipt,
+    StatusPolling,
+    Upstream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +89,33 @@ class Dispatcher:
                     )
                 except StoreUnavailable as exc:
                     log.warning("dispatcher cannot claim: %s", exc)
-            for message in claimed:
-                task = asyncio.create_task(self._deliver(message))
+            for work in self._plan(claimed):
+                task = asyncio.create_task(work)
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
             if claimed and len(claimed) == free:
                 await asyncio.sleep(0)
                 continue
             await self._idle()
+
+    def _plan(self, claimed: list[StoredMessage]) -> list[Coroutine[Any, Any, None]]:
+        """One task per message, except that messages for an upstream with a batch
+        endpoint go in requests of up to its ``max_batch``."""
+        work: list[Coroutine[Any, Any, None]] = []
+        batches: dict[str, list[StoredMessage]] = {}
+        for message in claimed:
+            upstream = self.upstreams.get(message.upstream)
+            if isinstance(upstream, BatchSending) and upstream.max_batch > 1:
+                batches.setdefault(message.upstream, []).append(message)
+            else:
+                work.append(self._deliver(message))
+        for name, messages in batches.items():
+            size = self.upstreams[name].max_batch  # type: ignore[attr-defined]
+            for start in range(0, len(messages), size):
+                chunk = messages[start:start + size]
+                work.append(self._deliver_batch(name, chunk) if len(chunk) > 1
+                            else self._deliver(chunk[0]))
+        return work
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -155,11 +181,77 @@ class Dispatcher:
             metrics.SENDS.labels(upstream=name, outcome="sent").inc()
             return receipt
 
-    async def _deliver(self, message: StoredMessage) -> None:
+    async def _deliver_batch(self, name: str, messages: list[StoredMessage]) -> None:
+        """Several messages in one request to a batch endpoint; each outcome is recorded
+        on its own message as if it had been sent alone."""
+        upstream = self.upstreams[name]
+        assert isinstance(upstream, BatchSending)
+        async with self._semaphores[name]:
+            await self._buckets[name].take()  # provider rate limits count requests
+            started = time.perf_counter()
+            try:
+                results: list[SendReceipt | UpstreamError] = await upstream.send_batch(
+                    [self._sms(m) for m in messages])
+                if len(results) != len(messages):
+                    raise TransientUpstreamError(
+                        f"{name}: batch answered {len(results)} results for {len(messages)}",
+                        ambiguous=True)
+            except UpstreamError as exc:
+                results = [exc] * len(messages)
+            except Exception as exc:  # a bug in a provider module must not lose messages
+                log.exception("upstream %s raised unexpectedly in a batch", name)
+                results = [TransientUpstreamError(f"{name}: internal error "
+                                                  f"{type(exc).__name__}")] * len(messages)
+            finally:
+                metrics.SEND_SECONDS.labels(upstream=name).observe(time.perf_counter() - started)
+        for message, result in zip(messages, results, strict=True):
+            if isinstance(result, SendReceipt):
+                metrics.SENDS.labels(upstream=name, outcome="sent").inc()
+                await self._sent(message, name, result)
+                continue
+            kind = "transient" if isinstance(result, TransientUpstreamError) else "permanent"
+            metrics.SENDS.labels(upstream=name, outcome=kind).inc()
+            await self._failed(message, 0, result, [name, *message.fallbacks])
+
+    async def _sent(self, message: StoredMessage, name: str, receipt: SendReceipt) -> None:
+        now = self.clock()
+        interval = self._poll_interval.get(name, 0.0)
+        await self._persist(
+            functools.partial(self.store.mark_sent, message.id, self.owner, name,
+                              receipt.provider_ids, now, now + interval if interval else None)
+        )
+        log.info(
+            "sms sent",
+            extra={"message_id": message.id, "upstream": name, "parts": message.parts,
+                   "provider_ids": list(receipt.provider_ids)},
+        )
+
+    async def _failed(self, message: StoredMessage, index: int, exc: UpstreamError,
+                      chain: list[str]) -> None:
+        """A send through ``chain[index]`` failed: fall back, retry later or fail."""
+        decision = self.policy.decide(
+            exc,
+            attempt=message.attempts,
+            age=self.clock() - message.created_at,
+            has_fallback=index + 1 < len(chain),
+        )
+        log.warning(
+            "send failed",
+            extra={"message_id": message.id, "upstream": chain[index], "error": str(exc),
+                   "action": decision.action.value, "attempt": message.attempts},
+        )
+        if decision.action is Action.FALLBACK:
+            await self._deliver(message, start=index + 1)
+        else:
+            await self._record_failure(message, decision.action, decision.delay, str(exc))
+
+    async def _deliver(self, message: StoredMessage, start: int = 0) -> None:
         sms = self._sms(message)
         chain = [message.upstream, *message.fallbacks]
         error: UpstreamError | None = None
         for index, name in enumerate(chain):
+            if index < start:
+                continue
             try:
                 receipt = await self._send_via(name, sms)
             except UpstreamError as exc:
@@ -186,17 +278,7 @@ class Dispatcher:
                     message, Action.RETRY, self.policy.backoff(message.attempts), str(error)
                 )
                 return
-            now = self.clock()
-            interval = self._poll_interval.get(name, 0.0)
-            await self._persist(
-                functools.partial(self.store.mark_sent, message.id, self.owner, name,
-                                  receipt.provider_ids, now, now + interval if interval else None)
-            )
-            log.info(
-                "sms sent",
-                extra={"message_id": message.id, "upstream": name, "parts": message.parts,
-                       "provider_ids": list(receipt.provider_ids)},
-            )
+            await self._sent(message, name, receipt)
             return
         assert error is not None  # every upstream in the chain failed without sending
         delay = self.policy.backoff(message.attempts)
