@@ -217,6 +217,7 @@ class UpstreamSettings(_Section):
     api_key: SecretStr | None = None
     client_id: str | None = None
     callback_url: str | None = None
+    originator: str | None = None
     concurrency: int = Field(8, ge=1, le=1024)
     rate_per_second: float = Field(0.0, ge=0)
     timeout: float = Field(15.0, gt=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -63,6 +64,9 @@ class Dispatcher:
         }
         self._buckets = {
             name: TokenBucket(settings.upstreams[name].rate_per_second) for name in upstreams
+        }
+        self._default_originator = {
+            name: settings.upstreams[name].originator for name in upstreams
         }
         # Where statuses are polled, the first poll comes one interval after the send.
         self._poll_interval = {
@@ -163,10 +167,17 @@ class Dispatcher:
             two_byte_concat=bool(options.get("two_byte_concat")),
         )
 
+    def _for(self, name: str, sms: OutboundSms) -> OutboundSms:
+        """The account's originator, else the upstream's default sender, if it has one."""
+        if sms.originator is None and self._default_originator.get(name):
+            return dataclasses.replace(sms, originator=self._default_originator[name])
+        return sms
+
     async def _send_via(self, name: str, sms: OutboundSms) -> SendReceipt:
         upstream = self.upstreams.get(name)
         if upstream is None:
             raise TransientUpstreamError(f"upstream {name!r} is not configured")
+        sms = self._for(name, sms)
         async with self._semaphores[name]:
             await self._buckets[name].take()
             started = time.perf_counter()
@@ -191,7 +202,7 @@ class Dispatcher:
             started = time.perf_counter()
             try:
                 results: list[SendReceipt | UpstreamError] = await upstream.send_batch(
-                    [self._sms(m) for m in messages])
+                    [self._for(name, self._sms(m)) for m in messages])
                 if len(results) != len(messages):
                     raise TransientUpstreamError(
                         f"{name}: batch answered {len(results)} results for {len(messages)}",

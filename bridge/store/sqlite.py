@@ -126,6 +126,8 @@ MIGRATIONS: list[str] = [
         error_code INTEGER,
         received_at REAL NOT NULL
     );
+    CREATE INDEX delivery_reports_unmatched ON delivery_reports(provider_id)
+        WHERE message_id IS NULL;
     CREATE TABLE inbound (
         id INTEGER PRIMARY KEY,
         source TEXT NOT NULL,
@@ -566,6 +568,20 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO provider_ids (provider_id, message_id) VALUES (?, ?)",
                 [(provider_id, message_id) for provider_id in upstream_ids],
             )
+            # A provider may report before its send reply was recorded here: such reports
+            # were kept unmatched, and are applied now, in the order they came.
+            marks = ",".join("?" * len(upstream_ids))
+            early = conn.execute(
+                "SELECT id, provider_id, status, raw_status, error_code, received_at "
+                f"FROM delivery_reports WHERE message_id IS NULL AND provider_id IN ({marks}) "
+                "ORDER BY id",
+                list(upstream_ids),
+            ).fetchall() if upstream_ids else []
+            for report_id, provider_id, status, raw_status, error_code, received_at in early:
+                conn.execute("UPDATE delivery_reports SET message_id = ? WHERE id = ?",
+                             (message_id, report_id))
+                _apply_report(conn, message_id, provider_id, status, raw_status, error_code,
+                              received_at)
 
         await self._finish(
             message_id,
@@ -941,20 +957,8 @@ class SqliteStore:
                 if message_id is None:
                     continue
                 matched += 1
-                detail = f"{report.raw_status} ({report.provider_id})"
-                if report.error_code:
-                    detail += f" error {report.error_code}"
-                # A final status ends status polling for the message.
-                conn.execute(
-                    "UPDATE messages SET delivery_status = ?, delivery_detail = ?, "
-                    "next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END WHERE id = ?",
-                    (report.status, detail, report.status in FINAL_STATUSES, message_id),
-                )
-                conn.execute(
-                    "INSERT INTO message_events (message_id, at, status, detail) "
-                    "VALUES (?, ?, ?, ?)",
-                    (message_id, now, report.status, detail),
-                )
+                _apply_report(conn, message_id, report.provider_id, report.status,
+                              report.raw_status, report.error_code, now)
             return matched
 
         return await self._call(op)
@@ -1062,6 +1066,53 @@ class SqliteStore:
 
 
 FINAL_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
+
+FAILED_STATUSES = ("rejected", "undelivered", "expired")
+
+
+def aggregate_status(part_statuses: Sequence[str]) -> str:
+    """One status for a message from its parts' latest statuses (several provider ids when
+    a long text was split): delivered when every part is, the failure when one failed,
+    unknown when all are final otherwise, sent while any part is still on its way."""
+    if part_statuses and all(s == "delivered" for s in part_statuses):
+        return "delivered"
+    for failed in FAILED_STATUSES:
+        if failed in part_statuses:
+            return failed
+    if part_statuses and all(s in FINAL_STATUSES for s in part_statuses):
+        return "unknown"
+    return "sent"
+
+
+def _apply_report(conn: sqlite3.Connection, message_id: int, provider_id: str, status: str,
+                  raw_status: str, error_code: int | None, at: float) -> None:
+    """A delivery report into the message's history and status; the status aggregates the
+    latest report of each part, and a final one ends status polling for the message."""
+    detail = f"{raw_status} ({provider_id})"
+    if error_code:
+        detail += f" error {error_code}"
+    (ids_json,) = conn.execute("SELECT upstream_ids FROM messages WHERE id = ?",
+                               (message_id,)).fetchone()
+    latest = {
+        row[0]: row[1]
+        for row in conn.execute(
+            "SELECT provider_id, status FROM delivery_reports WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        )
+    }
+    latest[provider_id] = status
+    parts = json.loads(ids_json) or [provider_id]
+    overall = aggregate_status([latest.get(part, "sent") for part in parts])
+    conn.execute(
+        "UPDATE messages SET delivery_status = ?, delivery_detail = ?, "
+        "next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END WHERE id = ?",
+        (overall, detail, overall in FINAL_STATUSES, message_id),
+    )
+    conn.execute(
+        "INSERT INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
+        (message_id, at, status, detail),
+    )
+
 
 _INBOUND_COLUMNS = (
     "id, state, response_status, response_body, response_type, received_at"

@@ -160,7 +160,7 @@ class HttpUpstream:
             raise TransientUpstreamError(
                 f"{self.name}: HTTP 429 too many requests",
                 "http_429",
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         if status >= 500:
             raise TransientUpstreamError(f"{self.name}: HTTP {status}", f"http_{status}",
@@ -173,7 +173,8 @@ class HttpUpstream:
         return None
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if value is None:
         return None
     try:

@@ -58,6 +58,10 @@ REPEAT_RETRY_AFTER = 60.0
 #: Error 10, "Повторная попытка возможна через 8 часов" (004, error table).
 CODE_RESEND_RETRY_AFTER = 8 * 3600.0
 
+#: The excerpt's table comes from the sender-name section: its 3 is "sender not found" and its
+#: 9 speaks of repeated sender-name requests, while in SMSC's send.php 9 refuses a repeated
+#: send request within a minute (notes/pitfalls.md). Both readings lead to the same handling:
+#: 3 permanent, 9 transient after at least a minute, never retried at once.
 #: Error codes after which the same request may succeed later, with the wait each needs.
 #: Every other code (1 parameters, 2 login, 3 sender, 5, 7 number format, 8 undeliverable,
 #: 11, and codes outside the excerpt) describes the request or the account: repeating the
