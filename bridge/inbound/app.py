@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -29,6 +30,11 @@ def redacted_path(path: str) -> str:
 class RedactingAccessLogger(AbstractAccessLogger):
     """aiohttp's default access log prints the whole request line, query included: a
     short-code ``password`` or a source secret would be logged (notes/pitfalls.md)."""
+
+    @property
+    def enabled(self) -> bool:
+        # Checked once per connection by aiohttp: no per-request work when not logging.
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.info(

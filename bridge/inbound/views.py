@@ -357,6 +357,8 @@ def _first_error(exc: ValueError) -> str:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
+    if not request.body_exists:
+        return b""
     if request.content_length is not None and request.content_length > limit:
         raise InboundError(413, f"body larger than {limit} bytes")
     chunks: list[bytes] = []
