@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 class Bridge:
     """One bridge process. ``start()`` binds the ports (0 = ephemeral), ``stop()`` drains."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        # Several worker processes share the listening ports (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.store: OutboxStore = open_store(
             settings.store.url, busy_timeout=settings.store.busy_timeout
         )
@@ -93,7 +95,7 @@ class Bridge:
             on_enqueued=self.dispatcher.wake,
             on_mail_queued=self.relay.wake if self.relay else (lambda: None),
         )
-        self._smtp = await start_smtp_server(settings, handler)
+        self._smtp = await start_smtp_server(settings, handler, reuse_port=self.reuse_port)
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
 
         service = InboundService(settings, self.store, self._client,
@@ -110,7 +112,8 @@ class Bridge:
             keepalive_timeout=settings.http.keepalive_timeout,
         )
         await self._http.setup()
-        site = web.TCPSite(self._http, settings.http.host, settings.http.port)
+        site = web.TCPSite(self._http, settings.http.host, settings.http.port,
+                           reuse_port=self.reuse_port or None)
         await site.start()
         server = site._server
         assert server is not None and isinstance(server, asyncio.Server)

@@ -36,10 +36,57 @@ def _load(args: argparse.Namespace) -> Settings:
         raise SystemExit(2) from exc
 
 
-async def _serve(settings: Settings) -> None:
+def _serve_workers(settings: Settings, config: str | None, workers: int) -> int:
+    """``serve --workers N``: N processes share the SMTP and HTTP ports (SO_REUSEPORT), so
+    one machine's cores are all used; the kernel spreads connections over them. They share
+    the store: SQLite serialises their writes (``BEGIN IMMEDIATE`` with a busy timeout),
+    PostgreSQL claims with ``FOR UPDATE SKIP LOCKED``. A worker that dies is started again."""
+    import multiprocessing
+
+    if settings.smtp.port == 0 or settings.http.port == 0:
+        print("sms-bridge: --workers needs fixed smtp.port and http.port", file=sys.stderr)
+        return 2
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker_main, args=(config,), daemon=False)
+        process.start()
+        return process
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    processes = [start() for _ in range(workers)]
+    while not stopping:
+        for index, process in enumerate(processes):
+            process.join(timeout=0.2)
+            if process.exitcode is not None and not stopping:
+                print(f"sms-bridge: worker {process.pid} exited with {process.exitcode}; "
+                      "starting another", file=sys.stderr)
+                time.sleep(1.0)
+                processes[index] = start()
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        process.join(timeout=30)
+    return 0
+
+
+def _worker_main(config: str | None) -> None:
+    settings = load_settings(Path(config) if config else None)
+    setup_logging(settings.log_level, settings.log_format)
+    asyncio.run(_serve(settings, reuse_port=True))
+
+
+async def _serve(settings: Settings, *, reuse_port: bool = False) -> None:
     from bridge.app import Bridge
 
-    bridge = Bridge(settings)
+    bridge = Bridge(settings, reuse_port=reuse_port)
     await bridge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sms-bridge", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (or BRIDGE_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the SMTP and HTTP listeners and the dispatcher")
+    serve = commands.add_parser("serve", help="run the SMTP and HTTP listeners and the dispatcher")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the ports (SO_REUSEPORT); default 1")
     commands.add_parser("check-config", help="print the effective configuration, secrets masked")
     messages = commands.add_parser("messages", help="list outbound SMS and their status")
     messages.add_argument("--limit", type=int, default=50)
@@ -185,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
+        if args.workers > 1:
+            return _serve_workers(settings, args.config or os.environ.get("BRIDGE_CONFIG"),
+                                  args.workers)
         asyncio.run(_serve(settings))
     elif args.command == "messages":
         asyncio.run(_messages(settings, args.limit, args.status, args.json))

@@ -120,7 +120,9 @@ def tls_context(config: SmtpSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def start_smtp_server(settings: Settings, handler: IntakeHandler) -> asyncio.Server:
+async def start_smtp_server(
+    settings: Settings, handler: IntakeHandler, *, reuse_port: bool = False
+) -> asyncio.Server:
     config = settings.smtp
     limiter = ConnectionLimiter(config.max_connections, config.max_connections_per_ip)
     context = tls_context(config)
@@ -146,4 +148,5 @@ async def start_smtp_server(settings: Settings, handler: IntakeHandler) -> async
             loop=loop,
         )
 
-    return await loop.create_server(factory, host=config.host, port=config.port)
+    return await loop.create_server(factory, host=config.host, port=config.port,
+                                    reuse_port=reuse_port or None)

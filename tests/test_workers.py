@@ -1,0 +1,87 @@
+"""``sms-bridge serve --workers 2``: two processes share the ports and the SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.doubles.receiver import HttpReceiver
+from tests.doubles.smstraffic import SmsTrafficDouble
+from tests.test_crash_restart import free_port
+from tests.test_smtp_intake import mail, send
+
+
+async def test_two_workers_share_the_ports_and_send_each_mail_once(tmp_path: Path) -> None:
+    smtp_port, http_port = free_port(), free_port()
+    async with SmsTrafficDouble(api_key="1/k") as provider, HttpReceiver() as hook:
+        config = tmp_path / "bridge.toml"
+        config.write_text("\n".join([
+            'log_format = "json"',
+            f'[smtp]\nport = {smtp_port}', f'[http]\nport = {http_port}',
+            f'[store]\nurl = "sqlite:///{tmp_path / "bridge.sqlite3"}"',
+            "[dispatcher]\npoll_interval = 0.2",
+            f'[upstreams.main]\nkind = "smstraffic_v2"\nbase_url = "{provider.url}"\n'
+            'api_key = "1/k"',
+            '[accounts.alerts]\npassword = "pw"\nupstream = "main"\nmail_rate_per_minute = 0',
+            '[inbound]\negress_allowed_networks = ["127.0.0.0/8"]',
+            '[inbound.sources.st]\nsecret = "src"',
+            f'[inbound.webhooks.crm]\nurl = "{hook.url}/hook"\nsecret = "hook-secret"',
+            '[[inbound.routes]]\nwebhooks = ["crm"]',
+        ]) + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "--config", str(config), "serve", "--workers", "2",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
+        assert process.stderr is not None
+        lines: list[dict[str, object]] = []
+        started: set[object] = set()
+        try:
+            async with asyncio.timeout(30):
+                while len(started) < 2:  # each worker logs its start once its ports are bound
+                    line = await process.stderr.readline()
+                    assert line, "the workers exited during start-up"
+                    record = json.loads(line)
+                    if record["msg"] == "sms-bridge started":
+                        started.add(record["pid"])
+
+            async def collect() -> None:
+                assert process.stderr is not None
+                while line := await process.stderr.readline():
+                    lines.append(json.loads(line))
+
+            collector = asyncio.create_task(collect())
+            phones = [f"7916123{n:04d}" for n in range(60)]
+            replies = await asyncio.gather(*(
+                send(smtp_port, mail(f"{phone}.alerts@x", "", f"to {phone}")) for phone in phones
+            ))
+            assert {code for code, _ in replies} == {250}
+            async with httpx.AsyncClient() as client:
+                answers = await asyncio.gather(*(
+                    client.get(f"http://127.0.0.1:{http_port}/in/st/src/mo",
+                               params={"phone": "79161234567", "message": f"m{n % 20}",
+                                       "sms_id": f"id-{n % 20}"})
+                    for n in range(60)
+                ))
+            assert {a.status_code for a in answers} == {200}
+            accepted = await provider.wait_for_accepted(60)
+            await hook.wait_for(20)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await process.wait()
+        await collector
+    assert sorted(s.phone for s in accepted) == phones
+    queued_by = {r["pid"] for r in lines if r.get("msg") == "mail queued"}
+    assert queued_by <= started and len(queued_by) == 2  # the kernel spread the connections
+    assert sorted(json.loads(r.body)["data"]["sms_id"] for r in hook.requests) == sorted(
+        f"id-{n}" for n in range(20))
+    with sqlite3.connect(tmp_path / "bridge.sqlite3") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone() == (60,)
+        assert conn.execute("SELECT COUNT(*) FROM forward_jobs").fetchone() == (20,)
