@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from bridge.logs import setup_logging
 from bridge.settings import Settings, load_settings, masked_dump
+from bridge.store.base import OutboxStore
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -98,12 +101,21 @@ async def _serve(settings: Settings, *, reuse_port: bool = False) -> None:
         await bridge.stop()
 
 
-async def _messages(settings: Settings, limit: int, status: str | None, as_json: bool) -> None:
+@contextlib.asynccontextmanager
+async def _opened_store(settings: Settings) -> AsyncIterator[OutboxStore]:
+    """The configured store, opened (migrations applied) for one command, then closed."""
     from bridge.store import open_store
 
     store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
     await store.open()
     try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _messages(settings: Settings, limit: int, status: str | None, as_json: bool) -> None:
+    async with _opened_store(settings) as store:
         rows = await store.list_messages(limit=limit, status=status)
         if as_json:
             out = []
@@ -126,29 +138,17 @@ async def _messages(settings: Settings, limit: int, status: str | None, as_json:
             print(f"{row.id:>6}  {created}  {row.status:8} {row.attempts:>3}  "
                   f"{(row.upstream_used or row.upstream):12} {row.phone:15} {row.parts:>5}  "
                   f"{detail}")
-    finally:
-        await store.close()
 
 
 async def _mails(settings: Settings, limit: int) -> None:
-    from bridge.store import open_store
-
-    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
-    await store.open()
-    try:
+    async with _opened_store(settings) as store:
         for row in await store.list_mails(limit=limit):
             print(f"{row['id']:>6}  {row['kind']:9} {row['status']:7} {row['attempts']:>3}  "
                   f"{row['mail_to']}  {row['last_error'] or ''}")
-    finally:
-        await store.close()
 
 
 async def _inbound(settings: Settings, limit: int) -> None:
-    from bridge.store import open_store
-
-    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
-    await store.open()
-    try:
+    async with _opened_store(settings) as store:
         print(f"{'id':>6}  {'received (UTC)':19}  {'source':8} {'kind':9} {'state':9} "
               f"{'from':15} {'to':8} {'fwd':>5}  text")
         for row in await store.list_inbound(limit=limit):
@@ -161,46 +161,29 @@ async def _inbound(settings: Settings, limit: int) -> None:
             print(f"{row['id']:>6}  {received}  {row['source']:8} {row['kind']:9} "
                   f"{row['state']:9} {row['phone']:15} {row['recipient'] or '':8} "
                   f"{row['delivered']}/{row['forwards']:<3}  {text}")
-    finally:
-        await store.close()
 
 
 async def _dead_letters(settings: Settings, limit: int) -> None:
-    from bridge.store import open_store
-
-    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
-    await store.open()
-    try:
+    async with _opened_store(settings) as store:
         rows = await store.list_forward_jobs(status="dead", limit=limit)
         print(f"{len(rows)} dead letter(s)")
         for row in rows:
             print(f"{row['id']:>6}  inbound {row['inbound_id']:<6} {row['kind']:7} "
                   f"{row['target']:30} attempts={row['attempts']}  {row['last_error'] or ''}")
-    finally:
-        await store.close()
 
 
 async def _redeliver(settings: Settings, ids: list[int], everything: bool) -> int:
-    from bridge.store import open_store
-
-    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
-    await store.open()
-    try:
+    async with _opened_store(settings) as store:
         now = time.time()
         count = await store.redeliver(None if everything else ids, now,
                                       now + settings.inbound.forward_retry_period)
-    finally:
-        await store.close()
     print(f"{count} dead letter(s) queued again")
     return count
 
 
 async def _migrate(settings: Settings) -> None:
-    from bridge.store import open_store
-
-    store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
-    await store.open()
-    await store.close()
+    async with _opened_store(settings):  # opening applies the migrations
+        pass
     print(f"store {settings.store.url} is up to date")
 
 

@@ -257,43 +257,23 @@ class Dispatcher:
             await self._record_failure(message, decision.action, decision.delay, str(exc))
 
     async def _deliver(self, message: StoredMessage, start: int = 0) -> None:
-        sms = self._sms(message)
+        """Send one message through ``chain[start]``; a failure decides what comes next
+        (``_failed``), which may be the next upstream of the account's chain."""
         chain = [message.upstream, *message.fallbacks]
-        error: UpstreamError | None = None
-        for index, name in enumerate(chain):
-            if index < start:
-                continue
-            try:
-                receipt = await self._send_via(name, sms)
-            except UpstreamError as exc:
-                error = exc
-                decision = self.policy.decide(
-                    exc,
-                    attempt=message.attempts,
-                    age=self.clock() - message.created_at,
-                    has_fallback=index + 1 < len(chain),
-                )
-                log.warning(
-                    "send failed",
-                    extra={"message_id": message.id, "upstream": name, "error": str(exc),
-                           "action": decision.action.value, "attempt": message.attempts},
-                )
-                if decision.action is Action.FALLBACK:
-                    continue
-                await self._record_failure(message, decision.action, decision.delay, str(exc))
-                return
-            except Exception as exc:  # a bug in a provider module must not lose the message
-                log.exception("upstream %s raised unexpectedly", name)
-                error = TransientUpstreamError(f"{name}: internal error {type(exc).__name__}")
-                await self._record_failure(
-                    message, Action.RETRY, self.policy.backoff(message.attempts), str(error)
-                )
-                return
-            await self._sent(message, name, receipt)
+        name = chain[start]
+        try:
+            receipt = await self._send_via(name, self._sms(message))
+        except UpstreamError as exc:
+            await self._failed(message, start, exc, chain)
             return
-        assert error is not None  # every upstream in the chain failed without sending
-        delay = self.policy.backoff(message.attempts)
-        await self._record_failure(message, Action.RETRY, delay, str(error))
+        except Exception as exc:  # a bug in a provider module must not lose the message
+            log.exception("upstream %s raised unexpectedly", name)
+            error = TransientUpstreamError(f"{name}: internal error {type(exc).__name__}")
+            await self._record_failure(
+                message, Action.RETRY, self.policy.backoff(message.attempts), str(error)
+            )
+            return
+        await self._sent(message, name, receipt)
 
     async def _record_failure(
         self, message: StoredMessage, action: Action, delay: float, error: str
