@@ -220,6 +220,7 @@ class UpstreamSettings(_Section):
     originator: str | None = None
     concurrency: int = Field(8, ge=1, le=1024)
     rate_per_second: float = Field(0.0, ge=0)
+    batch_size: int | None = Field(None, ge=1)
     timeout: float = Field(15.0, gt=0)
     status_poll_interval: float = Field(60.0, ge=0)
     status_poll_max: float = Field(259200.0, gt=0)

@@ -178,7 +178,9 @@ async def test_slow_provider_hits_the_overall_deadline_and_is_retried(
 async def test_upstream_rate_limit_spaces_the_sends(
     bridge_factory: BridgeFactory, provider: SmsTrafficDouble
 ) -> None:
-    bridge = await start(bridge_factory, {"main": v1(provider.url, rate_per_second=10)})
+    # One SMS per request: the rate limit counts requests.
+    bridge = await start(bridge_factory,
+                         {"main": v1(provider.url, rate_per_second=10, batch_size=1)})
     started = time.monotonic()
     for index in range(3):
         code, _ = await send(
@@ -194,7 +196,7 @@ async def test_upstream_rate_limit_spaces_the_sends(
 async def test_upstream_concurrency_is_bounded(
     bridge_factory: BridgeFactory, provider: SmsTrafficDouble
 ) -> None:
-    bridge = await start(bridge_factory, {"main": v1(provider.url, concurrency=2)})
+    bridge = await start(bridge_factory, {"main": v1(provider.url, concurrency=2, batch_size=1)})
     in_flight = 0
     peak = 0
     original = provider._v1_send

@@ -65,6 +65,9 @@ class Dispatcher:
         self._buckets = {
             name: TokenBucket(settings.upstreams[name].rate_per_second) for name in upstreams
         }
+        self._configured_batch = {
+            name: settings.upstreams[name].batch_size for name in upstreams
+        }
         self._default_originator = {
             name: settings.upstreams[name].originator for name in upstreams
         }
@@ -109,17 +112,25 @@ class Dispatcher:
         batches: dict[str, list[StoredMessage]] = {}
         for message in claimed:
             upstream = self.upstreams.get(message.upstream)
-            if isinstance(upstream, BatchSending) and upstream.max_batch > 1:
+            if isinstance(upstream, BatchSending) and self._batch_size(message.upstream) > 1:
                 batches.setdefault(message.upstream, []).append(message)
             else:
                 work.append(self._deliver(message))
         for name, messages in batches.items():
-            size = self.upstreams[name].max_batch  # type: ignore[attr-defined]
+            size = self._batch_size(name)
             for start in range(0, len(messages), size):
                 chunk = messages[start:start + size]
                 work.append(self._deliver_batch(name, chunk) if len(chunk) > 1
                             else self._deliver(chunk[0]))
         return work
+
+    def _batch_size(self, name: str) -> int:
+        """The provider's batch limit, capped by the operator's ``batch_size``; rate limits
+        and concurrency count requests, so a smaller batch also spreads the load."""
+        upstream = self.upstreams[name]
+        limit = upstream.max_batch if isinstance(upstream, BatchSending) else 1
+        configured = self._configured_batch.get(name)
+        return min(limit, configured) if configured else limit
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

@@ -1,4 +1,4 @@
-"""Test double of the SMS Traffic HTTP API (v1 XML ``/multi.php`` and v2 JSON ``/v2/send``).
+"""Test double of the SMS Traffic HTTP API (v1 XML ``/multi.php``, v2 JSON ``/v2/...``) and SOAP.
 
 Built from the vendor spec ``/work/shared/specs/002_e7d2ff51d5c777f0.txt`` ("Протоколы работы
 с СМС-сообщениями" v2.3).  Line numbers below refer to that file:
@@ -8,8 +8,13 @@ Built from the vendor spec ``/work/shared/specs/002_e7d2ff51d5c777f0.txt`` ("П�
 * 88   reliability: primary ``api.smstraffic.ru`` and backup ``api2.smstraffic.ru``.  The
        double is one host; start two instances to test fail-over between primary and backup.
 * 105  HTTP API v2 (JSON + ``Authorization: Bearer <API_KEY>``), ``POST /v2/send`` (l. 130-318).
+* 306  ``POST /v2/statuses/list``; 501 ``POST /v2/statuses/checked``.
 * 794  HTTP API v1 (XML), ``POST|GET /multi.php`` send parameters (l. 800-845), replies
-       (l. 847-985), ``operation=status`` (l. 987-1098).
+       (l. 847-995), ``operation=status`` (l. 998-1097), ``operation=set_checked`` (l. 1136).
+* 1529 SOAP 1.2 at ``/soap.php``: ``BulkSms``, ``IndividualSms``, ``StatusRequest``,
+       ``BalanceRequest`` (l. 1585-1766).
+* 1931 ``operation=incoming``: inbound SMS from ``from_date`` on (UTC+3), ``count``,
+       ``from_phone``, ``want_sms_ids``; kept two days (l. 1972).
 * 1988 API error codes (1xx are v2 only; 401-442, 501-504, 1000).
 
 The double is strict where the spec is explicit and tolerant where the spec contradicts itself
@@ -18,8 +23,13 @@ The double is strict where the spec is explicit and tolerant where the spec cont
 Simplifications (documented deviations from a real provider):
 
 * one ``AcceptedSms`` and one ``sms_id`` per phone; long texts are not split into parts (the
-  real v1 API assigns one id per part, l. 946-975);
-* no groups (``group=`` always answers 413), no balance, no inbound, no status callbacks;
+  real v1 API assigns one id per part, l. 950-995) unless the double is built with
+  ``split_parts=True``: then v1 and SOAP texts get one id per part (``AcceptedSms.part_ids``),
+  160/153 characters for Latin-only text (or ``rus=0``, ``LatinEncoding=true``), 70/67
+  otherwise, 152/66 with ``two_byte_concat`` (l. 811-813, 837), cut at ``max_parts``; v2 keeps
+  one id per destination as its reply has one;
+* no groups (``group=`` always answers 413), no status callbacks, no inbound pushes (inbound
+  SMS are listed by ``operation=incoming`` from :meth:`add_incoming`);
 * ``start_date`` in the past (417) and message length limits (420/424) are not checked;
 * every known id reports status ``Delivered`` unless changed with :meth:`set_status`.
 """
@@ -36,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -73,8 +84,22 @@ ERROR_TEXTS: dict[int, str] = {
 }
 
 FAIL_MODES = frozenset(
-    {"http500", "http429", "error", "malformed", "drop", "delay", "accept_then_500"}
+    {"http500", "http429", "error", "malformed", "drop", "delay", "accept_then_500", "fault"}
 )
+
+#: Which requests a queued failure is for (``fail_next(..., on=...)``): sends (v1 without
+#: ``operation``, ``/v2/send``, SOAP ``BulkSms``/``IndividualSms``), status requests (v1
+#: ``operation=status``, ``/v2/statuses/list``, SOAP ``StatusRequest``), ``operation=incoming``,
+#: and set_checked (v1 ``operation=set_checked``, ``/v2/statuses/checked``).
+FAIL_TARGETS = frozenset({"send", "status", "incoming", "checked"})
+
+#: SOAP 1.2 envelope and the service namespace of the spec's examples (l. 1593).
+SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
+SOAP_SERVICE_NS = "http://soap.smstraffic.ru/soap.wsdl"
+#: SOAP dates as in the GetSmsStatus example (l. 1716): ``2020-05-09T15:19:00``.
+_SOAP_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+#: Spec l. 1972: incoming messages are kept and listed for two days.
+INCOMING_KEEP = timedelta(days=2)
 
 #: Body of the "malformed" failure mode: a truncated reply.
 MALFORMED_BODY = "<reply><result>OK"
@@ -95,6 +120,10 @@ RESTRICTIVE_WINDOW = 3600.0
 _MAX_RESTRICTIVE_ID = 36
 #: Spec l. 168 and l. 180: trackingData at most 40 characters.
 _MAX_TRACKING_DATA = 40
+#: v1 ``operation`` -> the failure queue its requests consume (FAIL_TARGETS).
+_V1_TARGETS: dict[str | None, str] = {
+    None: "send", "status": "status", "incoming": "incoming", "set_checked": "checked"
+}
 #: v1 parameters that are stored in dedicated AcceptedSms fields, not in ``params``.
 _V1_OWN_FIELDS = frozenset({"login", "password", "phones", "message", "originator"})
 
@@ -134,8 +163,21 @@ class AcceptedSms:
     phone: str
     message: str
     originator: str | None
-    sms_id: str  # decimal digits
+    sms_id: str  # decimal digits; the first part's id when parts are split
     params: dict[str, Any] = field(default_factory=dict)
+    #: Every id given to this SMS: one per part with ``split_parts=True``, else ``[sms_id]``.
+    part_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IncomingSms:
+    """An inbound (MO) SMS the provider lists for ``operation=incoming`` (spec l. 1948-1970)."""
+
+    phone: str
+    text: str
+    sms_id: str
+    send_date: datetime
+    delivery_date: datetime
 
 
 @dataclass
@@ -193,6 +235,54 @@ def _v2_error_body(code: int, message: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": code, "message": message}}
 
 
+def _soap_envelope(inner: str) -> str:
+    """The response envelope of the spec's examples (l. 1612-1625): SOAP 1.2, the service
+    namespace as the default one."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<env:Envelope xmlns:env="{SOAP12_NS}" xmlns="{SOAP_SERVICE_NS}">'
+        f"<env:Body>{inner}</env:Body></env:Envelope>"
+    )
+
+
+def _soap_status(code: int, description: str) -> str:
+    """``Status`` (spec l. 1565-1570).  The examples write ``<IsSuccess>>true</IsSuccess>``;
+    the double sends the well-formed value (the upstream's parser is tested with the quirk)."""
+    success = "true" if code == 0 else "false"
+    return (
+        f"<Status><IsSuccess>{success}</IsSuccess><Code>{code}</Code>"
+        f"<Description>{escape(description)}</Description></Status>"
+    )
+
+
+def _soap_response(name: str, inner: str) -> web.Response:
+    return web.Response(
+        text=_soap_envelope(f"<{name}>{inner}</{name}>"),
+        content_type="application/soap+xml",
+        charset="utf-8",
+    )
+
+
+def _soap_fault(code: str, text: str) -> web.Response:
+    """A SOAP 1.2 fault (``Code/Value``, ``Reason/Text``).  ``soap.php`` is PHP, whose
+    SoapServer answers every fault with HTTP 500, Sender faults included."""
+    body = _soap_envelope(
+        f"<env:Fault><env:Code><env:Value>env:{escape(code)}</env:Value></env:Code>"
+        f'<env:Reason><env:Text xml:lang="en">{escape(text)}</env:Text></env:Reason>'
+        "</env:Fault>"
+    )
+    return web.Response(
+        status=500, text=body, content_type="application/soap+xml", charset="utf-8"
+    )
+
+
+class _SoapFault(Exception):
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+
 def _valid_phone(phone: str) -> bool:
     return _PHONE_RE.fullmatch(phone) is not None
 
@@ -226,8 +316,19 @@ class SmsTrafficDouble:
         password: str = "mypassword",
         api_key: str = "1837/secretkey",
         port: int = 0,
+        split_parts: bool = False,
     ) -> None:
         self.port = port
+        #: One id per part for v1 and SOAP sends (see the module docstring).
+        self.split_parts = split_parts
+        #: Inbound SMS listed by ``operation=incoming`` (see :meth:`add_incoming`).
+        self.incoming: list[IncomingSms] = []
+        #: Ids marked ``Checked`` by set_checked requests, in order.
+        self.checked: list[str] = []
+        #: SOAP: phones answered ``ProcessResult=Unroutable`` (spec l. 1579-1583).
+        self.unroutable: set[str] = set()
+        #: SOAP ``GetBalance`` answer (``Amount``, spec l. 1730-1766).
+        self.balance = "52782.35"
         self.login = login
         self.password = password
         self.api_key = api_key
@@ -238,7 +339,7 @@ class SmsTrafficDouble:
         self.clock: Callable[[], float] = time.monotonic
         #: Seconds during which a restrictiveId is refused again (spec l. 179: one hour).
         self.restrictive_window = RESTRICTIVE_WINDOW
-        self._failures: deque[_Failure] = deque()
+        self._failures: dict[str, deque[_Failure]] = {t: deque() for t in FAIL_TARGETS}
         self._next_id = FIRST_SMS_ID
         self._statuses: dict[str, _StatusRecord] = {}
         self._restrictive_ids: dict[str, float] = {}
@@ -252,6 +353,9 @@ class SmsTrafficDouble:
         app = web.Application()
         app.router.add_route("*", "/multi.php", self._handle_v1)
         app.router.add_route("*", "/v2/send", self._handle_v2_send)
+        app.router.add_route("*", "/v2/statuses/list", self._handle_v2_statuses)
+        app.router.add_route("*", "/v2/statuses/checked", self._handle_v2_checked)
+        app.router.add_route("*", "/soap.php", self._handle_soap)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         # A short shutdown timeout: stop() must not hang on a handler still in a "delay".
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -276,12 +380,15 @@ class SmsTrafficDouble:
 
     # ------------------------------------------------------------------ test controls
 
-    def fail_next(self, count: int, mode: str, **kw: Any) -> None:
-        """Queue ``count`` failures for the next send requests (v1 sends, v2 ``/v2/send``).
+    def fail_next(self, count: int, mode: str, *, on: str = "send", **kw: Any) -> None:
+        """Queue ``count`` failures for the next requests of kind ``on`` (see FAIL_TARGETS;
+        by default sends: v1 sends, v2 ``/v2/send``, SOAP sends).
 
         Modes: ``http500``, ``http429`` (``retry_after``=1), ``error`` (``code``, ``text``),
         ``malformed``, ``drop``, ``delay`` (``seconds``; then processed normally),
-        ``accept_then_500``.  ``operation=status`` requests do not consume failures.
+        ``accept_then_500``, ``fault`` (SOAP only: ``code`` "Sender"/"Receiver", ``text``;
+        HTTP 500 as PHP's SoapServer answers every fault).  Requests of other kinds do not
+        consume the failures queued for sends.
 
         ``delay`` keeps processing even when the client gives up meanwhile (aiohttp does not
         cancel handlers on disconnect), so a client timeout still ends with the SMS accepted:
@@ -289,17 +396,41 @@ class SmsTrafficDouble:
         handlers."""
         if mode not in FAIL_MODES:
             raise ValueError(f"unknown fail mode {mode!r}; expected one of {sorted(FAIL_MODES)}")
+        if on not in FAIL_TARGETS:
+            raise ValueError(f"unknown target {on!r}; expected one of {sorted(FAIL_TARGETS)}")
         if mode == "error" and not isinstance(kw.get("code"), int):
             raise ValueError("fail_next(mode='error') needs code=<int>")
         if mode == "delay" and "seconds" not in kw:
             raise ValueError("fail_next(mode='delay') needs seconds=<float>")
         for _ in range(count):
-            self._failures.append(_Failure(mode, dict(kw)))
+            self._failures[on].append(_Failure(mode, dict(kw)))
 
     def set_status(self, sms_id: str, status: str, error: str = "") -> None:
         """Change what ``operation=status`` reports for ``sms_id`` (spec l. 2048 statuses)."""
         self._statuses[sms_id].status = status
         self._statuses[sms_id].error = error
+
+    def add_incoming(
+        self,
+        phone: str,
+        text: str,
+        *,
+        sms_id: str | None = None,
+        delivery_date: datetime | None = None,
+        send_date: datetime | None = None,
+    ) -> str:
+        """Queue an inbound SMS for ``operation=incoming``; returns its ``sms_id``.
+
+        ``delivery_date`` defaults to now; naive datetimes are taken as UTC+3 (spec l. 1941)."""
+        delivered = delivery_date or datetime.now(_MSK)
+        if delivered.tzinfo is None:
+            delivered = delivered.replace(tzinfo=_MSK)
+        sent = send_date or delivered
+        if sent.tzinfo is None:
+            sent = sent.replace(tzinfo=_MSK)
+        sms_id = sms_id or self._new_id()
+        self.incoming.append(IncomingSms(phone, text, sms_id, sent, delivered))
+        return sms_id
 
     async def wait_for_accepted(
         self,
@@ -349,9 +480,33 @@ class SmsTrafficDouble:
         return sms_id
 
     async def _accept(self, sms: AcceptedSms) -> None:
+        if not sms.part_ids:
+            sms.part_ids = [sms.sms_id]
         self.accepted.append(sms)
-        self._statuses[sms.sms_id] = _StatusRecord(submitted=datetime.now(_MSK))
+        now = datetime.now(_MSK)
+        for part_id in sms.part_ids:
+            self._statuses[part_id] = _StatusRecord(submitted=now)
         await self._notify()
+
+    def _part_ids(
+        self, text: str, latin: bool, two_byte: bool, max_parts: str, *, ucs2: bool = False
+    ) -> list[str]:
+        """One id, or one per part with ``split_parts`` (spec l. 808, 811-813, 821, 837).
+
+        ``rus=1/5`` with a Latin-only text keeps 160/153 per part in one reading and 70/67 in
+        another (README contradiction); the double takes 160/153 (the rus table, l. 813).
+        ``ucs2``: SOAP ``LatinEncoding=false`` is UCS-2 whatever the text (l. 1557)."""
+        if not self.split_parts:
+            return [self._new_id()]
+        if not ucs2 and (latin or all(ord(ch) < 128 for ch in text)):
+            single, part = 160, 153
+        else:
+            single, part = 70, 67
+        if two_byte:
+            part -= 1
+        count = 1 if len(text) <= single else -(-len(text) // part)
+        limit = int(max_parts) if max_parts.isdigit() and int(max_parts) > 0 else 255
+        return [self._new_id() for _ in range(min(count, limit))]
 
     async def _record(self, request: web.Request, form: dict[str, str], body: Any) -> None:
         raw = await request.read()
@@ -370,11 +525,15 @@ class SmsTrafficDouble:
         )
         await self._notify()
 
-    async def _apply_failure(self, api: str) -> tuple[web.Response | None, bool]:
-        """Pop the next queued failure.  Returns (response to send instead, accept_then_500)."""
-        if not self._failures:
+    async def _apply_failure(
+        self, api: str, target: str = "send", soap_response: str = "SmsResponse"
+    ) -> tuple[web.Response | None, bool]:
+        """Pop the next failure queued for ``target``.  Returns (response to send instead,
+        accept_then_500)."""
+        queue = self._failures[target]
+        if not queue:
             return None, False
-        failure = self._failures.popleft()
+        failure = queue.popleft()
         mode, kw = failure.mode, failure.kw
         if mode == "delay":
             await asyncio.sleep(float(kw["seconds"]))
@@ -395,9 +554,14 @@ class SmsTrafficDouble:
             text = str(kw.get("text") or ERROR_TEXTS.get(code, f"error {code}"))
             if api == "v2":
                 return _v2_json(_v2_error_body(code, text)), False
+            if api == "soap":
+                return _soap_response(soap_response, _soap_status(code, text)), False
             return _v1_error_response(code, text), False
+        if mode == "fault":
+            return _soap_fault(str(kw.get("code", "Receiver")),
+                               str(kw.get("text", "Internal error"))), False
         if mode == "malformed":
-            ctype = "application/json" if api == "v2" else "text/xml"
+            ctype = {"v2": "application/json", "soap": "application/soap+xml"}.get(api, "text/xml")
             return web.Response(text=MALFORMED_BODY, content_type=ctype), False
         # "drop": close the socket without a response; the client sees a connection error
         # (server disconnected), never an HTTP status.
@@ -443,9 +607,10 @@ class SmsTrafficDouble:
             return web.Response(status=405, text="405 Method Not Allowed")
         operation = form.get("operation")
         accept_then_500 = False
-        if operation is None:
+        target = _V1_TARGETS.get(operation)
+        if target is not None:
             try:
-                failure, accept_then_500 = await self._apply_failure("v1")
+                failure, accept_then_500 = await self._apply_failure("v1", target)
             except _Drop:
                 return self._drop(request)
             if failure is not None:
@@ -456,6 +621,10 @@ class SmsTrafficDouble:
                 response = await self._v1_send(form)
             elif operation == "status":
                 response = self._v1_status(form)
+            elif operation == "set_checked":
+                response = self._v1_set_checked(form)
+            elif operation == "incoming":
+                response = self._v1_incoming(form)
             else:
                 raise _V1Error(404, f"Unsupported operation: {operation}")
         except _V1Error as exc:
@@ -547,17 +716,22 @@ class SmsTrafficDouble:
         if want_ids and start_date:
             raise _V1Error(418)
         extra = {k: v for k, v in form.items() if k not in _V1_OWN_FIELDS}
+        latin = form.get("rus", "0").strip() not in ("1", "5")
         infos: list[str] = []
         for phone, text, push_id in entries:
-            sms_id = self._new_id()
+            part_ids = self._part_ids(text, latin, form.get("two_byte_concat") == "1",
+                                      form.get("max_parts", ""))
             params = dict(extra)
             if push_id is not None:
                 params["push_id"] = push_id
-            await self._accept(AcceptedSms("v1", phone, text, originator, sms_id, params))
+            await self._accept(
+                AcceptedSms("v1", phone, text, originator, part_ids[0], params, part_ids)
+            )
             push = f"<push_id>{escape(push_id)}</push_id>" if push_id is not None else ""
-            infos.append(
+            infos.extend(
                 f"<message_info><phone>{escape(phone)}</phone><sms_id>{sms_id}</sms_id>"
                 f"{push}</message_info>"
+                for sms_id in part_ids
             )
         inner = f"<result>OK</result><code>0</code><description>queued {len(entries)} messages"
         inner += "</description>"
@@ -593,7 +767,164 @@ class SmsTrafficDouble:
             return _v1_xml(parts[0], declaration=False)
         return _v1_xml("".join(f"<sms>{p}</sms>" for p in parts))
 
+    def _v1_set_checked(self, form: dict[str, str]) -> web.Response:
+        """``operation=set_checked`` (spec l. 1136-1207): marks the ids ``Checked``; any id
+        the double does not know fails the whole request with 434 listing the ids (l. 1204)
+        and changes nothing.  The example replies declare windows-1251 (l. 1179): so does the
+        double."""
+        ids = [i.strip() for i in form.get("sms_id", "").split(",") if i.strip()]
+        if not ids:
+            raise _V1Error(433)
+        unknown = [i for i in ids if i not in self._statuses]
+        if unknown:
+            raise _V1Error(
+                434, "No such sms_id or this sms_id does not belong to you : " + ",".join(unknown)
+            )
+        for sms_id in ids:
+            self._statuses[sms_id].status = "Checked"
+            self.checked.append(sms_id)
+        listed = "".join(f"<sms_id>{escape(i)}</sms_id>" for i in ids)
+        return web.Response(
+            body=(
+                '<?xml version="1.0" encoding="windows-1251" ?>\n<reply><result>OK</result>'
+                f"<code>0</code><sms_ids>{listed}</sms_ids></reply>\n"
+            ).encode("cp1251"),
+            content_type="text/xml",
+            charset="windows-1251",
+        )
+
+    def _v1_incoming(self, form: dict[str, str]) -> web.Response:
+        """``operation=incoming`` (spec l. 1931-1972): messages with ``delivery_date`` at or
+        after ``from_date`` ("ГГГГ-ММ-ДД" or "ГГГГ-ММ-ДД ЧЧ:ММ:СС", UTC+3), from
+        ``from_phone`` if given, oldest first, at most ``count``; ``<sms_id>`` only with
+        ``want_sms_ids=1``.  Messages older than two days are no longer listed (l. 1972).
+        ``<count>`` is the number of messages in the reply (the example, l. 1950, leaves open
+        whether it is the total)."""
+        now = datetime.now(_MSK)
+        since = now - INCOMING_KEEP
+        raw_from = form.get("from_date", "").strip()
+        if raw_from:
+            parsed = None
+            for fmt in (_START_DATE_FORMAT, "%Y-%m-%d"):
+                try:
+                    parsed = datetime.strptime(raw_from, fmt).replace(tzinfo=_MSK)
+                    break
+                except ValueError:
+                    continue
+            if parsed is None:
+                raise _V1Error(416, f'Wrong from_date format: "{raw_from}"')
+            since = max(since, parsed)
+        from_phone = form.get("from_phone", "").strip()
+        count_text = form.get("count", "").strip()
+        if count_text and not count_text.isdigit():
+            raise _V1Error(404, f'Wrong count: "{count_text}"')
+        found = sorted(
+            (m for m in self.incoming
+             if m.delivery_date >= since and (not from_phone or m.phone == from_phone)),
+            key=lambda m: m.delivery_date,
+        )
+        if count_text:
+            found = found[: int(count_text)]
+        want_ids = form.get("want_sms_ids") == "1"
+        items = "".join(
+            f"<message><from_phone>{escape(m.phone)}</from_phone><text>{escape(m.text)}</text>"
+            f"<send_date>{m.send_date.astimezone(_MSK).strftime(_START_DATE_FORMAT)}</send_date>"
+            f"<delivery_date>{m.delivery_date.astimezone(_MSK).strftime(_START_DATE_FORMAT)}"
+            "</delivery_date>"
+            + (f"<sms_id>{escape(m.sms_id)}</sms_id>" if want_ids else "")
+            + "</message>"
+            for m in found
+        )
+        return _v1_xml(f"<count>{len(found)}</count><messages>{items}</messages>")
+
     # ------------------------------------------------------------------ v2 (JSON)
+
+    async def _v2_read(
+        self, request: web.Request, target: str
+    ) -> tuple[Any, web.StreamResponse | None]:
+        """Record a v2 request; check method, queued failure, auth and content type.
+        Returns the JSON body, or the response to give instead."""
+        raw = await request.read()
+        body: Any = None
+        try:
+            body = jsonlib.loads(raw.decode("utf-8")) if raw else None
+        except (UnicodeDecodeError, ValueError):
+            body = None
+        await self._record(request, {}, body)
+        if request.method != "POST":
+            return None, web.Response(status=405, text="405 Method Not Allowed")
+        try:
+            failure, _ = await self._apply_failure("v2", target)
+        except _Drop:
+            return None, self._drop(request)
+        if failure is not None:
+            return None, failure
+        try:
+            self._v2_auth(request)
+        except _V2Error as exc:
+            return None, _v2_json(_v2_error_body(exc.code, exc.message), exc.http_status)
+        if request.content_type != "application/json" or body is None:
+            # Spec l. 109: JSON with Content-Type: application/json; the example of l. 412
+            # answers 105 "Invalid request format".
+            return None, _v2_json(_v2_error_body(105, "Invalid request format"), 400)
+        return body, None
+
+    async def _handle_v2_statuses(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v2/statuses/list`` (spec l. 306-425): ``ids`` and/or ``trackingData``,
+        ``extendedInfo``; ``data`` lists the known messages only.  ``statusExtended`` comes
+        with ``extendedInfo=true`` for a numeric error set by :meth:`set_status`."""
+        body, response = await self._v2_read(request, "status")
+        if response is not None:
+            return response
+        ids = body.get("ids") if isinstance(body, dict) else None
+        tracking = body.get("trackingData") if isinstance(body, dict) else None
+        if (ids is not None and not isinstance(ids, list)) or (
+            tracking is not None and not isinstance(tracking, list)
+        ) or not (ids or tracking):
+            return _v2_json(_v2_error_body(105, "Invalid request format"), 400)
+        extended = bool(body.get("extendedInfo", False))
+        wanted = {str(i) for i in ids or []}
+        if tracking:
+            wanted |= {
+                a.sms_id for a in self.accepted
+                if a.api == "v2" and a.params.get("trackingData") in tracking
+            }
+        data: list[dict[str, Any]] = []
+        for sms_id in (ids or []) + sorted(wanted - {str(i) for i in ids or []}):
+            record = self._statuses.get(str(sms_id))
+            if record is None:
+                continue
+            stamp = record.submitted.isoformat(timespec="milliseconds")
+            item: dict[str, Any] = {
+                "smsId": str(sms_id), "submissionDate": stamp, "sendDate": stamp,
+                "status": record.status,
+            }
+            if record.status:
+                item["deliveryDate"] = stamp
+            if extended and record.error.isdigit():
+                item["statusExtended"] = {"code": int(record.error), "description": "error"}
+            data.append(item)
+        return _v2_json({"success": True, "data": data})
+
+    async def _handle_v2_checked(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v2/statuses/checked`` (spec l. 501-566): a JSON array of ids; ``updated``
+        and ``failed`` (unknown ids, with the error text of l. 560)."""
+        body, response = await self._v2_read(request, "checked")
+        if response is not None:
+            return response
+        if not isinstance(body, list) or not all(isinstance(i, str) for i in body):
+            return _v2_json(_v2_error_body(105, "Invalid request format"), 400)
+        updated: list[str] = []
+        failed: list[dict[str, str]] = []
+        for sms_id in body:
+            record = self._statuses.get(sms_id)
+            if record is None:
+                failed.append({"id": sms_id, "error": f"{ERROR_TEXTS[434]} {sms_id}"})
+                continue
+            record.status = "Checked"
+            self.checked.append(sms_id)
+            updated.append(sms_id)
+        return _v2_json({"success": True, "data": {"updated": updated, "failed": failed}})
 
     async def _handle_v2_send(self, request: web.Request) -> web.StreamResponse:
         """``POST /v2/send`` (spec l. 105-318)."""
@@ -756,6 +1087,182 @@ class SmsTrafficDouble:
             params["params"] = subst
         await self._accept(AcceptedSms("v2", phone, text, originator, reply["id"], params))
         return reply
+
+
+    # ------------------------------------------------------------------ SOAP
+
+    async def _handle_soap(self, request: web.Request) -> web.StreamResponse:
+        """``POST /soap.php`` (spec l. 1529-1766), SOAP 1.2 document/literal as in the
+        examples.  Strict: ``Content-Type: application/soap+xml`` (SOAP 1.2 HTTP binding; 415
+        otherwise), the SOAP 1.2 envelope namespace (else a VersionMismatch fault), the
+        service namespace on the body element (else "Procedure not present", as PHP's
+        SoapServer says).  Request-level errors are ``Status`` codes of the API table
+        (l. 1988: the codes are shared with SOAP)."""
+        raw = await request.read()
+        await self._record(request, {}, None)
+        if request.method != "POST":
+            return web.Response(status=405, text="405 Method Not Allowed")
+        if request.content_type != "application/soap+xml":
+            return web.Response(status=415, text="415 Unsupported Media Type")
+        try:
+            operation = self._soap_operation(raw)
+        except _SoapFault as fault:
+            return _soap_fault(fault.code, fault.text)
+        name = _local_name(operation.tag)
+        target = {"StatusRequest": "status"}.get(name, "send")
+        reply_name = {"StatusRequest": "StatusResponse",
+                      "BalanceRequest": "BalanceResponse"}.get(name, "SmsResponse")
+        accept_then_500 = False
+        if name != "BalanceRequest":
+            try:
+                failure, accept_then_500 = await self._apply_failure("soap", target, reply_name)
+            except _Drop:
+                return self._drop(request)
+            if failure is not None:
+                return failure
+        try:
+            if name in ("BulkSms", "IndividualSms"):
+                inner = await self._soap_send(operation, name)
+            elif name == "StatusRequest":
+                inner = self._soap_status_reply(operation)
+            else:
+                self._soap_auth(operation)
+                inner = _soap_status(0, "") + f"<Amount>{escape(self.balance)}</Amount>"
+        except _V1Error as exc:
+            inner = _soap_status(exc.code, exc.description)
+        except _SoapFault as fault:
+            return _soap_fault(fault.code, fault.text)
+        if accept_then_500:
+            return web.Response(status=500, text="500 Internal Server Error")
+        return _soap_response(reply_name, inner)
+
+    @staticmethod
+    def _soap_operation(raw: bytes) -> ET.Element:
+        try:
+            root = ET.fromstring(raw)
+        except ET.ParseError:
+            raise _SoapFault("Sender", "Bad Request") from None
+        if root.tag != f"{{{SOAP12_NS}}}Envelope":
+            raise _SoapFault("VersionMismatch", "Wrong Version")
+        body = root.find(f"{{{SOAP12_NS}}}Body")
+        if body is None or len(body) != 1:
+            raise _SoapFault("Sender", "Bad Request")
+        operation = body[0]
+        known = ("BulkSms", "IndividualSms", "StatusRequest", "BalanceRequest")
+        if not operation.tag.startswith(f"{{{SOAP_SERVICE_NS}}}") or (
+            _local_name(operation.tag) not in known
+        ):
+            raise _SoapFault("Sender", f"Procedure '{_local_name(operation.tag)}' not present")
+        return operation
+
+    def _soap_auth(self, element: ET.Element) -> None:
+        """Login and Password (in ``Options`` for sends, directly for status and balance,
+        l. 1687 and 1742): 401, 402, 411 as in HTTP API v1."""
+        login = _soap_text(element, "Login")
+        password = _soap_text(element, "Password")
+        if not login:
+            raise _V1Error(401)
+        if not password:
+            raise _V1Error(402)
+        if login != self.login or password != self.password:
+            raise _V1Error(411)
+
+    async def _soap_send(self, operation: ET.Element, name: str) -> str:
+        """``BulkSms`` (Message + Phone*, l. 1585) and ``IndividualSms`` (Pairs of Phone and
+        Message, l. 1628).  ``MessageInfo`` per phone (per part with ``split_parts``) when
+        ``WantSmsIds`` is true; the text says ``WantsSmsIds`` (l. 1572) while the table says
+        ``WantSmsIds`` (l. 1553): both are accepted."""
+        options = operation.find(f"{{{SOAP_SERVICE_NS}}}Options")
+        if options is None:
+            raise _V1Error(401)
+        self._soap_auth(options)
+        values = {_local_name(o.tag): (o.text or "").strip() for o in options}
+        for key in ("WantSmsIds", "WantsSmsIds", "IgnorePhoneFormat", "LatinEncoding", "Flash",
+                    "TwoByteConcat"):
+            if key in values and values[key] not in ("true", "false", "1", "0"):
+                raise _SoapFault("Sender", f"Invalid xsd:boolean value for {key}")
+        want_ids = values.get("WantSmsIds", values.get("WantsSmsIds")) in ("true", "1")
+        latin = values.get("LatinEncoding") in ("true", "1")
+        two_byte = values.get("TwoByteConcat") in ("true", "1")
+        originator = values.get("Originator") or None
+        if originator is not None and _originator_too_long(originator):
+            raise _V1Error(421)
+        pairs: list[tuple[str, str]] = []
+        if name == "BulkSms":
+            message = _soap_text(operation, "Message", strip=False)
+            phones = [(p.text or "").strip()
+                      for p in operation.findall(f"{{{SOAP_SERVICE_NS}}}Phone")]
+            if not phones:
+                raise _V1Error(403)
+            if not message:
+                raise _V1Error(405)
+            pairs = [(phone, message) for phone in phones]
+        else:
+            for pair in operation.findall(f"{{{SOAP_SERVICE_NS}}}Pairs"):
+                phone = _soap_text(pair, "Phone")
+                message = _soap_text(pair, "Message", strip=False)
+                if not message:
+                    raise _V1Error(423, f'Empty message for phone "{phone}"')
+                pairs.append((phone, message))
+            if not pairs:
+                raise _V1Error(407)
+        if values.get("IgnorePhoneFormat") not in ("true", "1"):
+            for phone, _ in pairs:
+                if not _valid_phone(phone):
+                    raise _V1Error(428, f'"{phone}": wrong phone format. No messages has been sent')
+        params = {k: v for k, v in values.items() if k not in ("Login", "Password", "Originator")}
+        infos: list[str] = []
+        for phone, message in pairs:
+            if phone in self.unroutable:
+                infos.append(f"<MessageInfo><Phone>{escape(phone)}</Phone>"
+                             "<ProcessResult>Unroutable</ProcessResult></MessageInfo>")
+                continue
+            part_ids = self._part_ids(message, latin, two_byte, values.get("MaxParts", ""),
+                                      ucs2=not latin)
+            await self._accept(
+                AcceptedSms("soap", phone, message, originator, part_ids[0], dict(params),
+                            part_ids)
+            )
+            infos.extend(
+                f"<MessageInfo><Phone>{escape(phone)}</Phone>"
+                f"<ProcessResult>Accepted</ProcessResult><SmsId>{sms_id}</SmsId></MessageInfo>"
+                for sms_id in part_ids
+            )
+        inner = _soap_status(0, f"queued {len(pairs)} messages")
+        return inner + ("".join(infos) if want_ids else "")
+
+    def _soap_status_reply(self, operation: ET.Element) -> str:
+        """``StatusRequest`` -> ``StatusResponse`` (l. 1679-1727): ``SmsInfo`` per id;
+        an unknown id has ``Error`` and no ``Status`` (l. 1721-1724)."""
+        self._soap_auth(operation)
+        ids = [(e.text or "").strip() for e in operation.findall(f"{{{SOAP_SERVICE_NS}}}SmsId")]
+        if not ids:
+            raise _V1Error(433)
+        infos: list[str] = []
+        for sms_id in ids:
+            record = self._statuses.get(sms_id)
+            if record is None:
+                infos.append(f"<SmsInfo><SmsId>{escape(sms_id)}</SmsId>"
+                             f"<Error>{ERROR_TEXTS[434]}</Error></SmsInfo>")
+                continue
+            stamp = record.submitted.strftime(_SOAP_DATE_FORMAT)
+            infos.append(
+                f"<SmsInfo><SmsId>{escape(sms_id)}</SmsId><Error>{escape(record.error)}</Error>"
+                f"<SubmissionDate>{stamp}</SubmissionDate><SendDate>{stamp}</SendDate>"
+                f"<LastStatusChangeDate>{stamp}</LastStatusChangeDate>"
+                f"<Status>{escape(record.status)}</Status></SmsInfo>"
+            )
+        return _soap_status(0, "") + "".join(infos)
+
+
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _soap_text(element: ET.Element, name: str, *, strip: bool = True) -> str:
+    """A child's text; a ``Message`` keeps its blanks (they are part of the SMS)."""
+    text = element.findtext(f"{{{SOAP_SERVICE_NS}}}{name}") or ""
+    return text.strip() if strip else text
 
 
 class _Drop(Exception):
