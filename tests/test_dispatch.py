@@ -234,3 +234,19 @@ async def test_start_date_holds_the_message_until_due(
     assert code == 250, text
     await provider.wait_for_accepted(1, timeout=10)
     assert time.time() >= due.timestamp()
+
+
+async def test_v2_request_carries_originator_validity_and_max_parts(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await start(bridge_factory, {"main": v2(provider.url)})
+    body = ("login: alerts\n\npassword: pw\n\nphones: 79161234567\n\nmessage: Привет\n\n"
+            "originator: MyCompany\n\ntimeout: 3600\n\nmax_parts: 2\n")
+    code, text = await send(bridge.smtp_port, mail("multi@x", "s", body))
+    assert code == 250, text
+    await provider.wait_for_accepted(1)
+    [request] = [r for r in provider.requests if r.path == "/v2/send"]
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.json["originator"] == "MyCompany"
+    assert request.json["channels"]["sms"] == {
+        "message": "Привет", "maxParts": 2, "transliterate": False, "timeout": 3600}
