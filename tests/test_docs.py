@@ -27,3 +27,14 @@ def test_readme_commands_exist(capsys: object) -> None:
             main([command, "--help"])
         except SystemExit as exc:
             assert exc.code == 0, command
+
+
+def test_every_test_the_conformance_table_names_exists() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Conformance", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
+    named = set(re.findall(r"`(?:(test_[a-z_]+\.py)::)?(test_[a-z0-9_]+)(?:\[[^\]]+\])?`", table))
+    assert len(named) > 20
+    sources = {path.name: path.read_text() for path in (ROOT / "tests").glob("test_*.py")}
+    for filename, test in named:
+        where = [sources[filename]] if filename else list(sources.values())
+        assert any(f"def {test}(" in text for text in where), (filename, test)
