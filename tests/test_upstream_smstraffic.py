@@ -587,12 +587,12 @@ async def wait_delivery(bridge: Bridge, status: str, timeout: float = 8.0) -> No
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("kind", ["smstraffic_v1", "smstraffic_v2"])
+@pytest.mark.parametrize("kind", ["smstraffic_v1", "smstraffic_v2", "smstraffic_soap"])
 async def test_end_to_end_status_delivered_by_polling(
     bridge_factory: BridgeFactory, double: SmsTrafficDouble, kind: str
 ) -> None:
-    credentials = ({"login": LOGIN, "password": PASSWORD} if kind == "smstraffic_v1"
-                   else {"api_key": KEY})
+    credentials = ({"api_key": KEY} if kind == "smstraffic_v2"
+                   else {"login": LOGIN, "password": PASSWORD})
     bridge = await bridge_factory(
         upstreams={"p": {"kind": kind, "base_url": double.url, **credentials,
                          "status_poll_interval": 0.2}},
@@ -607,16 +607,20 @@ async def test_end_to_end_status_delivered_by_polling(
         assert send_request.form["phones"] == "79161234567"
         assert send_request.form["message"] == "text"
         assert send_request.headers["content-type"] == FORM
-    else:
+    elif kind == "smstraffic_v2":
         assert send_request.path == "/v2/send"
         assert send_request.json["destinations"] == [{"to": 79161234567}]
+    else:
+        assert send_request.path == "/soap.php"
+        assert b"79161234567" in send_request.raw_body
     await wait_delivery(bridge, "sent")
     double.set_status(accepted.sms_id, "Delivered")
     await wait_delivery(bridge, "delivered")
     [(_, detail)] = delivery(bridge)
     assert detail == f"Delivered ({accepted.sms_id})"
     polls = [r for r in double.requests
-             if r.form.get("operation") == "status" or r.path == "/v2/statuses/list"]
+             if r.form.get("operation") == "status" or r.path == "/v2/statuses/list"
+             or (r.path == "/soap.php" and r is not send_request)]
     assert len(polls) >= 2
 
 
