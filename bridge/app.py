@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 class Bridge:
     """One bridge process. ``start()`` binds the ports (0 = ephemeral), ``stop()`` drains."""
 
+    HEARTBEAT = 5.0  # seconds between "alive" marks; the cluster's size divides rate limits
+
     def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         # Several worker processes share the listening ports (SO_REUSEPORT).
@@ -47,6 +49,8 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.relay: MailRelay | None = None
         self.forwarder: ForwardWorker | None = None
+        self._intake: IntakeHandler | None = None
+        self._owner = ""
         self.status_poller: StatusPoller | None = None
         self.inbound_poller: InboundPoller | None = None
         self.smtp_port = 0
@@ -85,7 +89,6 @@ class Bridge:
         if settings.mail.smarthost:
             self.relay = MailRelay(self.store, settings.mail, owner=owner)
             self._tasks.append(asyncio.create_task(self.relay.run(), name="mail-relay"))
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self.forwarder = ForwardWorker(self.store, settings, self._client, owner=owner)
         self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
@@ -102,7 +105,9 @@ class Bridge:
                                  on_forward=self.forwarder.notify)
         self.status_poller = StatusPoller(self.store, self.upstreams, settings)
         self.inbound_poller = InboundPoller(self.store, self.upstreams, settings,
-                                            service.accept_polled)
+                                            service.accept_polled, owner=owner)
+        self._intake = handler
+        self._owner = owner
         self._tasks.append(asyncio.create_task(self.status_poller.run(), name="status-poller"))
         self._tasks.append(asyncio.create_task(self.inbound_poller.run(), name="inbound-poller"))
         app = make_http_app(self.store, service)
@@ -118,6 +123,7 @@ class Bridge:
         server = site._server
         assert server is not None and isinstance(server, asyncio.Server)
         self.http_port = server.sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         log.info(
             "sms-bridge started",
             extra={"smtp": f"{settings.smtp.host}:{self.smtp_port}",
@@ -126,10 +132,20 @@ class Bridge:
         )
 
     async def _housekeeping(self) -> None:
+        last_purge = 0.0
         while True:
+            now = time.time()
             with contextlib.suppress(Exception):
-                await self.store.purge(time.time(), self.settings.smtp.duplicate_window)
-            await asyncio.sleep(3600)
+                size = await self.store.heartbeat(self._owner, now, 3 * self.HEARTBEAT)
+                if self.dispatcher is not None:
+                    self.dispatcher.set_cluster_size(size)
+                if self._intake is not None:
+                    self._intake.cluster_size = size
+            if now - last_purge > 3600:
+                with contextlib.suppress(Exception):
+                    await self.store.purge(now, self.settings.smtp.duplicate_window)
+                last_purge = now
+            await asyncio.sleep(self.HEARTBEAT)
 
     async def stop(self) -> None:
         if self._smtp is not None:

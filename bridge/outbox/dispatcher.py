@@ -62,9 +62,10 @@ class Dispatcher:
         self._semaphores = {
             name: asyncio.Semaphore(settings.upstreams[name].concurrency) for name in upstreams
         }
-        self._buckets = {
-            name: TokenBucket(settings.upstreams[name].rate_per_second) for name in upstreams
+        self._configured_rate = {
+            name: settings.upstreams[name].rate_per_second for name in upstreams
         }
+        self._buckets = {name: TokenBucket(rate) for name, rate in self._configured_rate.items()}
         self._configured_batch = {
             name: settings.upstreams[name].batch_size for name in upstreams
         }
@@ -84,6 +85,13 @@ class Dispatcher:
     def wake(self) -> None:
         """New work was committed: look now rather than at the next poll."""
         self._wake.set()
+
+    def set_cluster_size(self, processes: int) -> None:
+        """Rate limits hold for the cluster as a whole: each of ``processes`` live bridge
+        processes sends at most its share of an upstream's ``rate_per_second``."""
+        for name, bucket in self._buckets.items():
+            rate = self._configured_rate[name] / max(1, processes)
+            bucket.rate, bucket.burst = rate, max(1.0, rate)
 
     async def run(self) -> None:
         while not self._stopping:

@@ -88,7 +88,9 @@ class InboundPoller:
     polling resumes without gaps or duplicates."""
 
     def __init__(self, store: OutboxStore, upstreams: dict[str, Upstream], settings: Settings,
-                 accept: Callable[[InboundMessage], Awaitable[InboundRecord]]) -> None:
+                 accept: Callable[[InboundMessage], Awaitable[InboundRecord]],
+                 *, owner: str = "") -> None:
+        self.owner = owner
         self.store = store
         self.accept = accept
         self.upstreams = {name: u for name, u in upstreams.items()
@@ -104,14 +106,23 @@ class InboundPoller:
     async def run(self) -> None:
         if not self.upstreams:
             return
-        await asyncio.gather(*(self._loop(name, upstream)
-                               for name, upstream in self.upstreams.items()))
+        try:
+            await asyncio.gather(*(self._loop(name, upstream)
+                                   for name, upstream in self.upstreams.items()))
+        finally:
+            for name in self.upstreams:  # a clean stop hands polling over at once
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.release_lease(f"inbound-poll:{name}", self.owner)
 
     async def _loop(self, name: str, upstream: Upstream) -> None:
+        interval = self.intervals[name]
         while not self._stopping.is_set():
             try:
-                while await self.poll_once(name, upstream):
-                    pass  # a full page: ask again at once
+                # One process of the cluster polls each upstream; the others stand by.
+                if await self.store.acquire_lease(f"inbound-poll:{name}", self.owner,
+                                                  time.time(), 3 * interval + 10):
+                    while await self.poll_once(name, upstream):
+                        pass  # a full page: ask again at once
             except (UpstreamError, StoreUnavailable) as exc:
                 log.warning("inbound poll failed", extra={"upstream": name, "error": str(exc)})
             with contextlib.suppress(TimeoutError):

@@ -84,6 +84,9 @@ class IntakeHandler:
         self.on_mail_queued = on_mail_queued
         self.clock = clock
         self.mail_rate = SlidingWindowCounter(60.0)
+        # Live bridge processes sharing the store: each allows its share of an account's
+        # mail rate, so the limit holds for the cluster as a whole.
+        self.cluster_size = 1
         self.domains = {d.lower() for d in settings.smtp.accepted_domains}
 
     # -- hooks ----------------------------------------------------------------------------
@@ -143,7 +146,10 @@ class IntakeHandler:
 
     def _check_rate(self, login: str, account: AccountSettings) -> None:
         # 002 line 1768: "не более 100 писем в минуту" is the recommended limit.
-        if not self.mail_rate.allow(login, account.mail_rate_per_minute):
+        limit = account.mail_rate_per_minute
+        if limit > 0:
+            limit = max(1, limit // self.cluster_size)
+        if not self.mail_rate.allow(login, limit):
             raise IntakeError(451, "4.7.1", "Mail rate limit exceeded, try again later")
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:

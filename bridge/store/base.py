@@ -190,8 +190,20 @@ class OutboxStore(Protocol):
     async def delete_reply_script(self, script_id: int) -> bool: ...
 
     async def due_status_polls(
-        self, upstream: str, now: float, limit: int
-    ) -> list[tuple[int, list[str], int]]: ...
+        self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
+    ) -> list[tuple[int, list[str], int]]:
+        """Claim the messages whose status poll is due (once per cluster)."""
+        ...
+
+    async def acquire_lease(self, name: str, owner: str, now: float, ttl: float) -> bool:
+        """A named lease held by one process of the cluster at a time."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> None: ...
+
+    async def heartbeat(self, owner: str, now: float, ttl: float) -> int:
+        """Record this process as alive; return how many are."""
+        ...
 
     async def reschedule_status_polls(
         self, schedule: Sequence[tuple[int, float | None]]

@@ -1019,10 +1019,12 @@ class SqliteStore:
     # -- status polling and polling cursors ------------------------------------------------
 
     async def due_status_polls(
-        self, upstream: str, now: float, limit: int
+        self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
     ) -> list[tuple[int, list[str], int]]:
-        """Sent messages of ``upstream`` whose status is due to be asked for:
-        ``(message id, provider ids, polls so far)``."""
+        """Claim sent messages of ``upstream`` whose status is due to be asked for:
+        ``(message id, provider ids, polls so far)``. Their next poll moves ``lease_seconds``
+        ahead, so another process does not poll them too; ``reschedule_status_polls`` then
+        sets the real next time."""
 
         def op(conn: sqlite3.Connection) -> list[tuple[int, list[str], int]]:
             rows = conn.execute(
@@ -1031,9 +1033,55 @@ class SqliteStore:
                 "LIMIT ?",
                 (upstream, now, limit),
             ).fetchall()
+            conn.executemany("UPDATE messages SET next_poll_at = ? WHERE id = ?",
+                             [(now + lease_seconds, row[0]) for row in rows])
             return [(row[0], json.loads(row[1]), row[2]) for row in rows]
 
-        return await self._read(op)
+        return await self._call(op)
+
+    async def acquire_lease(self, name: str, owner: str, now: float, ttl: float) -> bool:
+        """Hold a named lease (e.g. "poll inbound from upstream X") for ``ttl`` seconds: True
+        if it was free, expired, or already ours. One process of a cluster does the job."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            key = f"lease:{name}"
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                holder, _, until = str(row[0]).rpartition("|")
+                if holder != owner and float(until) > now:
+                    return False
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, f"{owner}|{now + ttl}"),
+            )
+            return True
+
+        return await self._call(op)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give a named lease up (on a clean stop), if we hold it."""
+        await self._call(lambda conn: conn.execute(
+            "DELETE FROM meta WHERE key = ? AND value LIKE ?",
+            (f"lease:{name}", f"{owner}|%")))
+
+    async def heartbeat(self, owner: str, now: float, ttl: float) -> int:
+        """Record that ``owner`` is alive; return how many processes are (the cluster's
+        size, which divides rate limits so that they hold for the cluster as a whole)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"alive:{owner}", str(now)),
+            )
+            conn.execute("DELETE FROM meta WHERE key LIKE 'alive:%' AND CAST(value AS REAL) < ?",
+                         (now - ttl,))
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM meta WHERE key LIKE 'alive:%'").fetchone()
+            return int(count)
+
+        return await self._call(op)
 
     async def reschedule_status_polls(
         self, schedule: Sequence[tuple[int, float | None]]
