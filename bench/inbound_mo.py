@@ -48,8 +48,11 @@ How
 Run
     python bench/inbound_mo.py [--requests N] [--concurrency C] [--mode unique|replay50|both]
                                [--rounds R] [--warmup W] [--phase-timeout S] [--json]
+                               [--store-url URL]
 
-    defaults: 5000 requests, 50 concurrent workers, both modes, 3 rounds. ``--json`` prints
+    defaults: 5000 requests, 50 concurrent workers, both modes, 3 rounds, the bridge's store a
+    fresh SQLite file per phase (``--store-url``: another, e.g. PostgreSQL, URL; the store
+    check then needs a reader in ``bench/_common.py``). ``--json`` prints
     one JSON object instead of the table (progress goes to stderr). The exit status is 0 on
     PASS, 1 on FAIL (with ``--mode replay50`` alone only failures and the store check count).
 """
@@ -61,31 +64,27 @@ import asyncio
 import collections
 import contextlib
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
+import _common
 import aiohttp
 import yarl
+from _common import HOST, log
 
-HOST = "127.0.0.1"
 MODES = ("unique", "replay50")
 TARGET_UNIQUE = 0.4  # PASS/FAIL
 TARGET_REPLAY = 0.8  # informational
 WARMUP_REQUESTS = 200
 PHASE_TIMEOUT = 120.0
-START_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 30.0
 SOURCE = "bench"
 SECRET = "bench-secret"
@@ -101,14 +100,14 @@ def message_text(index: int) -> str:
 # -- servers (child processes) ------------------------------------------------------------
 
 
-def _bridge_settings(workdir: str) -> Any:
+def _bridge_settings(url: str) -> Any:
     from bridge.settings import load_settings
 
     return load_settings(
         None,
         smtp={"port": 0},
         http={"port": 0, "host": HOST},
-        store={"url": f"sqlite:///{workdir}/bench.sqlite3"},
+        store={"url": url},
         log_level="WARNING",
         log_format="json",
         inbound={
@@ -133,113 +132,33 @@ async def _start_bare() -> tuple[Any, int]:
     return runner, runner.addresses[0][1]
 
 
-async def _serve(kind: str, conn: multiprocessing.connection.Connection, workdir: str) -> None:
-    from bridge.logs import setup_logging
-
-    setup_logging("WARNING", "json")  # as ``sms-bridge serve`` does with these settings
-    loop = asyncio.get_running_loop()
-    bridge: Any = None
-    runner: Any = None
+async def _start(kind: str, url: str) -> _common.Started:
+    """In the child: the bare server or the bridge (see ``_common.ServerProcess``)."""
+    _common.setup_server_logging()
     if kind == "bridge":
         from bridge.app import Bridge
 
-        bridge = Bridge(_bridge_settings(workdir))
+        bridge = Bridge(_bridge_settings(url))
         await bridge.start()
-        port = bridge.http_port
-    else:
-        runner, port = await _start_bare()
-    conn.send(("ready", port))
-    while True:
-        command = await loop.run_in_executor(None, conn.recv)
-        if command == "cpu":  # all threads of this process (the SQLite writer included)
-            conn.send(("cpu", time.process_time()))
-        elif command == "stop":
-            break
-    if bridge is not None:
-        await bridge.stop()
-    if runner is not None:
-        await runner.cleanup()
-    conn.send(("stopped", None))
-
-
-def _server_main(kind: str, conn: multiprocessing.connection.Connection, workdir: str) -> None:
-    # The server's log goes to a file: thousands of expected forwarder warnings would
-    # otherwise drown the report. Writing it is still part of the server's work.
-    fd = os.open(Path(workdir) / f"{kind}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(fd, 2)
-    os.close(fd)
-    try:
-        asyncio.run(_serve(kind, conn, workdir))
-    except BaseException:
-        with contextlib.suppress(Exception):
-            conn.send(("error", traceback.format_exc()))
-        raise
-
-
-class ServerProcess:
-    """One server in a spawned child process, driven through a Pipe."""
-
-    def __init__(self, kind: str, workdir: str) -> None:
-        self.kind = kind
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_server_main, args=(kind, child, workdir), name=f"bench-{kind}", daemon=True
-        )
-        self.process.start()
-        child.close()
-        self.port = int(self._expect("ready", START_TIMEOUT))
-
-    def _expect(self, tag: str, timeout: float) -> Any:
-        if not self.conn.poll(timeout):
-            raise RuntimeError(f"{self.kind} server: no {tag!r} within {timeout:.0f} s")
-        got, value = self.conn.recv()
-        if got == "error":
-            raise RuntimeError(f"{self.kind} server failed:\n{value}")
-        if got != tag:
-            raise RuntimeError(f"{self.kind} server: expected {tag!r}, got {got!r}")
-        return value
-
-    def cpu(self) -> float:
-        self.conn.send("cpu")
-        return float(self._expect("cpu", 10.0))
-
-    def stop(self) -> None:
-        try:
-            if self.process.is_alive():
-                self.conn.send("stop")
-                self._expect("stopped", 60.0)
-        finally:
-            self.process.join(15.0)
-            if self.process.is_alive():  # our own child only
-                self.process.terminate()
-                self.process.join(5.0)
-            self.conn.close()
+        return bridge.http_port, bridge.stop, {}
+    runner, port = await _start_bare()
+    return port, runner.cleanup, {}
 
 
 # -- load generator -----------------------------------------------------------------------
 
 
-@dataclass
-class PhaseResult:
+@dataclass(kw_only=True)
+class PhaseResult(_common.PhaseResult):
     mode: str
-    server: str
     requests: int
-    concurrency: int
-    ok: int = 0
-    failures: int = 0
     replays: int = 0
-    elapsed_s: float = 0.0
     req_per_s: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    max_ms: float = 0.0
-    timed_out: bool = False
-    warmup_failures: int = 0
-    server_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
-    failure_kinds: dict[str, int] = field(default_factory=dict)
     log_lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.req_per_s
 
 
 class IdPlan:
@@ -285,13 +204,6 @@ def _url(port: int, sms_id: str, text: str) -> yarl.URL:
         f"?phone={PHONE}&message={message}&sms_id={sms_id}",
         encoded=True,  # sent byte for byte as built
     )
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
 
 
 async def _load(
@@ -344,40 +256,18 @@ async def _load(
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        cpu0 = time.process_time()
-        started = time.perf_counter()
-        tasks = [asyncio.create_task(worker(session)) for _ in range(min(concurrency, requests))]
-        _done, pending = await asyncio.wait(tasks, timeout=phase_timeout)
-        elapsed = time.perf_counter() - started
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                failures[f"worker crashed: {task.exception()!r}"[:120]] += 1
-        client_cpu = time.process_time() - cpu0
-
-    ok = len(latencies)
-    counted = ok + sum(failures.values())
-    if counted < requests:  # never attempted (phase timeout) or lost with a crashed worker
-        failures["not sent: phase timeout or worker crash"] += requests - counted
-    latencies.sort()
+        workers = await _common.run_workers(
+            lambda: worker(session), min(concurrency, requests), phase_timeout, failures
+        )
+    common = _common.summarize(latencies, failures, requests, workers)
     return PhaseResult(
         mode=mode,
         server=server,
         requests=requests,
         concurrency=concurrency,
-        ok=ok,
-        failures=max(0, requests - ok),
         replays=replays,
-        elapsed_s=elapsed,
-        req_per_s=ok / elapsed if elapsed > 0 else 0.0,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
-        max_ms=(latencies[-1] * 1000 if latencies else 0.0),
-        timed_out=bool(pending),
-        client_cpu_s=client_cpu,
-        failure_kinds=dict(failures.most_common(10)),
+        req_per_s=common["ok"] / workers.elapsed_s if workers.elapsed_s > 0 else 0.0,
+        **common,
     )
 
 
@@ -398,47 +288,35 @@ def _run_server(
     kind: str, mode: str, args: argparse.Namespace, workdir: Path, run: str
 ) -> tuple[PhaseResult, IdPlan]:
     workdir.mkdir(parents=True, exist_ok=True)
-    log(f"[{mode} {kind}] starting server process")
-    server = ServerProcess(kind, str(workdir))
+    label = f"{mode} {kind}"
+    log(f"[{label}] starting server process")
+    url = _common.store_url(args.store_url, workdir)
+    server = _common.ServerProcess(kind, _start, (kind, url), log_path=workdir / f"{kind}.log")
     plan = IdPlan(run)
+
+    async def load(warmup: bool) -> PhaseResult:
+        phase_mode, phase, requests = (
+            ("unique", "w", args.warmup) if warmup else (mode, "m", args.requests)
+        )
+        return await _load(
+            server.port,
+            plan,
+            kind,
+            phase_mode,
+            phase,
+            requests,
+            args.concurrency,
+            args.phase_timeout,
+        )
+
     try:
-        log(f"[{mode} {kind}] listening on {HOST}:{server.port}; warm-up {args.warmup} requests")
-        warm = asyncio.run(
-            _load(
-                server.port,
-                plan,
-                kind,
-                "unique",
-                "w",
-                args.warmup,
-                args.concurrency,
-                args.phase_timeout,
-            )
+        result = _common.warm_and_measure(
+            server, label, "requests", args.warmup, args.requests, load
         )
-        if warm.failures:
-            log(f"[{mode} {kind}] warm-up failures: {warm.failures} {warm.failure_kinds}")
-        cpu0 = server.cpu()
-        log(f"[{mode} {kind}] measuring {args.requests} requests")
-        result = asyncio.run(
-            _load(
-                server.port,
-                plan,
-                kind,
-                mode,
-                "m",
-                args.requests,
-                args.concurrency,
-                args.phase_timeout,
-            )
-        )
-        result.server_cpu_s = server.cpu() - cpu0
-        kinds = collections.Counter(result.failure_kinds) + collections.Counter(warm.failure_kinds)
-        result.failure_kinds = dict(kinds)
-        result.warmup_failures = warm.failures
     finally:
         server.stop()
     result.log_lines = _log_summary(workdir / f"{kind}.log")
-    log(f"[{mode} {kind}] {result.req_per_s:.0f} req/s, {result.failures} failures")
+    log(f"[{label}] {result.req_per_s:.0f} req/s, {result.failures} failures")
     return result, plan
 
 
@@ -481,10 +359,10 @@ class StoreCheck:
         return text
 
 
-def _check_store(db: Path, sent: dict[str, str]) -> StoreCheck:
+def _check_store(url: str, sent: dict[str, str]) -> StoreCheck:
     check = StoreCheck(expected=len(sent))
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = _common.connect_readonly(url)
     except sqlite3.Error as exc:
         check.error = str(exc)
         return check
@@ -514,99 +392,62 @@ def _check_store(db: Path, sent: dict[str, str]) -> StoreCheck:
     return check
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 # -- report -------------------------------------------------------------------------------
 
 
-@dataclass
-class Round:
-    number: int
+@dataclass(kw_only=True)
+class Round(_common.Round):
     mode: str
     bare: PhaseResult
     bridge: PhaseResult
     store: StoreCheck
 
-    @property
-    def ratio(self) -> float:
-        return self.bridge.req_per_s / self.bare.req_per_s if self.bare.req_per_s else 0.0
-
 
 def _median_result(results: list[PhaseResult]) -> PhaseResult:
     first = results[0]
-    return PhaseResult(
+    return _common.median_result(
+        results,
+        "req_per_s",
         mode=first.mode,
-        server=first.server,
         requests=first.requests,
-        concurrency=first.concurrency,
-        ok=sum(r.ok for r in results),
-        failures=sum(r.failures for r in results),
         replays=sum(r.replays for r in results),
-        elapsed_s=statistics.median(r.elapsed_s for r in results),
-        req_per_s=statistics.median(r.req_per_s for r in results),
-        p50_ms=statistics.median(r.p50_ms for r in results),
-        p99_ms=statistics.median(r.p99_ms for r in results),
-        max_ms=max(r.max_ms for r in results),
-        timed_out=any(r.timed_out for r in results),
-        warmup_failures=sum(r.warmup_failures for r in results),
-        server_cpu_s=statistics.median(r.server_cpu_s for r in results),
-        client_cpu_s=statistics.median(r.client_cpu_s for r in results),
     )
 
 
 def _row(label: str, r: PhaseResult) -> str:
-    srv = 100 * r.server_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
-    cli = 100 * r.client_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
-    return (
-        f"{r.mode:<9} {r.server:<7} {label:>5} {r.requests:>8} {r.concurrency:>5} "
-        f"{r.req_per_s:>9.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.failures:>8} "
-        f"{srv:>8.0f} {cli:>8.0f}"
-    )
+    return f"{r.mode:<9} {r.server:<7} {label:>5} {r.requests:>8} {r.concurrency:>5} {r.columns()}"
 
 
 def _table(rounds: list[Round], medians: dict[str, tuple[PhaseResult, PhaseResult]]) -> str:
     header = (
-        f"{'mode':<9} {'server':<7} {'round':>5} {'requests':>8} {'conc':>5} {'req/s':>9} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'failures':>8} {'srv cpu%':>8} {'cli cpu%':>8}"
+        f"{'mode':<9} {'server':<7} {'round':>5} {'requests':>8} {'conc':>5} "
+        f"{_common.header_columns('req/s')}"
     )
     lines = [header, "-" * len(header)]
     for mode, (bare, bridge) in medians.items():
         mode_rounds = [rnd for rnd in rounds if rnd.mode == mode]
-        for rnd in mode_rounds:
-            lines.append(_row(str(rnd.number), rnd.bare))
-            lines.append(_row(str(rnd.number), rnd.bridge))
-        if len(mode_rounds) > 1:
-            lines.append(_row("med", bare))
-            lines.append(_row("med", bridge))
+        lines += _common.pair_rows(mode_rounds, bare, bridge, _row)
         lines.append("-" * len(header))
     return "\n".join(lines)
 
 
+CLI: dict[str, Any] = {
+    "count": ("requests", 5000, "measured requests per server"),
+    "concurrency": "concurrent workers",
+    "rounds": "bare/bridge pairs per mode, each with fresh processes; medians are compared",
+    "warmup": (WARMUP_REQUESTS, "warm-up requests"),
+    "phase_timeout": PHASE_TIMEOUT,
+    "store": "per phase",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=5000, help="measured requests per server")
-    parser.add_argument("--concurrency", type=int, default=50, help="concurrent workers")
+    parser = _common.new_parser(__doc__, CLI)
     parser.add_argument(
         "--mode",
         choices=(*MODES, "both"),
         default="both",
         help="unique: every sms_id new; replay50: every odd request repeats an answered one",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="bare/bridge pairs per mode, each with fresh processes; medians are compared",
-    )
-    parser.add_argument("--warmup", type=int, default=WARMUP_REQUESTS, help="warm-up requests")
-    parser.add_argument(
-        "--phase-timeout",
-        type=float,
-        default=PHASE_TIMEOUT,
-        help="hard cap in seconds for each load phase",
     )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.warmup < 0 or args.rounds < 1:
@@ -626,9 +467,12 @@ def main(argv: list[str] | None = None) -> int:
                 bridge, plan = _run_server(
                     "bridge", mode, args, workdir / "bridge", f"{run}-{number}"
                 )
-                store = _check_store(workdir / "bridge" / "bench.sqlite3", plan.sent)
+                url = _common.store_url(args.store_url, workdir / "bridge")
+                store = _check_store(url, plan.sent)
                 log(f"[{mode} bridge] store: {store.describe()}")
-                rounds.append(Round(number, mode, bare, bridge, store))
+                rounds.append(
+                    Round(number=number, mode=mode, bare=bare, bridge=bridge, store=store)
+                )
 
     medians: dict[str, tuple[PhaseResult, PhaseResult]] = {}
     ratios: dict[str, float] = {}

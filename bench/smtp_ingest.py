@@ -36,8 +36,11 @@ How
 Run
     python bench/smtp_ingest.py [--mails N] [--concurrency C] [--reuse | --no-reuse] [--json]
                                 [--rounds R] [--warmup W] [--phase-timeout S] [--keep-rate-limit]
+                                [--store-url URL]
 
-    defaults: 2000 mails, 50 concurrent connections, reuse on. ``--json`` prints one JSON
+    defaults: 2000 mails, 50 concurrent connections, reuse on, the bridge's store a fresh SQLite
+    file in a temporary directory per round (``--store-url``: another, e.g. PostgreSQL, URL;
+    the row count check then needs a reader in ``bench/_common.py``). ``--json`` prints one JSON
     object instead of the table (progress goes to stderr). The exit status is 0 on PASS, 1 on
     FAIL.
 """
@@ -49,27 +52,21 @@ import asyncio
 import collections
 import contextlib
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
-import sqlite3
-import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import _common
 import aiosmtplib
+from _common import HOST, log
 
-HOST = "127.0.0.1"
 TARGET_RATIO = 0.5
 WARMUP_MAILS = 100
 PHASE_TIMEOUT = 120.0
-START_TIMEOUT = 60.0
 SMTP_TIMEOUT = 30.0
 MAIL_FROM = "bench@example.com"
 RCPT_TO = "demo@localhost"
@@ -79,7 +76,7 @@ BODY = "Alert: disk usage 91% on host-17"
 # -- servers (child processes) ------------------------------------------------------------
 
 
-def _bridge_settings(port: int, tmpdir: str, keep_rate_limit: bool) -> Any:
+def _bridge_settings(port: int, url: str, keep_rate_limit: bool) -> Any:
     from bridge.settings import load_settings
 
     overrides: dict[str, Any] = {}
@@ -91,7 +88,7 @@ def _bridge_settings(port: int, tmpdir: str, keep_rate_limit: bool) -> Any:
         None,
         smtp={"port": port, "host": HOST},
         http={"port": 0},
-        store={"url": f"sqlite:///{tmpdir}/bench.sqlite3"},
+        store={"url": url},
         log_level="WARNING",
         log_format="json",
         dispatcher={"poll_interval": 1.0},
@@ -130,115 +127,39 @@ async def _start_bare(settings: Any) -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def _serve(
-    kind: str, conn: multiprocessing.connection.Connection, tmpdir: str, keep_rate_limit: bool
-) -> None:
+async def _start(kind: str, url: str, keep_rate_limit: bool) -> _common.Started:
+    """In the child: the bare server or the bridge (see ``_common.ServerProcess``)."""
     from bridge.logs import setup_logging
 
-    settings = _bridge_settings(0, tmpdir, keep_rate_limit)
+    settings = _bridge_settings(0, url, keep_rate_limit)
     setup_logging(settings.log_level, settings.log_format)  # as ``sms-bridge serve`` does
-    loop = asyncio.get_running_loop()
-    bridge: Any = None
-    server: asyncio.Server | None = None
     if kind == "bridge":
         from bridge.app import Bridge
 
         bridge = Bridge(settings)
         await bridge.start()
-        port = bridge.smtp_port
-    else:
-        server, port = await _start_bare(settings)
-    conn.send(("ready", port))
-    while True:
-        command = await loop.run_in_executor(None, conn.recv)
-        if command == "cpu":  # all threads of this process (the SQLite writer included)
-            conn.send(("cpu", time.process_time()))
-        elif command == "stop":
-            break
-    if bridge is not None:
-        await bridge.stop()
-    if server is not None:
+        return bridge.smtp_port, bridge.stop, {}
+    server, port = await _start_bare(settings)
+
+    async def stop() -> None:
         server.close()
         await server.wait_closed()
-    conn.send(("stopped", None))
 
-
-def _server_main(
-    kind: str, conn: multiprocessing.connection.Connection, tmpdir: str, keep_rate_limit: bool
-) -> None:
-    try:
-        asyncio.run(_serve(kind, conn, tmpdir, keep_rate_limit))
-    except BaseException:
-        with contextlib.suppress(Exception):
-            conn.send(("error", traceback.format_exc()))
-        raise
-
-
-class ServerProcess:
-    """One server in a spawned child process, driven through a Pipe."""
-
-    def __init__(self, kind: str, tmpdir: str, keep_rate_limit: bool) -> None:
-        self.kind = kind
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_server_main,
-            args=(kind, child, tmpdir, keep_rate_limit),
-            name=f"bench-{kind}",
-            daemon=True,
-        )
-        self.process.start()
-        child.close()
-        self.port = int(self._expect("ready", START_TIMEOUT))
-
-    def _expect(self, tag: str, timeout: float) -> Any:
-        if not self.conn.poll(timeout):
-            raise RuntimeError(f"{self.kind} server: no {tag!r} within {timeout:.0f} s")
-        got, value = self.conn.recv()
-        if got == "error":
-            raise RuntimeError(f"{self.kind} server failed:\n{value}")
-        if got != tag:
-            raise RuntimeError(f"{self.kind} server: expected {tag!r}, got {got!r}")
-        return value
-
-    def cpu(self) -> float:
-        self.conn.send("cpu")
-        return float(self._expect("cpu", 10.0))
-
-    def stop(self) -> None:
-        try:
-            if self.process.is_alive():
-                self.conn.send("stop")
-                self._expect("stopped", 60.0)
-        finally:
-            self.process.join(15.0)
-            if self.process.is_alive():  # our own child only
-                self.process.terminate()
-                self.process.join(5.0)
-            self.conn.close()
+    return port, stop, {}
 
 
 # -- load generator -----------------------------------------------------------------------
 
 
-@dataclass
-class PhaseResult:
-    server: str
+@dataclass(kw_only=True)
+class PhaseResult(_common.PhaseResult):
     mails: int
-    concurrency: int
     reuse: bool
-    ok: int = 0
-    failures: int = 0
-    elapsed_s: float = 0.0
     mails_per_s: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    max_ms: float = 0.0
-    timed_out: bool = False
-    warmup_failures: int = 0
-    server_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
-    failure_kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.mails_per_s
 
 
 def _message(run: str, phase: str, index: int) -> bytes:
@@ -254,13 +175,6 @@ def _message(run: str, phase: str, index: int) -> bytes:
         "\r\n"
         f"{BODY}\r\n"
     ).encode()
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
 
 
 def _describe(exc: BaseException) -> str:
@@ -333,89 +247,45 @@ async def _load(
                     await smtp.quit()
                 smtp.close()
 
-    cpu0 = time.process_time()
-    started = time.perf_counter()
-    tasks = [asyncio.create_task(worker()) for _ in range(min(concurrency, mails))]
-    _done, pending = await asyncio.wait(tasks, timeout=phase_timeout)
-    elapsed = time.perf_counter() - started
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            failures[f"worker crashed: {task.exception()!r}"[:120]] += 1
-    client_cpu = time.process_time() - cpu0
-
-    ok = len(latencies)
-    counted = ok + sum(failures.values())
-    if counted < mails:  # never attempted (phase timeout) or lost with a crashed worker
-        failures["not sent: phase timeout or worker crash"] += mails - counted
-    latencies.sort()
+    workers = await _common.run_workers(worker, min(concurrency, mails), phase_timeout, failures)
+    common = _common.summarize(latencies, failures, mails, workers)
     return PhaseResult(
         server=server,
         mails=mails,
         concurrency=concurrency,
         reuse=reuse,
-        ok=ok,
-        failures=max(0, mails - ok),
-        elapsed_s=elapsed,
-        mails_per_s=ok / elapsed if elapsed > 0 else 0.0,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
-        max_ms=(latencies[-1] * 1000 if latencies else 0.0),
-        timed_out=bool(pending),
-        client_cpu_s=client_cpu,
-        failure_kinds=dict(failures.most_common(10)),
+        mails_per_s=common["ok"] / workers.elapsed_s if workers.elapsed_s > 0 else 0.0,
+        **common,
     )
 
 
-def _run_server(kind: str, args: argparse.Namespace, tmpdir: str, run: str) -> PhaseResult:
+def _run_server(kind: str, args: argparse.Namespace, url: str, run: str) -> PhaseResult:
     log(f"[{kind}] starting server process")
-    server = ServerProcess(kind, tmpdir, args.keep_rate_limit)
+    server = _common.ServerProcess(kind, _start, (kind, url, args.keep_rate_limit))
+
+    async def load(warmup: bool) -> PhaseResult:
+        phase, mails = ("warmup", args.warmup) if warmup else ("measure", args.mails)
+        return await _load(
+            server.port,
+            kind,
+            phase,
+            run,
+            mails,
+            args.concurrency,
+            args.reuse,
+            args.phase_timeout,
+        )
+
     try:
-        log(f"[{kind}] listening on {HOST}:{server.port}; warm-up {args.warmup} mails")
-        warm = asyncio.run(
-            _load(
-                server.port,
-                kind,
-                "warmup",
-                run,
-                args.warmup,
-                args.concurrency,
-                args.reuse,
-                args.phase_timeout,
-            )
-        )
-        if warm.failures:
-            log(f"[{kind}] warm-up failures: {warm.failures} {warm.failure_kinds}")
-        cpu0 = server.cpu()
-        log(f"[{kind}] measuring {args.mails} mails")
-        result = asyncio.run(
-            _load(
-                server.port,
-                kind,
-                "measure",
-                run,
-                args.mails,
-                args.concurrency,
-                args.reuse,
-                args.phase_timeout,
-            )
-        )
-        result.server_cpu_s = server.cpu() - cpu0
-        result.failure_kinds = {
-            k: result.failure_kinds.get(k, 0) + warm.failure_kinds.get(k, 0)
-            for k in {**result.failure_kinds, **warm.failure_kinds}
-        }
-        result.warmup_failures = warm.failures
+        result = _common.warm_and_measure(server, kind, "mails", args.warmup, args.mails, load)
     finally:
         server.stop()
     log(f"[{kind}] {result.mails_per_s:.0f} mails/s, {result.failures} failures")
     return result
 
 
-def _count_rows(db: Path) -> tuple[int, dict[str, int]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+def _count_rows(url: str) -> tuple[int, dict[str, int]]:
+    conn = _common.connect_readonly(url)
     try:
         total = int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
         by_status = dict(conn.execute("SELECT status, COUNT(*) FROM messages GROUP BY status"))
@@ -424,97 +294,56 @@ def _count_rows(db: Path) -> tuple[int, dict[str, int]]:
     return total, by_status
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 # -- report -------------------------------------------------------------------------------
 
 
-@dataclass
-class Round:
-    number: int
+@dataclass(kw_only=True)
+class Round(_common.Round):
     bare: PhaseResult
     bridge: PhaseResult
     store_messages: int
     store_by_status: dict[str, int]
 
-    @property
-    def ratio(self) -> float:
-        return self.bridge.mails_per_s / self.bare.mails_per_s if self.bare.mails_per_s else 0.0
-
 
 def _median_result(results: list[PhaseResult]) -> PhaseResult:
     first = results[0]
-    return PhaseResult(
-        server=first.server,
-        mails=first.mails,
-        concurrency=first.concurrency,
-        reuse=first.reuse,
-        ok=sum(r.ok for r in results),
-        failures=sum(r.failures for r in results),
-        elapsed_s=statistics.median(r.elapsed_s for r in results),
-        mails_per_s=statistics.median(r.mails_per_s for r in results),
-        p50_ms=statistics.median(r.p50_ms for r in results),
-        p99_ms=statistics.median(r.p99_ms for r in results),
-        max_ms=max(r.max_ms for r in results),
-        timed_out=any(r.timed_out for r in results),
-        warmup_failures=sum(r.warmup_failures for r in results),
-        server_cpu_s=statistics.median(r.server_cpu_s for r in results),
-        client_cpu_s=statistics.median(r.client_cpu_s for r in results),
-    )
+    return _common.median_result(results, "mails_per_s", mails=first.mails, reuse=first.reuse)
 
 
 def _row(label: str, r: PhaseResult) -> str:
-    srv = 100 * r.server_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
-    cli = 100 * r.client_cpu_s / r.elapsed_s if r.elapsed_s else 0.0
     return (
         f"{r.server:<8} {label:>5} {r.mails:>6} {r.concurrency:>5} "
-        f"{'on' if r.reuse else 'off':>5} {r.mails_per_s:>9.1f} {r.p50_ms:>8.2f} "
-        f"{r.p99_ms:>8.2f} {r.failures:>8} {srv:>8.0f} {cli:>8.0f}"
+        f"{'on' if r.reuse else 'off':>5} {r.columns()}"
     )
 
 
 def _table(rounds: list[Round], bare: PhaseResult, bridge: PhaseResult) -> str:
     header = (
         f"{'server':<8} {'round':>5} {'mails':>6} {'conc':>5} {'reuse':>5} "
-        f"{'mails/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failures':>8} {'srv cpu%':>8} "
-        f"{'cli cpu%':>8}"
+        f"{_common.header_columns('mails/s')}"
     )
     lines = [header, "-" * len(header)]
-    for rnd in rounds:
-        lines.append(_row(str(rnd.number), rnd.bare))
-        lines.append(_row(str(rnd.number), rnd.bridge))
-    if len(rounds) > 1:
-        lines.append("-" * len(header))
-        lines.append(_row("med", bare))
-        lines.append(_row("med", bridge))
+    lines += _common.pair_rows(rounds, bare, bridge, _row, rule="-" * len(header))
     return "\n".join(lines)
 
 
+CLI: dict[str, Any] = {
+    "count": ("mails", 2000, "measured mails per server"),
+    "concurrency": "concurrent connections",
+    "rounds": "bare/bridge pairs, each with fresh processes; medians are compared",
+    "warmup": (WARMUP_MAILS, "warm-up mails"),
+    "phase_timeout": PHASE_TIMEOUT,
+    "store": "per round",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--mails", type=int, default=2000, help="measured mails per server")
-    parser.add_argument("--concurrency", type=int, default=50, help="concurrent connections")
+    parser = _common.new_parser(__doc__, CLI)
     parser.add_argument(
         "--reuse",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="send many mails per connection (default) or one per connection",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="bare/bridge pairs, each with fresh processes; medians are compared",
-    )
-    parser.add_argument("--warmup", type=int, default=WARMUP_MAILS, help="warm-up mails")
-    parser.add_argument(
-        "--phase-timeout",
-        type=float,
-        default=PHASE_TIMEOUT,
-        help="hard cap in seconds for each load phase",
     )
     parser.add_argument(
         "--keep-rate-limit",
@@ -530,10 +359,19 @@ def main(argv: list[str] | None = None) -> int:
     for number in range(1, args.rounds + 1):
         with tempfile.TemporaryDirectory(prefix="smtp-ingest-") as tmpdir:
             log(f"round {number}/{args.rounds}")
-            bare_result = _run_server("bare", args, tmpdir, f"{run}-{number}")
-            bridge_result = _run_server("bridge", args, tmpdir, f"{run}-{number}")
-            queued, by_status = _count_rows(Path(tmpdir) / "bench.sqlite3")
-        rounds.append(Round(number, bare_result, bridge_result, queued, by_status))
+            url = _common.store_url(args.store_url, tmpdir)
+            bare_result = _run_server("bare", args, url, f"{run}-{number}")
+            bridge_result = _run_server("bridge", args, url, f"{run}-{number}")
+            queued, by_status = _count_rows(url)
+        rounds.append(
+            Round(
+                number=number,
+                bare=bare_result,
+                bridge=bridge_result,
+                store_messages=queued,
+                store_by_status=by_status,
+            )
+        )
 
     bare = _median_result([r.bare for r in rounds])
     bridge = _median_result([r.bridge for r in rounds])

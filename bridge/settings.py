@@ -174,8 +174,11 @@ class StoreSettings(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///PATH store URLs are supported by this build")
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                "unsupported store URL; use sqlite:///PATH, "
+                "postgresql://USER@HOST:PORT/DATABASE or postgres://USER@HOST:PORT/DATABASE"
+            )
         return value
 
 

@@ -26,11 +26,32 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def bridge_factory(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """"sqlite" unless a module parametrizes it (indirect) with "postgres" too."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def store_url(store_backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The store of the test's bridges: SQLite under ``tmp_path``, or a fresh PostgreSQL
+    database that is dropped afterwards."""
+    if store_backend == "postgres":
+        from tests.pg import fresh_database
+
+        async with fresh_database() as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path / 'bridge.sqlite3'}"
+
+
+@pytest.fixture
+async def bridge_factory(tmp_path: Path, store_url: str) -> AsyncIterator[BridgeFactory]:
     """``await bridge_factory(**settings)`` starts a bridge; all are stopped at teardown."""
     started: list[Bridge] = []
 
     async def factory(**overrides: Any) -> Bridge:
+        overrides.setdefault("store", {})
+        overrides["store"] = {"url": store_url, **overrides["store"]}
         bridge = Bridge(make_settings(tmp_path, **overrides))
         await bridge.start()
         started.append(bridge)
@@ -39,3 +60,6 @@ async def bridge_factory(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
     yield factory
     for bridge in reversed(started):
         await bridge.stop()
+
+
+BOTH_STORES = pytest.mark.parametrize("store_backend", ["sqlite", "postgres"], indirect=True)

@@ -6,9 +6,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import BridgeFactory
+from tests.conftest import BOTH_STORES, BridgeFactory
 from tests.doubles.smsc import SmscDouble
 from tests.test_smtp_intake import mail, send, wait_status
+
+# The behaviour holds on both stores.
+pytestmark = BOTH_STORES
 
 
 @pytest.fixture

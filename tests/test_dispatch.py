@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from bridge.app import Bridge
-from tests.conftest import BridgeFactory
+from tests.conftest import BOTH_STORES, BridgeFactory
 from tests.doubles.mailbox import MailboxDouble
 from tests.doubles.smstraffic import SmsTrafficDouble
 from tests.test_smtp_intake import mail, send, wait_status
+
+# The behaviour holds on both stores.
+pytestmark = BOTH_STORES
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from bridge.errors import StoreUnavailable, UpstreamError
 from bridge.models import InboundMessage, InboundRecord
 from bridge.settings import Settings
 from bridge.store.base import OutboxStore
-from bridge.store.sqlite import FINAL_STATUSES
+from bridge.store.common import FINAL_STATUSES
 from bridge.upstreams.base import InboundPolling, StatusPolling, Upstream
 
 log = logging.getLogger(__name__)

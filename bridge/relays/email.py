@@ -181,9 +181,9 @@ class MailRelay:
             metrics.OUTGOING_MAIL.labels(outcome="failed" if give_up else "retry").inc()
             next_at = None if give_up else time.time() + self.policy.backoff(attempts)
             with contextlib.suppress(StoreUnavailable):
-                await self.store.mail_retry(mail_id, str(exc)[:500], next_at)
+                await self.store.mail_retry(mail_id, self.owner, str(exc)[:500], next_at)
             return
         metrics.OUTGOING_MAIL.labels(outcome="sent").inc()
         log.info("outgoing mail sent", extra={"mail_id": mail_id, "kind": mail.kind})
         with contextlib.suppress(StoreUnavailable):
-            await self.store.mail_done(mail_id, time.time())
+            await self.store.mail_done(mail_id, self.owner, time.time())

@@ -109,9 +109,13 @@ class OutboxStore(Protocol):
         """Claim outgoing mails that are due: ``(id, mail, attempts)``."""
         ...
 
-    async def mail_done(self, mail_id: int, now: float) -> None: ...
+    async def mail_done(self, mail_id: int, owner: str, now: float) -> None:
+        """Record a sent mail; only the lease holder's outcome counts."""
+        ...
 
-    async def mail_retry(self, mail_id: int, error: str, next_attempt_at: float | None) -> None:
+    async def mail_retry(
+        self, mail_id: int, owner: str, error: str, next_attempt_at: float | None
+    ) -> None:
         """Retry at ``next_attempt_at``, or give up (``None``) and keep the row as failed."""
         ...
 

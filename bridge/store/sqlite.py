@@ -13,7 +13,6 @@ fails at once with "database is locked" whatever ``busy_timeout`` says.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import queue
@@ -41,6 +40,7 @@ from bridge.models import (
     StoredResponse,
 )
 from bridge.store.base import ReplyBuilder
+from bridge.store.common import FINAL_STATUSES, aggregate_status, inbound_content_hash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -683,24 +683,27 @@ class SqliteStore:
 
         return await self._call(op)
 
-    async def mail_done(self, mail_id: int, now: float) -> None:
+    async def mail_done(self, mail_id: int, owner: str, now: float) -> None:
         await self._call(
             lambda conn: conn.execute(
                 "UPDATE outgoing_mail SET status = 'sent', lease_until = NULL, last_error = NULL "
-                "WHERE id = ?",
-                (mail_id,),
+                "WHERE id = ? AND status = 'sending' AND lease_owner = ?",
+                (mail_id, owner),
             )
         )
 
-    async def mail_retry(self, mail_id: int, error: str, next_attempt_at: float | None) -> None:
+    async def mail_retry(
+        self, mail_id: int, owner: str, error: str, next_attempt_at: float | None
+    ) -> None:
         if next_attempt_at is None:
-            sql, params = "status = 'failed', last_error = ?", (error, mail_id)
+            sql, params = "status = 'failed', last_error = ?", (error, mail_id, owner)
         else:
             sql = "status = 'queued', next_attempt_at = ?, last_error = ?"
-            params = (next_attempt_at, error, mail_id)  # type: ignore[assignment]
+            params = (next_attempt_at, error, mail_id, owner)  # type: ignore[assignment]
         await self._call(
             lambda conn: conn.execute(
-                f"UPDATE outgoing_mail SET {sql}, lease_until = NULL WHERE id = ?", params
+                f"UPDATE outgoing_mail SET {sql}, lease_until = NULL WHERE id = ? "
+                "AND status = 'sending' AND lease_owner = ?", params
             )
         )
 
@@ -1124,23 +1127,6 @@ class SqliteStore:
         return await self._read(op)
 
 
-FINAL_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
-
-FAILED_STATUSES = ("rejected", "undelivered", "expired")
-
-
-def aggregate_status(part_statuses: Sequence[str]) -> str:
-    """One status for a message from its parts' latest statuses (several provider ids when
-    a long text was split): delivered when every part is, the failure when one failed,
-    unknown when all are final otherwise, sent while any part is still on its way."""
-    if part_statuses and all(s == "delivered" for s in part_statuses):
-        return "delivered"
-    for failed in FAILED_STATUSES:
-        if failed in part_statuses:
-            return failed
-    if part_statuses and all(s in FINAL_STATUSES for s in part_statuses):
-        return "unknown"
-    return "sent"
 
 
 def _apply_report(conn: sqlite3.Connection, message_id: int, provider_id: str, status: str,
@@ -1190,13 +1176,3 @@ def _row_to_script(row: Sequence[Any]) -> dict[str, Any]:
     keys = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret", "created_at",
             "updated_at")
     return dict(zip(keys, row, strict=True))
-
-
-def inbound_content_hash(message: InboundMessage) -> str:
-    """Identity of a message that came without ``sms_id``: same source, kind, sender,
-    receiving number and text within the window count as one (a provider's retry)."""
-    digest = hashlib.sha256()
-    for part in (message.kind, message.phone, message.recipient or "", message.text):
-        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
-    return digest.hexdigest()
-

@@ -1,0 +1,415 @@
+"""Plumbing shared by the benchmarks in ``bench/`` (not a benchmark itself).
+
+* :class:`ServerProcess` - one server (bare, bridge, provider double) in a ``spawn`` child
+  driven through a ``Pipe``: the child reports ``("ready", port)``, answers ``cpu`` (its
+  ``time.process_time()``, all threads) and any extra commands its start function offers,
+  and stops on ``stop``;
+* :func:`run_workers` / :func:`summarize` - the load-generator skeleton: ``C`` asyncio
+  workers, one hard phase timeout, failures counted by kind, latency percentiles;
+* :class:`PhaseResult` / :class:`Round` - the common part of a measured phase and of a
+  bare/bridge pair, medians over rounds, and the CPU columns of the tables;
+* store URLs: the default SQLite file in a temporary directory, and read-only access to it
+  for the store checks (the one place a PostgreSQL reader would go).
+
+The scripts are run as ``python bench/<script>.py``, so ``sys.path[0]`` is ``bench/`` and
+``import _common`` works; a spawned child gets the parent's ``sys.path`` and imports it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import sqlite3
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+
+Connection = multiprocessing.connection.Connection
+#: What a server's start function returns: its port, how to stop it, extra commands.
+Started = tuple[int, Callable[[], Awaitable[None]], dict[str, Callable[[], Any]]]
+StartFn = Callable[..., Awaitable[Started]]
+R = TypeVar("R", bound="PhaseResult")
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def rss_kib() -> dict[str, int]:
+    """This process's resident set now (VmRSS) and at its peak (VmHWM), in KiB."""
+    values: dict[str, int] = {}
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+# -- store URLs ---------------------------------------------------------------------------
+
+
+def store_url(template: str | None, workdir: str | Path, name: str = "bench.sqlite3") -> str:
+    """The store URL of one bridge: by default a SQLite file in ``workdir`` (fresh per round);
+    ``template`` (``--store-url``) may name ``{workdir}``."""
+    if template is None:
+        return f"sqlite:///{Path(workdir) / name}"
+    return template.replace("{workdir}", str(workdir))
+
+
+def connect_readonly(url: str) -> sqlite3.Connection:
+    """A read-only connection for the store checks, made after (or beside) the bridge.
+
+    Hook: only SQLite is read here. For ``postgresql://`` URLs (``--store-url``) a reader
+    with the same SQL (``COUNT(*)``/``GROUP BY status`` over ``messages``, ``inbound``,
+    ``forward_jobs``, ``message_events``) goes here.
+    """
+    if not url.startswith("sqlite:///"):
+        raise NotImplementedError(
+            f"store checks read SQLite only; add a reader for {url.split(':', 1)[0]}:// URLs "
+            "in bench/_common.py connect_readonly()"
+        )
+    path = url.removeprefix("sqlite:///")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+
+
+# -- server processes ---------------------------------------------------------------------
+
+
+async def _child(start: StartFn, conn: Connection, args: tuple[Any, ...]) -> None:
+    port, stop, commands = await start(*args)
+    loop = asyncio.get_running_loop()
+    conn.send(("ready", port))
+    while True:
+        command = await loop.run_in_executor(None, conn.recv)
+        if command == "stop":
+            break
+        if command == "cpu":  # all threads of this process (the SQLite writer included)
+            conn.send(("cpu", time.process_time()))
+        elif command in commands:
+            conn.send((command, commands[command]()))
+        else:
+            conn.send(("error", f"unknown command {command!r}"))
+    await stop()
+    conn.send(("stopped", None))
+
+
+def _child_main(
+    start: StartFn, conn: Connection, args: tuple[Any, ...], log_path: str | None
+) -> None:
+    if log_path is not None:
+        # The server's log goes to a file: thousands of expected warnings would otherwise
+        # drown the report. Writing it is still part of the server's work.
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+    try:
+        asyncio.run(_child(start, conn, args))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.send(("error", traceback.format_exc()))
+        raise
+
+
+class ServerProcess:
+    """One server in a spawned child process, driven through a Pipe.
+
+    ``start(*args)`` runs in the child (a module-level coroutine function, so that it can
+    be pickled) and returns ``(port, stop, commands)``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        start: StartFn,
+        args: tuple[Any, ...] = (),
+        *,
+        log_path: str | Path | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        self.kind = kind
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_child_main,
+            args=(start, child, args, None if log_path is None else str(log_path)),
+            name=f"bench-{kind}",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        try:
+            self.port = int(self._expect("ready", start_timeout))
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def _expect(self, tag: str, timeout: float) -> Any:
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"{self.kind} server: no {tag!r} within {timeout:.0f} s")
+        got, value = self.conn.recv()
+        if got == "error":
+            raise RuntimeError(f"{self.kind} server failed:\n{value}")
+        if got != tag:
+            raise RuntimeError(f"{self.kind} server: expected {tag!r}, got {got!r}")
+        return value
+
+    def call(self, command: str, timeout: float = 10.0) -> Any:
+        self.conn.send(command)
+        return self._expect(command, timeout)
+
+    def cpu(self) -> float:
+        return float(self.call("cpu"))
+
+    def stop(self) -> None:
+        try:
+            if self.process.is_alive():
+                self.conn.send("stop")
+                self._expect("stopped", STOP_TIMEOUT)
+        finally:
+            self.process.join(15.0)
+            if self.process.is_alive():  # our own child only
+                self.process.terminate()
+                self.process.join(5.0)
+            self.conn.close()
+
+
+def setup_server_logging() -> None:
+    """JSON log, ``WARNING`` and up, as ``sms-bridge serve`` does with the benches' settings."""
+    from bridge.logs import setup_logging
+
+    setup_logging("WARNING", "json")
+
+
+# -- load generator -----------------------------------------------------------------------
+
+
+@dataclass
+class WorkerRun:
+    elapsed_s: float
+    client_cpu_s: float
+    timed_out: bool
+
+
+async def run_workers(
+    worker: Callable[[], Coroutine[Any, Any, None]],
+    count: int,
+    timeout: float,
+    failures: collections.Counter[str],
+) -> WorkerRun:
+    """``count`` workers at once, cancelled after ``timeout`` s; a crash counts as a failure."""
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(worker()) for _ in range(count)]
+    _done, pending = await asyncio.wait(tasks, timeout=timeout)
+    elapsed = time.perf_counter() - started
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            failures[f"worker crashed: {task.exception()!r}"[:120]] += 1
+    return WorkerRun(elapsed, time.process_time() - cpu0, bool(pending))
+
+
+def summarize(
+    latencies: list[float], failures: collections.Counter[str], planned: int, run: WorkerRun
+) -> dict[str, Any]:
+    """The common fields of a :class:`PhaseResult` from one phase's raw figures."""
+    ok = len(latencies)
+    counted = ok + sum(failures.values())
+    if counted < planned:  # never attempted (phase timeout) or lost with a crashed worker
+        failures["not sent: phase timeout or worker crash"] += planned - counted
+    latencies.sort()
+    return {
+        "ok": ok,
+        "failures": max(0, planned - ok),
+        "elapsed_s": run.elapsed_s,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "max_ms": (latencies[-1] * 1000 if latencies else 0.0),
+        "timed_out": run.timed_out,
+        "client_cpu_s": run.client_cpu_s,
+        "failure_kinds": dict(failures.most_common(10)),
+    }
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class PhaseResult:
+    """What every load phase measures; a script's subclass adds its count and rate fields."""
+
+    server: str
+    concurrency: int
+    ok: int = 0
+    failures: int = 0
+    elapsed_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    timed_out: bool = False
+    warmup_failures: int = 0
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:  # mails/s, req/s: per script
+        raise NotImplementedError
+
+    def columns(self) -> str:
+        """The table's last columns: rate, latency, failures, then the server's and the load
+        generator's CPU as a share of the phase's wall time."""
+        srv = 100 * self.server_cpu_s / self.elapsed_s if self.elapsed_s else 0.0
+        cli = 100 * self.client_cpu_s / self.elapsed_s if self.elapsed_s else 0.0
+        return (
+            f"{self.rate:>9.1f} {self.p50_ms:>8.2f} {self.p99_ms:>8.2f} {self.failures:>8} "
+            f"{srv:>8.0f} {cli:>8.0f}"
+        )
+
+
+def header_columns(rate: str) -> str:
+    """The headers of :meth:`PhaseResult.columns`."""
+    return f"{rate:>9} {'p50 ms':>8} {'p99 ms':>8} {'failures':>8} {'srv cpu%':>8} {'cli cpu%':>8}"
+
+
+def median_fields(results: Sequence[PhaseResult]) -> dict[str, Any]:
+    """The common fields of the median of several rounds' results (sums for counts)."""
+    first = results[0]
+    return {
+        "server": first.server,
+        "concurrency": first.concurrency,
+        "ok": sum(r.ok for r in results),
+        "failures": sum(r.failures for r in results),
+        "elapsed_s": statistics.median(r.elapsed_s for r in results),
+        "p50_ms": statistics.median(r.p50_ms for r in results),
+        "p99_ms": statistics.median(r.p99_ms for r in results),
+        "max_ms": max(r.max_ms for r in results),
+        "timed_out": any(r.timed_out for r in results),
+        "warmup_failures": sum(r.warmup_failures for r in results),
+        "server_cpu_s": statistics.median(r.server_cpu_s for r in results),
+        "client_cpu_s": statistics.median(r.client_cpu_s for r in results),
+    }
+
+
+def median_result(results: Sequence[R], rate_field: str, **fields: Any) -> R:
+    """The median of several rounds' results: the script's own fields given, its rate the
+    median of the rounds' rates."""
+    rate = statistics.median(r.rate for r in results)
+    return type(results[0])(**median_fields(results), **{rate_field: rate}, **fields)
+
+
+def pair_rows(
+    rounds: Sequence[Round],
+    bare: R,
+    bridge: R,
+    row: Callable[[str, R], str],
+    rule: str | None = None,
+) -> list[str]:
+    """Table rows: bare and bridge of each round, then (and ``rule`` before them) the
+    medians when there are several rounds."""
+    lines: list[str] = []
+    for rnd in rounds:
+        lines.append(row(str(rnd.number), rnd.bare))  # type: ignore[arg-type]
+        lines.append(row(str(rnd.number), rnd.bridge))  # type: ignore[arg-type]
+    if len(rounds) > 1:
+        if rule is not None:
+            lines.append(rule)
+        lines.append(row("med", bare))
+        lines.append(row("med", bridge))
+    return lines
+
+
+@dataclass(kw_only=True)
+class Round:
+    """One bare/bridge pair, each with fresh server processes (and a fresh store)."""
+
+    number: int
+    bare: PhaseResult
+    bridge: PhaseResult
+
+    @property
+    def ratio(self) -> float:
+        return self.bridge.rate / self.bare.rate if self.bare.rate else 0.0
+
+
+def warm_and_measure(
+    server: ServerProcess,
+    label: str,
+    what: str,
+    warmup: int,
+    measured: int,
+    load: Callable[[bool], Awaitable[R]],
+) -> R:
+    """A warm-up phase (``load(True)``, not measured), then the measured one, with the
+    server's CPU over the measured phase; failure kinds of both are added up."""
+    log(f"[{label}] listening on {HOST}:{server.port}; warm-up {warmup} {what}")
+    warm = asyncio.run(load(True))
+    if warm.failures:
+        log(f"[{label}] warm-up failures: {warm.failures} {warm.failure_kinds}")
+    cpu0 = server.cpu()
+    log(f"[{label}] measuring {measured} {what}")
+    result = asyncio.run(load(False))
+    result.server_cpu_s = server.cpu() - cpu0
+    kinds = collections.Counter(result.failure_kinds) + collections.Counter(warm.failure_kinds)
+    result.failure_kinds = dict(kinds)
+    result.warmup_failures = warm.failures
+    return result
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def new_parser(doc: str | None, spec: dict[str, Any]) -> argparse.ArgumentParser:
+    """The options every bench takes, from one ``spec`` per script: ``count`` (name, default
+    and help of ``--mails``/``--requests``), ``concurrency``, ``rounds``, ``warmup`` (default
+    and help), ``phase_timeout`` and ``store`` (helps); then the script adds its own."""
+    count, count_default, count_help = spec["count"]
+    warmup, warmup_help = spec["warmup"]
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument(f"--{count}", type=int, default=count_default, help=count_help)
+    parser.add_argument("--concurrency", type=int, default=50, help=spec["concurrency"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--rounds", type=int, default=3, help=spec["rounds"])
+    parser.add_argument("--warmup", type=int, default=warmup, help=warmup_help)
+    parser.add_argument(
+        "--phase-timeout",
+        type=float,
+        default=spec["phase_timeout"],
+        help="hard cap in seconds for each load phase",
+    )
+    parser.add_argument(
+        "--store-url",
+        default=None,
+        help="the bridge's store (default: sqlite:///<fresh temp dir>/bench.sqlite3 "
+        f"{spec['store']}; '{{workdir}}' is replaced by that dir; the store check reads "
+        "SQLite only, see connect_readonly() in bench/_common.py)",
+    )
+    return parser
