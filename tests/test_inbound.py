@@ -560,3 +560,23 @@ async def test_health_readiness_metrics_and_redacted_access_log(
     logged = " ".join(str(vars(r)) for r in caplog.records if r.name == "aiohttp.access")
     assert "/in/st/***/shortcode" in logged
     assert "src-secret" not in logged and "sc-pass" not in logged
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"phone=1&sms_id=abc&message=x", "abc"),
+        (b"sms_id=+a+b+&sms_id=second", "a b"),
+        (b"message=sms_id%3Dfake&phone=1", None),
+        (b"xsms_id=1&phone=2", None),
+        (b"sms_id=%D0%AF", None),  # not plain ASCII: the full decoding decides
+        (b"sms_id=&phone=1", None),
+    ],
+)
+def test_peek_sms_id_finds_what_the_full_decoding_would(raw: bytes, expected: str | None) -> None:
+    from bridge.inbound.parsing import decode_params, parse_mo, peek_sms_id
+
+    assert peek_sms_id(raw) == expected
+    if expected is not None:
+        assert parse_mo("s", decode_params(raw + b"&phone=1&message=x", "cp1251"),
+                        raw).sms_id == expected

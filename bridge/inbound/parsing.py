@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from bridge.errors import InboundError
 from bridge.models import DeliveryReport, InboundMessage
@@ -54,6 +54,22 @@ def decode_params(raw: bytes, charset: str) -> DecodedParams:
     except UnicodeDecodeError:
         pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="replace")
         return DecodedParams(_first(pairs), charset, True)
+
+
+_SMS_ID = re.compile(rb"(?:^|&)sms_id=([^&]*)")
+
+
+def peek_sms_id(raw: bytes) -> str | None:
+    """The ``sms_id`` of raw parameters without decoding the rest, when it is plain ASCII:
+    the same value :func:`parse_mo` would find (first occurrence, ``+`` as space, stripped).
+    None when absent or not plain: the full decoding then decides."""
+    match = _SMS_ID.search(raw)
+    if match is None:
+        return None
+    value = unquote_to_bytes(match.group(1).replace(b"+", b" ")).strip()
+    if not value or len(value) > 64 or not value.isascii():
+        return None
+    return value.decode("ascii")
 
 
 def _first(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:

@@ -36,6 +36,7 @@ from bridge.inbound.parsing import (
     decode_params,
     parse_mo,
     parse_shortcode,
+    peek_sms_id,
 )
 from bridge.inbound.routing import ReplyScript, select_script
 from bridge.models import ForwardJob, InboundMessage, InboundRecord, StoredResponse
@@ -99,23 +100,36 @@ class InboundService:
                 raise InboundError(403, "forbidden")
         return name, source
 
+    async def read_raw(self, request: web.Request) -> bytes:
+        """Query string and form body as received (one ``a=b&c=d`` byte string)."""
+        body = await read_body(request, self.settings.http.max_body_bytes)
+        query = request.raw_path.partition("?")[2].encode("ascii", "surrogateescape")
+        return query + (b"&" if query and body else b"") + body
+
     async def read_params(
         self, request: web.Request, source: InboundSourceSettings
     ) -> tuple[DecodedParams, bytes]:
         """Query string and form body, decoded from raw bytes with the right charset."""
-        body = await read_body(request, self.settings.http.max_body_bytes)
-        query = request.raw_path.partition("?")[2].encode("ascii", "surrogateescape")
+        raw = await self.read_raw(request)
         charset = declared_charset(request.headers.get("Content-Type")) or source.charset
-        raw = query + (b"&" if query and body else b"") + body
         return decode_params(raw, charset), raw
 
     # -- MO SMS -------------------------------------------------------------------------------
 
     async def mo(self, request: web.Request) -> web.Response:
         name, source = self.authenticate(request)
-        params, raw = await self.read_params(request, source)
-        message = parse_mo(name, params, raw)
-        record = await self._record(message, "routed", OK_RESPONSE)
+        raw = await self.read_raw(request)
+        # A provider's retry is answered from the store before anything else is decoded.
+        sms_id = peek_sms_id(raw)
+        if sms_id is not None:
+            earlier = await self.store.get_inbound(name, sms_id)
+            if earlier is not None:
+                metrics.INBOUND_DUPLICATES.labels(kind="mo").inc()
+                return stored(earlier.response or OK_RESPONSE)
+        charset = declared_charset(request.headers.get("Content-Type")) or source.charset
+        message = parse_mo(name, decode_params(raw, charset), raw)
+        record = await self._record(message, "routed", OK_RESPONSE,
+                                    looked_up=sms_id is not None)
         return stored(record.response or OK_RESPONSE)
 
     async def accept_polled(self, message: InboundMessage) -> InboundRecord:
@@ -124,9 +138,10 @@ class InboundService:
         return await self._record(message, "routed", OK_RESPONSE)
 
     async def _record(self, message: InboundMessage, state: str,
-                      response: StoredResponse | None) -> InboundRecord:
+                      response: StoredResponse | None, *, looked_up: bool = False
+                      ) -> InboundRecord:
         now = time.time()
-        if message.sms_id is not None:
+        if message.sms_id is not None and not looked_up:
             # A replay is answered from the store without building anything.
             earlier = await self.store.get_inbound(message.source, message.sms_id)
             if earlier is not None:
