@@ -1,4 +1,5 @@
-"""``sms-bridge serve --workers 2``: two processes share the ports and the SQLite store."""
+"""``sms-bridge serve --workers 2``: two processes share the ports and the store (SQLite
+file or PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,39 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import asyncpg
 import httpx
 
+from tests.conftest import BOTH_STORES
 from tests.doubles.receiver import HttpReceiver
 from tests.doubles.smstraffic import SmsTrafficDouble
 from tests.test_crash_restart import free_port
 from tests.test_smtp_intake import mail, send
 
 
-async def test_two_workers_share_the_ports_and_send_each_mail_once(tmp_path: Path) -> None:
+async def count(store_url: str, table: str) -> int:
+    """Rows in a table of the bridge's store, whichever engine."""
+    if store_url.startswith("sqlite:///"):
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    conn = await asyncpg.connect(store_url)
+    try:
+        return int(await conn.fetchval(f"SELECT COUNT(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
+@BOTH_STORES
+async def test_two_workers_share_the_ports_and_send_each_mail_once(
+    tmp_path: Path, store_url: str
+) -> None:
     smtp_port, http_port = free_port(), free_port()
     async with SmsTrafficDouble(api_key="1/k") as provider, HttpReceiver() as hook:
         config = tmp_path / "bridge.toml"
         config.write_text("\n".join([
             'log_format = "json"',
             f'[smtp]\nport = {smtp_port}', f'[http]\nport = {http_port}',
-            f'[store]\nurl = "sqlite:///{tmp_path / "bridge.sqlite3"}"',
+            f'[store]\nurl = "{store_url}"',
             "[dispatcher]\npoll_interval = 0.2",
             f'[upstreams.main]\nkind = "smstraffic_v2"\nbase_url = "{provider.url}"\n'
             'api_key = "1/k"',
@@ -82,6 +100,5 @@ async def test_two_workers_share_the_ports_and_send_each_mail_once(tmp_path: Pat
     assert queued_by <= started and len(queued_by) == 2  # the kernel spread the connections
     assert sorted(json.loads(r.body)["data"]["sms_id"] for r in hook.requests) == sorted(
         f"id-{n}" for n in range(20))
-    with sqlite3.connect(tmp_path / "bridge.sqlite3") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone() == (60,)
-        assert conn.execute("SELECT COUNT(*) FROM forward_jobs").fetchone() == (20,)
+    assert await count(store_url, "messages") == 60
+    assert await count(store_url, "forward_jobs") == 20
