@@ -7,6 +7,7 @@ characters or 15 digits, from a safe character set (002, "Адрес отпра�
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -23,12 +24,15 @@ def _bad_number(raw: str) -> IntakeError:
     return IntakeError(550, "5.1.3", text, 428)
 
 
+@functools.lru_cache(maxsize=16384)
 def normalize_phone(raw: str) -> str:
     """``+7 (916) 123-45-67`` or ``8 916 123 45 67`` → ``79161234567``.
 
     An 11-digit number starting with the Russian trunk prefix ``8`` is read as ``7…``; any
     other number is read as international. Numbers that are not plausible (wrong length for
     the country, unknown country code) raise an :class:`IntakeError` with code 428.
+    Results are cached: legacy senders text the same few numbers over and over, and the
+    phone-number library's parse was a tenth of the SMTP intake's CPU.
     """
     text = raw.strip()
     compact = _FORMATTING.sub("", text)
