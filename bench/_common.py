@@ -8,8 +8,12 @@
   workers, one hard phase timeout, failures counted by kind, latency percentiles;
 * :class:`PhaseResult` / :class:`Round` - the common part of a measured phase and of a
   bare/bridge pair, medians over rounds, and the CPU columns of the tables;
-* store URLs: the default SQLite file in a temporary directory, and read-only access to it
-  for the store checks (the one place a PostgreSQL reader would go).
+* :class:`ServerGroup` / :func:`free_port` - N bridge processes sharing one fixed port with
+  ``SO_REUSEPORT`` (``--workers N``, as ``sms-bridge serve --workers N``);
+* stores: ``--store sqlite|postgres`` / ``--store-url``; :func:`fresh_store` gives every bridge
+  run a fresh store (a SQLite file in a fresh directory, or a database ``bench_<uuid8>``
+  created on the PostgreSQL server and dropped ``WITH (FORCE)`` afterwards), and
+  :func:`connect_readonly` reads either engine for the store checks.
 
 The scripts are run as ``python bench/<script>.py``, so ``sys.path[0]`` is ``bench/`` and
 ``import _common`` works; a spawned child gets the parent's ``sys.path`` and imports it too.
@@ -24,12 +28,14 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import socket
 import sqlite3
 import statistics
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,29 +75,173 @@ def rss_kib() -> dict[str, int]:
 
 # -- store URLs ---------------------------------------------------------------------------
 
+#: The PostgreSQL server ``--store postgres`` uses (an admin URL: any database to connect to).
+DEFAULT_POSTGRES_URL = os.environ.get(
+    "BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_TIMEOUT = 10.0
+
+
+def is_postgres(url: str) -> bool:
+    """True for a ``postgresql://`` or ``postgres://`` URL."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def _with_database(url: str, database: str) -> str:
+    """``url`` (a PostgreSQL URL) naming another database, its query string kept."""
+    base, sep, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    server = rest.split("/", 1)[0]
+    return f"{scheme}://{server}/{database}{sep}{query}"
+
 
 def store_url(template: str | None, workdir: str | Path, name: str = "bench.sqlite3") -> str:
     """The store URL of one bridge: by default a SQLite file in ``workdir`` (fresh per round);
-    ``template`` (``--store-url``) may name ``{workdir}``."""
+    ``template`` (``--store-url``) may name ``{workdir}``. A PostgreSQL URL is returned as
+    given: use :func:`fresh_store` to get a fresh database on that server."""
     if template is None:
         return f"sqlite:///{Path(workdir) / name}"
     return template.replace("{workdir}", str(workdir))
 
 
-def connect_readonly(url: str) -> sqlite3.Connection:
-    """A read-only connection for the store checks, made after (or beside) the bridge.
+def resolve_store(store: str, store_url_option: str | None) -> str | None:
+    """The ``--store-url`` template from ``--store sqlite|postgres`` and ``--store-url``: an
+    explicit URL wins; ``postgres`` means :data:`DEFAULT_POSTGRES_URL`."""
+    if store_url_option is not None:
+        return store_url_option
+    return DEFAULT_POSTGRES_URL if store == "postgres" else None
 
-    Hook: only SQLite is read here. For ``postgresql://`` URLs (``--store-url``) a reader
-    with the same SQL (``COUNT(*)``/``GROUP BY status`` over ``messages``, ``inbound``,
-    ``forward_jobs``, ``message_events``) goes here.
+
+def store_kind(template: str | None) -> str:
+    """``postgres`` or ``sqlite`` (for tables)."""
+    return "postgres" if template is not None and is_postgres(template) else "sqlite"
+
+
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(url, timeout=PG_TIMEOUT)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def fresh_store(
+    template: str | None, workdir: str | Path, name: str = "bench.sqlite3"
+) -> Iterator[str]:
+    """The store URL of one bridge run, fresh.
+
+    SQLite: :func:`store_url` (a new file in ``workdir``, which the caller makes fresh).
+    PostgreSQL: ``template`` names a server and a database to connect to as administrator
+    (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``); a database ``bench_<uuid8>`` is
+    created there, its URL yielded, and it is dropped ``WITH (FORCE)`` on exit, so the store
+    checks must run inside the ``with`` block. Call it outside any running event loop.
     """
-    if not url.startswith("sqlite:///"):
-        raise NotImplementedError(
-            f"store checks read SQLite only; add a reader for {url.split(':', 1)[0]}:// URLs "
-            "in bench/_common.py connect_readonly()"
-        )
-    path = url.removeprefix("sqlite:///")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+    url = store_url(template, workdir, name)
+    if not is_postgres(url):
+        yield url
+        return
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(url, f'CREATE DATABASE "{database}"'))
+    log(f"[store] created PostgreSQL database {database}")
+    try:
+        yield _with_database(url, database)
+    finally:
+        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+class StoreReadError(Exception):
+    """A store check could not read the store (either engine)."""
+
+
+class StoreReader:
+    """Read-only queries for the store checks, on SQLite (``sqlite3``) or PostgreSQL
+    (``asyncpg`` on a private event loop, ``default_transaction_read_only``).
+
+    SQL is written once with ``?`` placeholders; for PostgreSQL they become ``$1, $2, …``.
+    Rows are plain tuples. Errors of either engine are raised as :class:`StoreReadError`.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pg: Any = None
+        try:
+            if url.startswith("sqlite:///"):
+                path = url.removeprefix("sqlite:///")
+                self._sqlite = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+            elif is_postgres(url):
+                import asyncpg
+
+                self._loop = asyncio.new_event_loop()
+                self._pg = self._loop.run_until_complete(
+                    asyncpg.connect(
+                        url,
+                        timeout=PG_TIMEOUT,
+                        server_settings={
+                            "default_transaction_read_only": "on",
+                            "application_name": "bench-check",
+                        },
+                    )
+                )
+            else:
+                raise StoreReadError(f"no reader for {url.split(':', 1)[0]}:// URLs")
+        except StoreReadError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise StoreReadError(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _numbered(sql: str) -> str:
+        parts = sql.split("?")
+        return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """All rows of one query."""
+        try:
+            if self._sqlite is not None:
+                return [tuple(row) for row in self._sqlite.execute(sql, tuple(params))]
+            assert self._loop is not None and self._pg is not None
+            records = self._loop.run_until_complete(
+                self._pg.fetch(self._numbered(sql), *params, timeout=PG_TIMEOUT)
+            )
+            return [tuple(record) for record in records]
+        except Exception as exc:
+            raise StoreReadError(f"{type(exc).__name__}: {exc}") from exc
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row (None without rows)."""
+        found = self.rows(sql, params)
+        return found[0][0] if found else None
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        if self._loop is not None:
+            if self._pg is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.run_until_complete(self._pg.close(timeout=PG_TIMEOUT))
+                self._pg = None
+            self._loop.close()
+            self._loop = None
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_readonly(url: str) -> StoreReader:
+    """A read-only reader for the store checks, made after (or beside) the bridge: SQLite
+    (``mode=ro``) or PostgreSQL (asyncpg, read-only transactions); see :class:`StoreReader`."""
+    return StoreReader(url)
 
 
 # -- server processes ---------------------------------------------------------------------
@@ -147,6 +297,7 @@ class ServerProcess:
         *,
         log_path: str | Path | None = None,
         start_timeout: float = START_TIMEOUT,
+        wait: bool = True,
     ) -> None:
         self.kind = kind
         ctx = multiprocessing.get_context("spawn")
@@ -159,8 +310,16 @@ class ServerProcess:
         )
         self.process.start()
         child.close()
+        self.port = 0
+        self.start_timeout = start_timeout
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for the child's ``("ready", port)`` (done by ``__init__`` unless ``wait=False``,
+        which lets several children start at once); stops the child on failure."""
         try:
-            self.port = int(self._expect("ready", start_timeout))
+            self.port = int(self._expect("ready", self.start_timeout))
         except BaseException:
             self.stop()
             raise
@@ -197,6 +356,69 @@ class ServerProcess:
                 self.process.terminate()
                 self.process.join(5.0)
             self.conn.close()
+
+
+class ServerGroup:
+    """``count`` servers of one kind started together, each in its own child process; they
+    share one port when ``start`` binds it with ``SO_REUSEPORT`` (the bridge's
+    ``serve --workers N``). ``cpu()`` sums the children's CPU; ``call()`` asks the first."""
+
+    def __init__(
+        self,
+        kind: str,
+        start: StartFn,
+        args_of: Callable[[int], tuple[Any, ...]],
+        count: int,
+        *,
+        log_path_of: Callable[[int], str | Path | None] = lambda index: None,
+    ) -> None:
+        self.kind = kind
+        self.servers: list[ServerProcess] = []
+        try:
+            for index in range(count):
+                label = kind if count == 1 else f"{kind}#{index + 1}"
+                self.servers.append(
+                    ServerProcess(
+                        label, start, args_of(index), log_path=log_path_of(index), wait=False
+                    )
+                )
+            for server in self.servers:
+                server.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        ports = {server.port for server in self.servers}
+        if len(ports) != 1:
+            self.stop()
+            raise RuntimeError(f"{kind}: workers listen on different ports {sorted(ports)}")
+        self.port = ports.pop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [server.pid for server in self.servers if server.pid is not None]
+
+    def cpu(self) -> float:
+        return sum(server.cpu() for server in self.servers)
+
+    def call(self, command: str, timeout: float = 10.0) -> Any:
+        return self.servers[0].call(command, timeout)
+
+    def stop(self) -> None:
+        errors: list[BaseException] = []
+        for server in self.servers:
+            try:
+                server.stop()
+            except Exception as exc:  # stop the others all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def free_port() -> int:
+    """A loopback TCP port free now (bound, then closed), for workers sharing one port."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def setup_server_logging() -> None:
@@ -361,7 +583,7 @@ class Round:
 
 
 def warm_and_measure(
-    server: ServerProcess,
+    server: ServerProcess | ServerGroup,
     label: str,
     what: str,
     warmup: int,
@@ -405,11 +627,37 @@ def new_parser(doc: str | None, spec: dict[str, Any]) -> argparse.ArgumentParser
         default=spec["phase_timeout"],
         help="hard cap in seconds for each load phase",
     )
+    add_store_options(parser, spec["store"])
+    return parser
+
+
+def add_store_options(parser: argparse.ArgumentParser, when: str) -> None:
+    """``--store sqlite|postgres`` and ``--store-url`` (see :func:`fresh_store`); read the
+    template with :func:`resolve_store`."""
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="sqlite: a fresh SQLite file in a temporary directory; postgres: a fresh "
+        f"database bench_<uuid8> on {DEFAULT_POSTGRES_URL} (env BENCH_POSTGRES), dropped "
+        f"WITH (FORCE) afterwards; {when}",
+    )
     parser.add_argument(
         "--store-url",
         default=None,
-        help="the bridge's store (default: sqlite:///<fresh temp dir>/bench.sqlite3 "
-        f"{spec['store']}; '{{workdir}}' is replaced by that dir; the store check reads "
-        "SQLite only, see connect_readonly() in bench/_common.py)",
+        help="overrides --store: a SQLite URL ('{workdir}' is replaced by the fresh temp "
+        "dir), or a PostgreSQL server URL (postgresql://user@host:port/admin_db) on which a "
+        "fresh database is created per bridge run and dropped afterwards",
     )
-    return parser
+
+
+def add_workers_option(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: the bridge side as N processes sharing one port (SO_REUSEPORT)."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="bridge processes sharing one fixed port with SO_REUSEPORT, as "
+        "'sms-bridge serve --workers N' (they share the store); the bare baseline stays "
+        "one process",
+    )

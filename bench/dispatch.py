@@ -38,7 +38,8 @@ Run
     python bench/dispatch.py [--messages N] [--batch-kind kcell|smsc] [--batch-size B]
                              [--latency-messages N] [--latency S] [--concurrency C]
                              [--memory-messages N] [--memory-batches K] [--only a,b,c]
-                             [--phase-timeout S] [--store-url URL] [--json]
+                             [--phase-timeout S] [--store sqlite|postgres]
+                             [--store-url URL] [--json]
 
     ``--json`` prints one JSON object instead of the table (progress goes to stderr). The exit
     status is 0 when every target is met, 1 otherwise.
@@ -67,6 +68,7 @@ TARGET_LATENCY_SHARE = 0.9  # of C / latency
 TARGET_RSS_MB = 150.0
 PHASE_TIMEOUT = 180.0
 ENQUEUE_CHUNK = 1000
+ENQUEUE_PARALLEL = 4
 POLL = 0.1
 ACCOUNT = "bench"
 UPSTREAM = "p"
@@ -139,7 +141,8 @@ def _settings(url: str, upstream: dict[str, Any], batch_size: int) -> dict[str, 
 
 
 async def _enqueue(url: str, count: int, same_text: bool) -> None:
-    """``count`` queued messages, through the store API, 1,000 per mail."""
+    """``count`` queued messages, through the store API, 1,000 per mail (up to
+    :data:`ENQUEUE_PARALLEL` mails at once: PostgreSQL takes them in parallel)."""
     from bridge.models import MailEnvelope, SendRequest
     from bridge.store import open_store
 
@@ -153,7 +156,9 @@ async def _enqueue(url: str, count: int, same_text: bool) -> None:
             peer=HOST,
             format="v1",
         )
-        for start in range(0, count, ENQUEUE_CHUNK):
+        gate = asyncio.Semaphore(ENQUEUE_PARALLEL)
+
+        async def one(start: int) -> None:
             requests = [
                 SendRequest(
                     account=ACCOUNT,
@@ -165,35 +170,26 @@ async def _enqueue(url: str, count: int, same_text: bool) -> None:
                 )
                 for index in range(start, min(count, start + ENQUEUE_CHUNK))
             ]
-            await store.enqueue(envelope, [(None, requests)], now=time.time(), dedup_window=0)
+            async with gate:
+                await store.enqueue(envelope, [(None, requests)], now=time.time(), dedup_window=0)
+
+        await asyncio.gather(*(one(start) for start in range(0, count, ENQUEUE_CHUNK)))
     finally:
         await store.close()
 
 
-def _status_counts(url: str) -> dict[str, int]:
-    conn = _common.connect_readonly(url)
-    try:
-        return dict(conn.execute("SELECT status, COUNT(*) FROM messages GROUP BY status"))
-    finally:
-        conn.close()
+def _status_counts(reader: _common.StoreReader) -> dict[str, int]:
+    return dict(reader.rows("SELECT status, COUNT(*) FROM messages GROUP BY status"))
 
 
-def _last_sent_at(url: str) -> float | None:
-    conn = _common.connect_readonly(url)
-    try:
-        row = conn.execute("SELECT MAX(at) FROM message_events WHERE status = 'sent'").fetchone()
-    finally:
-        conn.close()
-    return None if row[0] is None else float(row[0])
+def _last_sent_at(reader: _common.StoreReader) -> float | None:
+    value = reader.scalar("SELECT MAX(at) FROM message_events WHERE status = 'sent'")
+    return None if value is None else float(value)
 
 
-def _retried(url: str) -> int:
-    conn = _common.connect_readonly(url)
-    try:
-        query = "SELECT COUNT(*) FROM messages WHERE status = 'queued' AND attempts > 0"
-        return int(conn.execute(query).fetchone()[0])
-    finally:
-        conn.close()
+def _retried(reader: _common.StoreReader) -> int:
+    query = "SELECT COUNT(*) FROM messages WHERE status = 'queued' AND attempts > 0"
+    return int(reader.scalar(query))
 
 
 def _closed_port() -> int:
@@ -228,12 +224,15 @@ def _throughput(
 ) -> dict[str, Any]:
     """Enqueue ``count``, start the double and the bridge, wait until nothing is left to
     send; returns the figures."""
-    with tempfile.TemporaryDirectory(prefix="dispatch-") as tmpdir:
-        url = _common.store_url(args.store_url, tmpdir)
+    with (
+        tempfile.TemporaryDirectory(prefix="dispatch-") as tmpdir,
+        _common.fresh_store(args.store_template, tmpdir) as url,
+    ):
         log(f"[{kind}] enqueueing {count} messages")
         asyncio.run(_enqueue(url, count, same_text=kind == "smsc"))
         double = _common.ServerProcess(f"{kind} double", _start_double, (kind, delay, 3 * count))
         bridge: _common.ServerProcess | None = None
+        reader: _common.StoreReader | None = None
         try:
             upstream = {
                 "kind": kind,
@@ -248,10 +247,11 @@ def _throughput(
                 "bridge", _start_bridge, (settings,), log_path=Path(tmpdir) / "bridge.log"
             )
             t0 = float(bridge.call("t0"))
+            reader = _common.connect_readonly(url)
             deadline = time.monotonic() + args.phase_timeout
             counts: dict[str, int] = {}
             while time.monotonic() < deadline:
-                counts = _status_counts(url)
+                counts = _status_counts(reader)
                 if not counts.get("queued") and not counts.get("sending"):
                     break
                 time.sleep(POLL)
@@ -260,8 +260,10 @@ def _throughput(
             double_cpu = double.cpu() - double_cpu0
             requests = int(double.call("requests"))
             accepted = int(double.call("accepted"))
-            end = _last_sent_at(url) or time.time()
+            end = _last_sent_at(reader) or time.time()
         finally:
+            if reader is not None:
+                reader.close()
             if bridge is not None:
                 bridge.stop()
             double.stop()
@@ -372,8 +374,10 @@ def measure_memory(args: argparse.Namespace) -> Measurement:
     count = args.memory_messages
     threshold = min(count, args.memory_batches * args.batch_size)
     problems: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="dispatch-mem-") as tmpdir:
-        url = _common.store_url(args.store_url, tmpdir)
+    with (
+        tempfile.TemporaryDirectory(prefix="dispatch-mem-") as tmpdir,
+        _common.fresh_store(args.store_template, tmpdir) as url,
+    ):
         log(f"[memory] enqueueing {count} messages")
         asyncio.run(_enqueue(url, count, same_text=False))
         upstream = {
@@ -387,13 +391,15 @@ def measure_memory(args: argparse.Namespace) -> Measurement:
         bridge = _common.ServerProcess(
             "bridge", _start_bridge, (settings,), log_path=Path(tmpdir) / "bridge.log"
         )
+        reader: _common.StoreReader | None = None
         try:
+            reader = _common.connect_readonly(url)
             rss_before = bridge.call("rss_before")
             started = time.monotonic()
             deadline = started + args.phase_timeout
             retried = 0
             while time.monotonic() < deadline:
-                retried = _retried(url)
+                retried = _retried(reader)
                 if retried >= threshold and time.monotonic() - started >= 2.0:
                     break
                 time.sleep(0.25)
@@ -404,9 +410,11 @@ def measure_memory(args: argparse.Namespace) -> Measurement:
                 samples.append(bridge.call("rss"))
                 time.sleep(0.2)
             running_s = time.monotonic() - started
-            counts = _status_counts(url)
-            retried = _retried(url)
+            counts = _status_counts(reader)
+            retried = _retried(reader)
         finally:
+            if reader is not None:
+                reader.close()
             bridge.stop()
         log_lines = _log_lines(Path(tmpdir) / "bridge.log")
     rss_mb = max(s["VmRSS"] for s in samples) / 1024
@@ -490,15 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phase-timeout", type=float, default=PHASE_TIMEOUT, help="cap per measurement, s"
     )
-    parser.add_argument(
-        "--store-url",
-        default=None,
-        help="the bridge's store (default: sqlite:///<fresh temp dir>/bench.sqlite3 per "
-        "measurement; '{workdir}' is replaced by that dir; the checks read SQLite only, see "
-        "connect_readonly() in bench/_common.py)",
-    )
+    _common.add_store_options(parser, "fresh per measurement")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    args.store_template = _common.resolve_store(args.store, args.store_url)
     only = [part.strip() for part in args.only.split(",") if part.strip()]
     if not only or any(part not in MEASUREMENTS for part in only):
         parser.error("--only takes a comma-separated subset of a, b, c")
@@ -521,12 +524,14 @@ def main(argv: list[str] | None = None) -> int:
                     "measurements": [asdict(m) for m in results],
                     "verdict": verdict,
                     "reasons": reasons,
+                    "store": _common.store_kind(args.store_template),
                     "cpus": os.cpu_count(),
                 },
                 indent=2,
             )
         )
     else:
+        print(f"store: {_common.store_kind(args.store_template)}")
         print(_table(results))
         for m in results:
             print(_details(m))

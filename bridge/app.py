@@ -89,7 +89,9 @@ class Bridge:
         if settings.mail.smarthost:
             self.relay = MailRelay(self.store, settings.mail, owner=owner)
             self._tasks.append(asyncio.create_task(self.relay.run(), name="mail-relay"))
-        self.forwarder = ForwardWorker(self.store, settings, self._client, owner=owner)
+        self.forwarder = ForwardWorker(self.store, settings, self._client, owner=owner,
+                                       bridge_id=bridge_id)
+        await self.forwarder.check_targets()
         self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
         handler = IntakeHandler(
@@ -174,6 +176,7 @@ class Bridge:
         if self._client is not None:
             await self._client.aclose()
         await self.store.close()
+        log.info("sms-bridge stopped")
 
     async def __aenter__(self) -> Bridge:
         await self.start()

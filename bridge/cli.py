@@ -82,7 +82,7 @@ def _serve_workers(settings: Settings, config: str | None, workers: int) -> int:
 
 def _worker_main(config: str | None) -> None:
     settings = load_settings(Path(config) if config else None)
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, access_log=settings.http.access_log)
     asyncio.run(_serve(settings, reuse_port=True))
 
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
         return 0
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, access_log=settings.http.access_log)
     if args.command == "serve":
         if args.workers > 1:
             return _serve_workers(settings, args.config or os.environ.get("BRIDGE_CONFIG"),

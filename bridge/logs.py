@@ -41,7 +41,7 @@ class TextFormatter(logging.Formatter):
         return base
 
 
-def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
+def setup_logging(level: str = "INFO", fmt: str = "auto", *, access_log: bool = False) -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,6 +51,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(level)
     # aiosmtpd logs every command at INFO/DEBUG with peer data; keep it to warnings.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # One line per HTTP request (redacted) only when asked for: refusals are logged anyway.
+    logging.getLogger("aiohttp.access").setLevel(root.level if access_log else logging.WARNING)
     # httpx logs every request URL at INFO; reply-script URLs may carry tokens.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -103,6 +103,7 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     keepalive_timeout: float = Field(15.0, gt=0)
+    access_log: bool = False
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     admin_token: SecretStr | None = None
 
@@ -256,12 +257,7 @@ class AccountSettings(_Section):
         return value
 
 
-def _default_upstreams() -> dict[str, UpstreamSettings]:
-    return {"dryrun": UpstreamSettings(kind="dryrun")}
-
-
-def _default_accounts() -> dict[str, AccountSettings]:
-    return {"demo": AccountSettings(password=SecretStr("demo"), upstream="dryrun")}
+DEMO_LOGIN = "demo"
 
 
 class Settings(BaseSettings):
@@ -283,8 +279,8 @@ class Settings(BaseSettings):
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
-    upstreams: dict[str, UpstreamSettings] = Field(default_factory=_default_upstreams)
-    accounts: dict[str, AccountSettings] = Field(default_factory=_default_accounts)
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    accounts: dict[str, AccountSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -303,6 +299,14 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
         from bridge.upstreams import registry
+
+        # The embedded defaults: the ``dryrun`` upstream always exists unless redefined, and
+        # the ``demo`` account (password ``demo``) only while no account and no upstream is
+        # configured at all — a real configuration never keeps it by accident.
+        if not self.accounts and not self.upstreams:
+            self.accounts[DEMO_LOGIN] = AccountSettings(password=SecretStr("demo"),
+                                                        upstream="dryrun")
+        self.upstreams.setdefault("dryrun", UpstreamSettings(kind="dryrun"))
 
         for name, upstream in self.upstreams.items():
             if not _NAME.match(name):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from aiohttp import web
@@ -14,18 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import metrics
 from bridge.errors import StoreUnavailable
-from bridge.inbound.views import InboundService, json_errors
+from bridge.inbound.views import InboundService, json_errors, redacted_path
 from bridge.store.base import OutboxStore
 
 STORE_KEY = web.AppKey("store", OutboxStore)
-
-_SECRET_SEGMENT = re.compile(r"^(/in/[^/]+/)[^/]+(/(?:mo|shortcode|dlr))$")
-
-
-def redacted_path(path: str) -> str:
-    """The request path without the query string and without a source's secret."""
-    return _SECRET_SEGMENT.sub(r"\1***\2", path.partition("?")[0])
-
 
 class RedactingAccessLogger(AbstractAccessLogger):
     """aiohttp's default access log prints the whole request line, query included: a
@@ -43,6 +34,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
                    "status": response.status, "ms": round(time * 1000, 1),
                    "remote": request.remote},
         )
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's default advertises its and Python's versions.
+    response.headers["Server"] = "sms-bridge"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -73,6 +69,7 @@ async def metrics_view(request: web.Request) -> web.Response:
 def make_http_app(store: OutboxStore, service: InboundService) -> web.Application:
     app = web.Application(middlewares=[json_errors],
                           client_max_size=service.settings.http.max_body_bytes)
+    app.on_response_prepare.append(_server_header)
     app[STORE_KEY] = store
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -351,6 +352,14 @@ class InboundService:
         return web.Response(status=204)
 
 
+_SECRET_SEGMENT = re.compile(r"^(/in/[^/]+/)[^/]+(/(?:mo|shortcode|dlr))$")
+
+
+def redacted_path(path: str) -> str:
+    """The request path without the query string and without a source's secret."""
+    return _SECRET_SEGMENT.sub(r"\1***\2", path.partition("?")[0])
+
+
 def _script_id(request: web.Request) -> int:
     value = request.match_info["script_id"]
     if not value.isascii() or not value.isdigit():
@@ -396,6 +405,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except InboundError as exc:
         metrics.INBOUND_REJECTED.labels(reason=str(exc.status)).inc()
+        log.info("http request refused",
+                 extra={"status": exc.status, "error": exc.message, "method": request.method,
+                        "path": redacted_path(request.path), "remote": request.remote})
         return web.json_response(exc.body(), status=exc.status)
     except StoreUnavailable:
         metrics.INBOUND_REJECTED.labels(reason="store").inc()

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime, make_msgid
+from urllib.parse import urlsplit
 
 import httpx
 import phonenumbers
@@ -156,8 +157,11 @@ class ForwardWorker:
     """Claims due forwarding jobs and delivers them, with backoff and dead-lettering."""
 
     def __init__(self, store: OutboxStore, settings: Settings, client: httpx.AsyncClient,
-                 *, owner: str, poll_interval: float = 1.0, concurrency: int = 16) -> None:
+                 *, owner: str, bridge_id: str = "", poll_interval: float = 1.0,
+                 concurrency: int = 16) -> None:
         self.owner = owner
+        # Webhook ids must be unique beyond this store: a new database restarts job ids.
+        self.bridge_id = bridge_id
         self.store = store
         self.settings = settings
         self.client = client
@@ -222,12 +226,26 @@ class ForwardWorker:
         with contextlib.suppress(StoreUnavailable):
             await self.store.forward_done(job.id, self.owner, time.time())
 
+    async def check_targets(self) -> None:
+        """Warn at start about webhook URLs the egress guard will refuse, instead of finding
+        out from the first dead letter."""
+        for name, webhook in self.settings.inbound.webhooks.items():
+            parts = urlsplit(webhook.url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                await self.egress.resolve(parts.hostname or "", port)
+            except EgressRefused as exc:
+                log.warning("webhook target refused by the egress guard (see "
+                            "inbound.egress_allowed_networks)",
+                            extra={"webhook": name, "error": str(exc)})
+
     async def _post_webhook(self, job: ClaimedForward) -> None:
         webhook = self.settings.inbound.webhooks.get(job.target)
         if webhook is None:
             raise LookupError(f"webhook {job.target!r} is no longer configured")
         # The id is stable across retries so the receiver can deduplicate (Standard Webhooks).
-        headers = signature_headers(webhook.secret.get_secret_value(), f"msg_{job.id}",
+        headers = signature_headers(webhook.secret.get_secret_value(),
+                                    f"msg_{self.bridge_id}_{job.id}",
                                     job.payload)
         headers["Content-Type"] = "application/json"
         response = await guarded_request(self.client, self.egress, "POST", webhook.url,

@@ -137,7 +137,7 @@ async def start_smtp_server(
             data_size_limit=config.max_message_size,
             enable_SMTPUTF8=True,
             hostname=config.hostname,
-            ident="sms-bridge ESMTP",
+            ident="ESMTP",  # the greeting reads "220 <hostname> ESMTP": no version
             tls_context=context,
             timeout=config.timeout,
             auth_required=config.auth == "required",
