@@ -282,6 +282,14 @@ def _row_to_script(row: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(_SCRIPT_KEYS, row, strict=True))
 
 
+async def _keep_session(conn: Conn) -> None:
+    """No session reset when a connection goes back to the pool: asyncpg's default runs
+    reset statements on every release (5-7 % of the bridge's CPU in the profile). Nothing
+    here leaves session state behind: every statement runs in a transaction block, and the
+    advisory locks taken are transaction-scoped."""
+    return None
+
+
 class PostgresStore:
     """:class:`bridge.store.base.OutboxStore` on a PostgreSQL database (asyncpg pool)."""
 
@@ -342,6 +350,7 @@ class PostgresStore:
                 max_size=self.max_size,
                 timeout=max(self.busy_timeout, 5.0),
                 server_settings={"application_name": "sms-bridge"},
+                reset=_keep_session,
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to {self._where()}: {exc}") from exc
