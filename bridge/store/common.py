@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
+from typing import Any
 
-from bridge.models import InboundMessage
+from bridge.models import InboundMessage, InboundRecord, StoredMessage, StoredResponse
 
 FINAL_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
 
@@ -34,3 +36,46 @@ def inbound_content_hash(message: InboundMessage) -> str:
         digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
     return digest.hexdigest()
 
+
+# Columns and row mapping shared by the engines (their SQL selects the same columns).
+MESSAGE_COLUMNS = (
+    "m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status, m.attempts, "
+    "m.created_at, m.options, m.upstream_ids, m.last_error, COALESCE(ml.mail_from, ''), "
+    "m.next_attempt_at, m.upstream_used"
+)
+INBOUND_COLUMNS = "id, state, response_status, response_body, response_type, received_at"
+SCRIPT_KEYS = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret",
+               "created_at", "updated_at")
+SCRIPT_COLUMNS = ", ".join(SCRIPT_KEYS)
+
+
+def row_to_message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(
+        id=row[0],
+        account=row[1],
+        upstream=row[2],
+        phone=row[3],
+        text=row[4],
+        parts=row[5],
+        encoding=row[6],
+        status=row[7],
+        attempts=row[8],
+        created_at=row[9],
+        options=json.loads(row[10]),
+        upstream_ids=json.loads(row[11]),
+        last_error=row[12],
+        mail_from=row[13],
+        next_attempt_at=row[14],
+        upstream_used=row[15],
+    )
+
+
+def row_to_inbound(row: Sequence[Any], *, duplicate: bool) -> InboundRecord:
+    response = None
+    if row[2] is not None:
+        response = StoredResponse(int(row[2]), bytes(row[3] or b""), str(row[4]))
+    return InboundRecord(int(row[0]), duplicate, str(row[1]), response, float(row[5]))
+
+
+def row_to_script(row: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(SCRIPT_KEYS, row, strict=True))

@@ -46,7 +46,17 @@ from bridge.models import (
     StoredResponse,
 )
 from bridge.store.base import ReplyBuilder
-from bridge.store.common import FINAL_STATUSES, aggregate_status, inbound_content_hash
+from bridge.store.common import (
+    FINAL_STATUSES,
+    INBOUND_COLUMNS,
+    MESSAGE_COLUMNS,
+    SCRIPT_COLUMNS,
+    aggregate_status,
+    inbound_content_hash,
+    row_to_inbound,
+    row_to_message,
+    row_to_script,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,15 +210,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_MESSAGE_COLUMNS = (
-    "m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status, m.attempts, "
-    "m.created_at, m.options, m.upstream_ids, m.last_error, COALESCE(ml.mail_from, ''), "
-    "m.next_attempt_at, m.upstream_used"
-)
-_INBOUND_COLUMNS = "id, state, response_status, response_body, response_type, received_at"
-_SCRIPT_KEYS = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret",
-                "created_at", "updated_at")
-_SCRIPT_COLUMNS = ", ".join(_SCRIPT_KEYS)
 
 # Errors that mean "the store cannot answer now": the caller answers 451 / 503 and promises
 # nothing. Server-side errors are all of them: a statement that fails commits nothing.
@@ -250,36 +251,10 @@ def _rowcount(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def _row_to_message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(
-        id=row[0],
-        account=row[1],
-        upstream=row[2],
-        phone=row[3],
-        text=row[4],
-        parts=row[5],
-        encoding=row[6],
-        status=row[7],
-        attempts=row[8],
-        created_at=row[9],
-        options=json.loads(row[10]),
-        upstream_ids=json.loads(row[11]),
-        last_error=row[12],
-        mail_from=row[13],
-        next_attempt_at=row[14],
-        upstream_used=row[15],
-    )
 
 
-def _row_to_inbound(row: Sequence[Any], *, duplicate: bool) -> InboundRecord:
-    response = None
-    if row[2] is not None:
-        response = StoredResponse(int(row[2]), bytes(row[3] or b""), str(row[4]))
-    return InboundRecord(int(row[0]), duplicate, str(row[1]), response, float(row[5]))
 
 
-def _row_to_script(row: Sequence[Any]) -> dict[str, Any]:
-    return dict(zip(_SCRIPT_KEYS, row, strict=True))
 
 
 async def _keep_session(conn: Conn) -> None:
@@ -499,11 +474,11 @@ class PostgresStore:
                 " UPDATE messages m SET status = 'sending', lease_owner = $3,"
                 " lease_until = $4, attempts = m.attempts + 1, updated_at = $1"
                 " FROM due WHERE m.id = due.id RETURNING m.*)"
-                f" SELECT {_MESSAGE_COLUMNS} FROM claimed m"
+                f" SELECT {MESSAGE_COLUMNS} FROM claimed m"
                 " LEFT JOIN mails ml ON ml.id = m.mail_id ORDER BY m.id",
                 now, limit, owner, now + lease_seconds,
             )
-            return [_row_to_message(row) for row in rows]
+            return [row_to_message(row) for row in rows]
 
         return await self._run(op)
 
@@ -662,11 +637,11 @@ class PostgresStore:
             where = "WHERE m.status = $2" if status else ""
             params = (limit, status) if status else (limit,)
             rows = await conn.fetch(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
                 f"ON ml.id = m.mail_id {where} ORDER BY m.id DESC LIMIT $1",
                 *params,
             )
-            return [_row_to_message(row) for row in rows]
+            return [row_to_message(row) for row in rows]
 
         return await self._run(op, write=False)
 
@@ -786,13 +761,13 @@ class PostgresStore:
                     _LOCK_INBOUND_CONTENT, f"{source}:{content_hash}",
                 )
                 row = await conn.fetchrow(
-                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND "
+                    f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND "
                     "content_hash = $2 AND sms_id IS NULL AND received_at >= $3 "
                     "ORDER BY id DESC LIMIT 1",
                     source, content_hash, now - dedup_window,
                 )
                 if row is not None:
-                    return _row_to_inbound(row, duplicate=True)
+                    return row_to_inbound(row, duplicate=True)
                 key = _key(f"noid:{uuid.uuid4().hex}")
             # A concurrent request with the same sms_id waits here for the first one's
             # transaction, then conflicts and reads its row below.
@@ -812,11 +787,11 @@ class PostgresStore:
             )
             if inbound_id is None:
                 row = await conn.fetchrow(
-                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = $1 "
+                    f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 "
                     "AND dedup_key = $2",
                     source, key,
                 )
-                return _row_to_inbound(row, duplicate=True)
+                return row_to_inbound(row, duplicate=True)
             if jobs:
                 await conn.executemany(
                     "INSERT INTO forward_jobs (inbound_id, kind, target, payload, status, "
@@ -832,10 +807,10 @@ class PostgresStore:
     async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
         async def op(conn: Conn) -> InboundRecord | None:
             row = await conn.fetchrow(
-                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND dedup_key = $2",
+                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND dedup_key = $2",
                 _text(source), _key(f"id:{sms_id}"),
             )
-            return None if row is None else _row_to_inbound(row, duplicate=True)
+            return None if row is None else row_to_inbound(row, duplicate=True)
 
         return await self._run(op, write=False)
 
@@ -997,8 +972,8 @@ class PostgresStore:
 
     async def list_reply_scripts(self) -> list[dict[str, Any]]:
         async def op(conn: Conn) -> list[dict[str, Any]]:
-            rows = await conn.fetch(f"SELECT {_SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
-            return [_row_to_script(tuple(row)) for row in rows]
+            rows = await conn.fetch(f"SELECT {SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
+            return [row_to_script(tuple(row)) for row in rows]
 
         return await self._run(op, write=False)
 
@@ -1014,17 +989,17 @@ class PostgresStore:
                 row = await conn.fetchrow(
                     "INSERT INTO reply_scripts (shortcode, keyword, url, method, timeout, "
                     "secret, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) "
-                    f"RETURNING {_SCRIPT_COLUMNS}",
+                    f"RETURNING {SCRIPT_COLUMNS}",
                     *values, now,
                 )
             else:
                 row = await conn.fetchrow(
                     "UPDATE reply_scripts SET shortcode = $1, keyword = $2, url = $3, "
                     "method = $4, timeout = $5, secret = $6, updated_at = $7 WHERE id = $8 "
-                    f"RETURNING {_SCRIPT_COLUMNS}",
+                    f"RETURNING {SCRIPT_COLUMNS}",
                     *values, now, script_id,
                 )
-            return None if row is None else _row_to_script(tuple(row))
+            return None if row is None else row_to_script(tuple(row))
 
         return await self._run(op)
 

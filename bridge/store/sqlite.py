@@ -40,7 +40,17 @@ from bridge.models import (
     StoredResponse,
 )
 from bridge.store.base import ReplyBuilder
-from bridge.store.common import FINAL_STATUSES, aggregate_status, inbound_content_hash
+from bridge.store.common import (
+    FINAL_STATUSES,
+    INBOUND_COLUMNS,
+    MESSAGE_COLUMNS,
+    SCRIPT_COLUMNS,
+    aggregate_status,
+    inbound_content_hash,
+    row_to_inbound,
+    row_to_message,
+    row_to_script,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -182,32 +192,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_MESSAGE_COLUMNS = (
-    "m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status, m.attempts, "
-    "m.created_at, m.options, m.upstream_ids, m.last_error, COALESCE(ml.mail_from, ''), "
-    "m.next_attempt_at, m.upstream_used"
-)
 
 
-def _row_to_message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(
-        id=row[0],
-        account=row[1],
-        upstream=row[2],
-        phone=row[3],
-        text=row[4],
-        parts=row[5],
-        encoding=row[6],
-        status=row[7],
-        attempts=row[8],
-        created_at=row[9],
-        options=json.loads(row[10]),
-        upstream_ids=json.loads(row[11]),
-        last_error=row[12],
-        mail_from=row[13],
-        next_attempt_at=row[14],
-        upstream_used=row[15],
-    )
 
 
 _Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
@@ -497,11 +483,11 @@ class SqliteStore:
                 (owner, now + lease_seconds, now, *ids),
             )
             rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
                 f"ON ml.id = m.mail_id WHERE m.id IN ({marks}) ORDER BY m.id",
                 ids,
             ).fetchall()
-            return [_row_to_message(row) for row in rows]
+            return [row_to_message(row) for row in rows]
 
         return await self._call(op)
 
@@ -640,11 +626,11 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> list[StoredMessage]:
             where, params = ("WHERE m.status = ?", [status]) if status else ("", [])
             rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
                 f"ON ml.id = m.mail_id {where} ORDER BY m.id DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()
-            return [_row_to_message(row) for row in rows]
+            return [row_to_message(row) for row in rows]
 
         return await self._read(op)
 
@@ -760,18 +746,18 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> InboundRecord:
             if message.sms_id is not None:
                 row = conn.execute(
-                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = ? AND dedup_key = ?",
+                    f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = ? AND dedup_key = ?",
                     (message.source, f"id:{message.sms_id}"),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = ? AND "
+                    f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = ? AND "
                     "content_hash = ? AND sms_id IS NULL AND received_at >= ? "
                     "ORDER BY id DESC LIMIT 1",
                     (message.source, content_hash, now - dedup_window),
                 ).fetchone()
             if row is not None:
-                return _row_to_inbound(row, duplicate=True)
+                return row_to_inbound(row, duplicate=True)
             key = (f"id:{message.sms_id}" if message.sms_id is not None
                    else f"noid:{uuid.uuid4().hex}")
             inbound_id = conn.execute(
@@ -810,12 +796,12 @@ class SqliteStore:
             self._loop_conn = self._connect_reader()
         try:
             row = self._loop_conn.execute(
-                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE source = ? AND dedup_key = ?",
+                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = ? AND dedup_key = ?",
                 (source, f"id:{sms_id}"),
             ).fetchone()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
-        return None if row is None else _row_to_inbound(row, duplicate=True)
+        return None if row is None else row_to_inbound(row, duplicate=True)
 
     async def complete_inbound(
         self, inbound_id: int, response: StoredResponse, script_error: str | None
@@ -981,8 +967,8 @@ class SqliteStore:
 
     async def list_reply_scripts(self) -> list[dict[str, Any]]:
         def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(f"SELECT {_SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
-            return [_row_to_script(row) for row in rows]
+            rows = conn.execute(f"SELECT {SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
+            return [row_to_script(row) for row in rows]
 
         return await self._read(op)
 
@@ -1009,9 +995,9 @@ class SqliteStore:
                 ).rowcount == 0:
                     return None
             row = conn.execute(
-                f"SELECT {_SCRIPT_COLUMNS} FROM reply_scripts WHERE id = ?", (new_id,)
+                f"SELECT {SCRIPT_COLUMNS} FROM reply_scripts WHERE id = ?", (new_id,)
             ).fetchone()
-            return _row_to_script(row)
+            return row_to_script(row)
 
         return await self._call(op)
 
@@ -1159,20 +1145,6 @@ def _apply_report(conn: sqlite3.Connection, message_id: int, provider_id: str, s
     )
 
 
-_INBOUND_COLUMNS = (
-    "id, state, response_status, response_body, response_type, received_at"
-)
-_SCRIPT_COLUMNS = "id, shortcode, keyword, url, method, timeout, secret, created_at, updated_at"
 
 
-def _row_to_inbound(row: Sequence[Any], *, duplicate: bool) -> InboundRecord:
-    response = None
-    if row[2] is not None:
-        response = StoredResponse(int(row[2]), bytes(row[3] or b""), str(row[4]))
-    return InboundRecord(int(row[0]), duplicate, str(row[1]), response, float(row[5]))
 
-
-def _row_to_script(row: Sequence[Any]) -> dict[str, Any]:
-    keys = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret", "created_at",
-            "updated_at")
-    return dict(zip(keys, row, strict=True))
