@@ -222,7 +222,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 # Deadlocks and serialization failures: the transaction is run again from the start.
 _RETRYABLE: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)
+_UNAVAILABLE_OR_CANCELLED: tuple[type[BaseException], ...] = (
+    *_UNAVAILABLE, asyncio.CancelledError)
 _ATTEMPTS = 3
+# Group commit (PostgresStore._writer): most operations one transaction takes, and how many
+# writers (each with its own connection, besides the pool) commit groups at once.
+_GROUP_MAX = 64
+_WRITERS = 3
+# A queued write: the operation and the future its caller awaits.
+_Op = tuple[Callable[[Conn], Awaitable[Any]], "asyncio.Future[Any]"]
 
 
 def _text(value: str) -> str:
@@ -277,6 +285,12 @@ class PostgresStore:
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Any = None
+        # Group commit: the hot writes queue here; one writer task runs what is queued in
+        # one transaction on its own connection (see _writer).
+        self._queue: asyncio.Queue[_Op | None] | None = None
+        self._writers: list[asyncio.Task[None]] = []
+        self._writer_conns: dict[int, Conn] = {}
+        self._reruns: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> PostgresStore:
@@ -313,6 +327,172 @@ class PostgresStore:
                 raise StoreUnavailable(f"store unavailable: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """``fn`` in the next group commit (see :meth:`_writer`): the same outcome as
+        ``self._run(fn)``, sharing one transaction and one WAL flush with the writes queued
+        meanwhile.
+
+        Only for operations that take no lock another transaction could hold for long: their
+        waits stall the whole group (claims and reads stay on the pool). A wait that turns
+        into a deadlock is broken by PostgreSQL, and the group's operations then run again
+        one by one."""
+        queue = self._queue
+        if self._pool is None or queue is None or not self._writers:
+            raise StoreUnavailable("store is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        queue.put_nowait((fn, future))
+        return await future  # type: ignore[no-any-return]
+
+    async def _writer(self, queue: asyncio.Queue[_Op | None], slot: int) -> None:
+        """Group commit: one of ``_WRITERS`` tasks, each with a connection of its own. It
+        takes everything queued (up to ``_GROUP_MAX``), runs it in one transaction and
+        commits once; what is queued meanwhile goes to the next free writer, so commits
+        overlap with the next groups' statements."""
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    queue.put_nowait(None)  # the other writers stop too
+                    break
+                batch = [item]
+                while len(batch) < _GROUP_MAX and not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt is None:
+                        queue.put_nowait(None)
+                        break
+                    batch.append(nxt)
+                # A caller that gave up before its turn: its write is not made.
+                batch = [op for op in batch if not op[1].done()]
+                if not batch:
+                    continue
+                try:
+                    await self._run_group(slot, batch)
+                except Exception as exc:  # a bug here must not leave callers waiting
+                    log.exception("store writer failed")
+                    self._fail_group(batch, exc)
+                    await self._reset_writer_conn(slot)
+        finally:
+            await self._close_writer_conn(slot)
+
+    async def _connect_writer(self, slot: int) -> Conn:
+        conn = self._writer_conns.get(slot)
+        if conn is not None and not conn.is_closed():
+            return conn
+        self._writer_conns.pop(slot, None)
+        conn = await asyncpg.connect(
+            self.dsn,
+            timeout=max(self.busy_timeout, 5.0),
+            server_settings={"application_name": "sms-bridge"},
+        )
+        self._writer_conns[slot] = conn
+        return conn
+
+    async def _close_writer_conn(self, slot: int) -> None:
+        conn = self._writer_conns.pop(slot, None)
+        if conn is None:
+            return
+        try:
+            await asyncio.wait_for(conn.close(), timeout=5.0)
+        except _UNAVAILABLE_OR_CANCELLED:
+            conn.terminate()
+
+    async def _run_group(self, slot: int, batch: list[_Op]) -> None:
+        """``batch`` in one transaction. No savepoints (a round trip each): operations fail
+        rarely, and when one does the transaction is rolled back and each operation of the
+        group runs again alone, in its own transaction, where its error is its own."""
+        results: list[Any] = []
+        committing = False
+        try:
+            conn = await self._connect_writer(slot)
+            await conn.execute("BEGIN")
+            for fn, _ in batch:
+                results.append(await fn(conn))
+            committing = True
+            await conn.execute("COMMIT")
+        except _RETRYABLE as exc:
+            log.info("store group rolled back (%s), running its operations alone", exc)
+            await self._reset_writer_conn(slot)
+            self._run_each_alone(batch)
+            return
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+                TimeoutError, asyncio.CancelledError) as exc:
+            # The connection broke (the outcome of a COMMIT in flight is unknown): "try later".
+            self._fail_group(batch, exc)
+            await self._reset_writer_conn(slot)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        except asyncpg.PostgresConnectionError as exc:
+            self._fail_group(batch, exc)
+            await self._reset_writer_conn(slot)
+            return
+        except Exception as exc:
+            # The server refused a statement (or an operation raised): nothing of the group
+            # was committed (a COMMIT answered with an error commits nothing either) - unless
+            # the server ended the session meanwhile, when a COMMIT's outcome is unknown.
+            lost = committing and self._writer_conns[slot].is_closed()
+            await self._reset_writer_conn(slot)
+            if lost:
+                self._fail_group(batch, exc)
+                return
+            if len(batch) > 1 or committing:
+                self._run_each_alone(batch)
+                return
+            future = batch[0][1]
+            if not future.done():
+                if isinstance(exc, asyncpg.PostgresError):
+                    log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
+                    error = StoreUnavailable(f"store unavailable: {exc}")
+                    error.__cause__ = exc
+                    future.set_exception(error)
+                else:
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _run_each_alone(self, batch: list[_Op]) -> None:
+        for fn, future in batch:
+            if not future.done():
+                task = asyncio.ensure_future(self._run_alone(fn, future))
+                self._reruns.add(task)
+                task.add_done_callback(self._reruns.discard)
+
+    async def _run_alone(self, fn: Callable[[Conn], Awaitable[Any]],
+                         future: asyncio.Future[Any]) -> None:
+        try:
+            result = await self._run(fn)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(result)
+
+    @staticmethod
+    def _fail_group(batch: list[_Op], exc: BaseException) -> None:
+        log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
+        for _, future in batch:
+            if not future.done():
+                error = StoreUnavailable(f"store unavailable: {exc}")
+                error.__cause__ = exc
+                future.set_exception(error)
+
+    async def _reset_writer_conn(self, slot: int) -> None:
+        """After a failed group: roll back if the connection still works, else drop it (the
+        next group connects again)."""
+        conn = self._writer_conns.get(slot)
+        if conn is None:
+            return
+        try:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await asyncio.wait_for(conn.execute("ROLLBACK"), timeout=self.busy_timeout)
+        except _UNAVAILABLE_OR_CANCELLED:
+            conn.terminate()
+        if conn.is_closed():
+            self._writer_conns.pop(slot, None)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -332,10 +512,20 @@ class PostgresStore:
         self._pool = pool
         try:
             await self._run(self._migrate)
+            for slot in range(_WRITERS):
+                await self._connect_writer(slot)
+        except _UNAVAILABLE as exc:
+            self._pool = None
+            pool.terminate()
+            raise StoreUnavailable(f"cannot connect to {self._where()}: {exc}") from exc
         except BaseException:
             self._pool = None
             pool.terminate()
             raise
+        self._queue = asyncio.Queue()
+        self._writers = [asyncio.create_task(self._writer(self._queue, slot),
+                                             name=f"postgres-store-writer-{slot}")
+                         for slot in range(_WRITERS)]
 
     async def _migrate(self, conn: Conn) -> None:
         # Instances starting together wait here for each other; the lock ends with the
@@ -365,6 +555,18 @@ class PostgresStore:
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        # Writes queued before now are made (or refused) before the pool goes.
+        queue, self._queue = self._queue, None
+        writers, self._writers = self._writers, []
+        if queue is not None and writers:
+            queue.put_nowait(None)
+            _, late = await asyncio.wait(writers, timeout=10.0)
+            for task in late:
+                task.cancel()
+        if self._reruns:
+            await asyncio.wait(set(self._reruns), timeout=10.0)
+        for slot in list(self._writer_conns):
+            await self._close_writer_conn(slot)
         try:
             await asyncio.wait_for(pool.close(), timeout=10.0)
         except _UNAVAILABLE:
@@ -422,7 +624,7 @@ class PostgresStore:
                     await self._insert_mail(conn, mail, now)
             return EnqueueResult(tuple(ids))
 
-        return await self._run(op)
+        return await self._write(op)
 
     @staticmethod
     async def _insert_message(conn: Conn, mail_id: int, req: SendRequest, now: float) -> int:
@@ -539,7 +741,7 @@ class PostgresStore:
             if also is not None:
                 await also(conn)
 
-        await self._run(op)
+        await self._write(op)
 
     async def mark_sent(
         self,
@@ -659,7 +861,7 @@ class PostgresStore:
     # -- mails the bridge sends -----------------------------------------------------------
 
     async def queue_mail(self, mail: OutboundMail, now: float) -> None:
-        await self._run(lambda conn: self._insert_mail(conn, mail, now))
+        await self._write(lambda conn: self._insert_mail(conn, mail, now))
 
     async def claim_mails(
         self, owner: str, now: float, limit: int, lease_seconds: float
@@ -684,7 +886,7 @@ class PostgresStore:
         return await self._run(op)
 
     async def mail_done(self, mail_id: int, owner: str, now: float) -> None:
-        await self._run(lambda conn: conn.execute(
+        await self._write(lambda conn: conn.execute(
             "UPDATE outgoing_mail SET status = 'sent', lease_until = NULL, last_error = NULL "
             "WHERE id = $1 AND status = 'sending' AND lease_owner = $2",
             mail_id, owner,
@@ -699,7 +901,7 @@ class PostgresStore:
         else:
             sql = "status = 'queued', last_error = $3, next_attempt_at = $4"
             params = (mail_id, owner, _text(error), next_attempt_at)
-        await self._run(lambda conn: conn.execute(
+        await self._write(lambda conn: conn.execute(
             f"UPDATE outgoing_mail SET {sql}, lease_until = NULL WHERE id = $1 "
             "AND status = 'sending' AND lease_owner = $2", *params))
 
@@ -771,19 +973,31 @@ class PostgresStore:
                 key = _key(f"noid:{uuid.uuid4().hex}")
             # A concurrent request with the same sms_id waits here for the first one's
             # transaction, then conflicts and reads its row below.
+            # The forwarding jobs go in with the message, in the same statement (one round
+            # trip): none when the message was a repeat.
             inbound_id = await conn.fetchval(
-                "INSERT INTO inbound (source, kind, dedup_key, sms_id, content_hash, phone, "
-                "recipient, text, raw, charset, charset_error, state, response_status, "
-                "response_body, response_type, received_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
-                "ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id",
+                "WITH i AS ("
+                " INSERT INTO inbound (source, kind, dedup_key, sms_id, content_hash, phone,"
+                " recipient, text, raw, charset, charset_error, state, response_status,"
+                " response_body, response_type, received_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                " ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id),"
+                " j AS ("
+                " INSERT INTO forward_jobs (inbound_id, kind, target, payload, status,"
+                " next_attempt_at, created_at, deadline)"
+                " SELECT i.id, u.kind, u.target, u.payload, 'queued', $16, $16, $17"
+                " FROM i, unnest($18::text[], $19::text[], $20::bytea[]) WITH ORDINALITY"
+                " AS u(kind, target, payload, n) ORDER BY u.n)"
+                " SELECT id FROM i",
                 source, _text(message.kind), key, _opt(message.sms_id), content_hash,
                 _text(message.phone), _opt(message.recipient), _text(message.text),
                 message.raw, _text(message.charset), int(message.charset_error), state,
                 response.status if response else None,
                 response.body if response else None,
                 response.content_type if response else None,
-                now,
+                now, forward_deadline,
+                [_text(job.kind) for job in jobs], [_text(job.target) for job in jobs],
+                [job.payload for job in jobs],
             )
             if inbound_id is None:
                 row = await conn.fetchrow(
@@ -792,17 +1006,9 @@ class PostgresStore:
                     source, key,
                 )
                 return row_to_inbound(row, duplicate=True)
-            if jobs:
-                await conn.executemany(
-                    "INSERT INTO forward_jobs (inbound_id, kind, target, payload, status, "
-                    "next_attempt_at, created_at, deadline) "
-                    "VALUES ($1, $2, $3, $4, 'queued', $5, $5, $6)",
-                    [(inbound_id, _text(job.kind), _text(job.target), job.payload, now,
-                      forward_deadline) for job in jobs],
-                )
             return InboundRecord(int(inbound_id), False, state, response, now)
 
-        return await self._run(op)
+        return await self._write(op)
 
     async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
         async def op(conn: Conn) -> InboundRecord | None:
@@ -891,20 +1097,20 @@ class PostgresStore:
     _FORWARD_HELD = "WHERE id = $1 AND status = 'sending' AND lease_owner = $2"
 
     async def forward_done(self, job_id: int, owner: str, now: float) -> None:
-        await self._run(lambda conn: conn.execute(
+        await self._write(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'delivered', lease_until = NULL, "
             "last_error = NULL " + self._FORWARD_HELD, job_id, owner))
 
     async def forward_retry(
         self, job_id: int, owner: str, error: str, next_attempt_at: float
     ) -> None:
-        await self._run(lambda conn: conn.execute(
+        await self._write(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'queued', next_attempt_at = $3, last_error = $4, "
             "lease_until = NULL " + self._FORWARD_HELD,
             job_id, owner, next_attempt_at, _text(error)))
 
     async def forward_dead(self, job_id: int, owner: str, error: str) -> None:
-        await self._run(lambda conn: conn.execute(
+        await self._write(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'dead', last_error = $3, lease_until = NULL "
             + self._FORWARD_HELD, job_id, owner, _text(error)))
 
