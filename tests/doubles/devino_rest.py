@@ -50,6 +50,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.doubles.base import LoopbackDouble
+
 __all__ = ["AcceptedSms", "DevinoRestDouble", "Incoming", "RecordedRequest"]
 
 #: First ids handed out: the values of the spec's examples (l. 220, l. 563).
@@ -193,16 +195,17 @@ class _Drop(Exception):
     pass
 
 
-class DevinoRestDouble:
+class DevinoRestDouble(LoopbackDouble):
     """In-process HTTP server speaking the Devino REST API (see the module docstring)."""
+
+    url_suffix = "/rest"  # the API root
 
     def __init__(self, *, login: str = "devino", password: str = "a+b==13!", port: int = 0,
                  balance: float = 1234.5) -> None:
+        super().__init__(port)
         self.login = login
         self.password = password
-        self.port = port
         self.balance = balance
-        self.url = ""  # the API root, ending in /rest
         #: "spec": ``{ Code: 4, Desc: "…" }`` as the spec prints it; "json": strict JSON.
         self.error_style = "spec"
         #: Seconds a session lives (l. 101); tests may shorten it.
@@ -217,34 +220,11 @@ class DevinoRestDouble:
         self._failures: deque[_Failure] = deque()
         self._next_id = FIRST_SMS_ID
         self._next_incoming = FIRST_INCOMING_ID
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.port = port
-        self.url = f"http://{host}:{port}/rest"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> DevinoRestDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ test controls
 
@@ -284,7 +264,7 @@ class DevinoRestDouble:
         return [r for r in self.requests if r.endpoint == endpoint]
 
     async def wait_for_accepted(self, n: int, timeout: float = 10.0) -> list[AcceptedSms]:
-        await self._wait(lambda: len(self.accepted) >= n, timeout,
+        await self._expect(lambda: len(self.accepted) >= n, timeout,
                          lambda: f"{n} accepted, got {self.accepted!r}")
         return list(self.accepted)
 
@@ -293,13 +273,13 @@ class DevinoRestDouble:
         def matching() -> list[RecordedRequest]:
             return [r for r in self.requests if endpoint is None or r.endpoint == endpoint]
 
-        await self._wait(lambda: len(matching()) >= n, timeout,
+        await self._expect(lambda: len(matching()) >= n, timeout,
                          lambda: f"{n} requests to {endpoint}, got "
                                  f"{[(r.method, r.path) for r in self.requests]}")
         return matching()
 
-    async def _wait(self, predicate: Callable[[], bool], seconds: float,
-                    describe: Callable[[], str]) -> None:
+    async def _expect(self, predicate: Callable[[], bool], seconds: float,
+                      describe: Callable[[], str]) -> None:
         try:
             async with asyncio.timeout(seconds):
                 async with self._changed:
@@ -307,9 +287,6 @@ class DevinoRestDouble:
         except TimeoutError:
             raise AssertionError(f"DevinoRestDouble: expected {describe()}") from None
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     # ------------------------------------------------------------------ plumbing
 

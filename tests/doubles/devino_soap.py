@@ -32,7 +32,6 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -43,6 +42,8 @@ from xml.sax.saxutils import escape
 import defusedxml.ElementTree as SafeET
 from aiohttp import web
 from defusedxml import DefusedXmlException
+
+from tests.doubles.base import LoopbackDouble
 
 __all__ = ["AcceptedSms", "DevinoSoapDouble", "IncomingSms", "RecordedRequest"]
 
@@ -161,16 +162,15 @@ def parts_of(text: str) -> int:
     return 1 if len(text) <= single else -(-len(text) // multi)
 
 
-class DevinoSoapDouble:
+class DevinoSoapDouble(LoopbackDouble):
     """In-process HTTP server speaking the Devino SOAP 1.2 service (see module docstring)."""
 
     def __init__(self, *, login: str = "devino_user", password: str = "devino_pass",
                  port: int = 0, session_ttl: float = SESSION_TTL) -> None:
+        super().__init__(port)
         self.login = login
         self.password = password
-        self.port = port
         self.session_ttl = session_ttl
-        self.url = ""
         self.requests: list[RecordedRequest] = []
         self.accepted: list[AcceptedSms] = []
         self.incoming: list[IncomingSms] = []
@@ -180,34 +180,11 @@ class DevinoSoapDouble:
         self._states: dict[str, tuple[str, str]] = {}
         self._failures: deque[tuple[str, str, dict[str, Any]]] = deque()
         self._next_id = FIRST_ID
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.port = port
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> DevinoSoapDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- test controls ---------------------------------------------------------------------
 
@@ -266,14 +243,7 @@ class DevinoSoapDouble:
     def calls(self, action: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.action == action]
 
-    async def _wait(self, predicate: Callable[[], bool], seconds: float) -> None:
-        async with asyncio.timeout(seconds):
-            async with self._changed:
-                await self._changed.wait_for(predicate)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     # -- request handling ------------------------------------------------------------------
 

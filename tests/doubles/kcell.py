@@ -38,12 +38,13 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.doubles.base import LoopbackDouble
 
 __all__ = ["STATUSES", "AcceptedSms", "KcellDouble", "RecordedRequest"]
 
@@ -141,21 +142,20 @@ class _Error(Exception):
         self.text = text or ERROR_TEXTS.get(code, f"error {code}")
 
 
-class KcellDouble:
+class KcellDouble(LoopbackDouble):
     """In-process JSONv2 server on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, *, login: str = "kc-user", password: str = "kc-pass",
                  client_id: str = "acme", port: int = 0,
                  alpha_names: set[str] | None = None) -> None:
+        super().__init__(port)
         self.login = login
         self.password = password
         self.client_id = client_id
-        self.port = port
         #: Alpha names the connection may use (None: any well-formed one); else 36055.
         self.alpha_names = alpha_names
         #: HTTP status of error replies (the spec does not say which).
         self.error_http_status = 200
-        self.url = ""
         self.requests: list[RecordedRequest] = []
         self.accepted: list[AcceptedSms] = []
         self.callbacks_sent: list[tuple[str, Any, int]] = []  # (url, body, HTTP status)
@@ -163,37 +163,15 @@ class KcellDouble:
         self._by_extra: dict[str, AcceptedSms] = {}
         self._failures: deque[_Failure] = deque()
         self._dr_failures: deque[_Failure] = deque()
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{client_id}/json2/simple", self._simple)
         app.router.add_post("/{client_id}/json2/batch/sync", self._batch)
         app.router.add_get("/{client_id}/dr/external/{extra_id}/simple", self._dr_external)
         app.router.add_get("/{client_id}/dr/{message_id}/simple", self._dr)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.port = port
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> KcellDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # -- test controls ------------------------------------------------------------------------
 
@@ -280,13 +258,7 @@ class KcellDouble:
             ) from None
         return list(self.requests)
 
-    async def _wait(self, predicate: Callable[[], bool], seconds: float) -> None:
-        async with asyncio.timeout(seconds), self._changed:
-            await self._changed.wait_for(predicate)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     # -- plumbing -----------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from tests.doubles.base import LoopbackDouble
+
 __all__ = ["AcceptedSms", "RecordedRequest", "SmscDouble"]
 
 #: 004, the error table (verbatim).
@@ -160,17 +162,16 @@ def _decode_pairs(raw: bytes) -> list[tuple[str, str]]:
         return [("charset", "\ufffd")]  # forces error 1
 
 
-class SmscDouble:
+class SmscDouble(LoopbackDouble):
     """In-process HTTP server speaking the SMSC-style API (see the module docstring)."""
 
     def __init__(self, *, login: str = "acme", password: str = "s3cret",
                  senders: set[str] | None = None, port: int = 0) -> None:
+        super().__init__(port)
         self.login = login
         self.password = password
         #: Registered sender names; None accepts any (004, error 3 otherwise).
         self.senders = senders
-        self.port = port
-        self.url = ""
         self.requests: list[RecordedRequest] = []
         self.accepted: list[AcceptedSms] = []
         #: Seconds within which the same send request is refused with error 9.
@@ -180,35 +181,13 @@ class SmscDouble:
         self._statuses: dict[tuple[str, int], _Status] = {}
         self._recent: dict[tuple[tuple[str, str], ...], float] = {}
         self._next_id = 1
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/sys/send.php", self._handle_send)
         app.router.add_route("*", "/sys/status.php", self._handle_status)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> SmscDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ test controls
 
@@ -267,14 +246,7 @@ class SmscDouble:
             ) from None
         return matching()
 
-    async def _wait(self, predicate: Callable[[], bool], seconds: float) -> None:
-        async with asyncio.timeout(seconds):
-            async with self._changed:
-                await self._changed.wait_for(predicate)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     # ------------------------------------------------------------------ plumbing
 

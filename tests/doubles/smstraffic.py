@@ -51,6 +51,8 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from tests.doubles.base import LoopbackDouble
+
 __all__ = ["AcceptedSms", "RecordedRequest", "SmsTrafficDouble"]
 
 #: First id handed out; the value is the one of the want_sms_ids example (spec l. 933-942).
@@ -306,7 +308,7 @@ def _parse_form(raw: bytes, encoding: str) -> dict[str, str]:
     )
 
 
-class SmsTrafficDouble:
+class SmsTrafficDouble(LoopbackDouble):
     """In-process HTTP server speaking SMS Traffic HTTP API v1 and v2 (see module docstring)."""
 
     def __init__(
@@ -318,7 +320,7 @@ class SmsTrafficDouble:
         port: int = 0,
         split_parts: bool = False,
     ) -> None:
-        self.port = port
+        super().__init__(port)
         #: One id per part for v1 and SOAP sends (see the module docstring).
         self.split_parts = split_parts
         #: Inbound SMS listed by ``operation=incoming`` (see :meth:`add_incoming`).
@@ -332,7 +334,6 @@ class SmsTrafficDouble:
         self.login = login
         self.password = password
         self.api_key = api_key
-        self.url = ""
         self.requests: list[RecordedRequest] = []
         self.accepted: list[AcceptedSms] = []
         #: Monotonic clock used for the restrictiveId window; tests may replace it.
@@ -343,40 +344,16 @@ class SmsTrafficDouble:
         self._next_id = FIRST_SMS_ID
         self._statuses: dict[str, _StatusRecord] = {}
         self._restrictive_ids: dict[str, float] = {}
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Listen on ``127.0.0.1`` (on ``port``, or a free one); sets :attr:`url`."""
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/multi.php", self._handle_v1)
         app.router.add_route("*", "/v2/send", self._handle_v2_send)
         app.router.add_route("*", "/v2/statuses/list", self._handle_v2_statuses)
         app.router.add_route("*", "/v2/statuses/checked", self._handle_v2_checked)
         app.router.add_route("*", "/soap.php", self._handle_soap)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
-        # A short shutdown timeout: stop() must not hang on a handler still in a "delay".
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> SmsTrafficDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ test controls
 
@@ -463,14 +440,7 @@ class SmsTrafficDouble:
             ) from None
         return list(self.requests)
 
-    async def _wait(self, predicate: Callable[[], bool], seconds: float) -> None:
-        async with asyncio.timeout(seconds):
-            async with self._changed:
-                await self._changed.wait_for(predicate)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     # ------------------------------------------------------------------ shared helpers
 
