@@ -125,8 +125,8 @@ async def _messages(settings: Settings, limit: int, status: str | None, as_json:
                 out.append(item)
             print(json.dumps(out, ensure_ascii=False, indent=2))
             return
-        print(f"{'id':>6}  {'created (UTC)':19}  {'status':8} {'att':>3}  {'upstream':12} "
-              f"{'phone':15} {'parts':>5}  text / error")
+        print(f"{'id':>6}  {'created (UTC)':19}  {'status':8} {'delivery':11} {'att':>3}  "
+              f"{'upstream':12} {'phone':15} {'parts':>5}  text / error")
         for row in rows:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.created_at))
             text = " ".join(row.text.split())
@@ -135,7 +135,8 @@ async def _messages(settings: Settings, limit: int, status: str | None, as_json:
                 detail += f"  [{row.last_error[:60]}]"
             if row.upstream_ids:
                 detail += f"  ids={','.join(row.upstream_ids)}"
-            print(f"{row.id:>6}  {created}  {row.status:8} {row.attempts:>3}  "
+            print(f"{row.id:>6}  {created}  {row.status:8} {row.delivery_status or '-':11} "
+                  f"{row.attempts:>3}  "
                   f"{(row.upstream_used or row.upstream):12} {row.phone:15} {row.parts:>5}  "
                   f"{detail}")
 
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check-config", help="print the effective configuration, secrets masked")
     messages = commands.add_parser("messages", help="list outbound SMS and their status")
     messages.add_argument("--limit", type=int, default=50)
-    messages.add_argument("--status", choices=["queued", "sending", "sent", "failed"])
+    messages.add_argument("--status", choices=["queued", "sending", "sent", "failed", "delivered",
+                                               "undelivered", "expired", "rejected", "unknown"])
     messages.add_argument("--json", action="store_true", help="with status history")
     mails = commands.add_parser("mails", help="list mails the bridge sends (bounces, replies)")
     mails.add_argument("--limit", type=int, default=50)

@@ -79,6 +79,7 @@ class StoredMessage:
     mail_from: str = ""
     next_attempt_at: float = 0.0
     upstream_used: str | None = None
+    delivery_status: str | None = None  # from the provider: delivered, undelivered …
 
     @property
     def fallbacks(self) -> list[str]:

@@ -505,6 +505,8 @@ async def test_delivery_reports_v1_form_and_v2_json_update_the_message(
     assert broken.status_code == 400
     statuses = dict(rows(bridge, "SELECT phone, delivery_status FROM messages"))
     assert statuses == {first.phone: "delivered", second.phone: "undelivered"}
+    delivered = await bridge.store.list_messages(status="delivered")
+    assert [(m.phone, m.delivery_status) for m in delivered] == [(first.phone, "delivered")]
     events = [e["status"] for m in await bridge.store.list_messages()
               for e in await bridge.store.message_events(m.id)]
     assert events.count("delivered") == 1 and events.count("undelivered") == 1

@@ -93,7 +93,10 @@ class OutboxStore(Protocol):
 
     async def list_messages(
         self, *, limit: int = 50, status: str | None = None
-    ) -> list[StoredMessage]: ...
+    ) -> list[StoredMessage]:
+        """Newest first; ``status`` is an outbox status (queued, sending, sent, failed) or a
+        provider's (delivered, undelivered, expired, rejected, unknown)."""
+        ...
 
     async def message_events(self, message_id: int) -> list[dict[str, Any]]: ...
 

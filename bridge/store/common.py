@@ -41,8 +41,10 @@ def inbound_content_hash(message: InboundMessage) -> str:
 MESSAGE_COLUMNS = (
     "m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status, m.attempts, "
     "m.created_at, m.options, m.upstream_ids, m.last_error, COALESCE(ml.mail_from, ''), "
-    "m.next_attempt_at, m.upstream_used"
+    "m.next_attempt_at, m.upstream_used, m.delivery_status"
 )
+# ``status`` filters of list_messages that name a provider status rather than an outbox one.
+DELIVERY_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
 INBOUND_COLUMNS = "id, state, response_status, response_body, response_type, received_at"
 SCRIPT_KEYS = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret",
                "created_at", "updated_at")
@@ -67,6 +69,7 @@ def row_to_message(row: Sequence[Any]) -> StoredMessage:
         mail_from=row[13],
         next_attempt_at=row[14],
         upstream_used=row[15],
+        delivery_status=row[16],
     )
 
 

@@ -47,6 +47,7 @@ from bridge.models import (
 )
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
+    DELIVERY_STATUSES,
     FINAL_STATUSES,
     INBOUND_COLUMNS,
     MESSAGE_COLUMNS,
@@ -836,7 +837,8 @@ class PostgresStore:
         self, *, limit: int = 50, status: str | None = None
     ) -> list[StoredMessage]:
         async def op(conn: Conn) -> list[StoredMessage]:
-            where = "WHERE m.status = $2" if status else ""
+            column = "m.delivery_status" if status in DELIVERY_STATUSES else "m.status"
+            where = f"WHERE {column} = $2" if status else ""
             params = (limit, status) if status else (limit,)
             rows = await conn.fetch(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "

@@ -41,6 +41,7 @@ from bridge.models import (
 )
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
+    DELIVERY_STATUSES,
     FINAL_STATUSES,
     INBOUND_COLUMNS,
     MESSAGE_COLUMNS,
@@ -624,7 +625,8 @@ class SqliteStore:
         self, *, limit: int = 50, status: str | None = None
     ) -> list[StoredMessage]:
         def op(conn: sqlite3.Connection) -> list[StoredMessage]:
-            where, params = ("WHERE m.status = ?", [status]) if status else ("", [])
+            column = "m.delivery_status" if status in DELIVERY_STATUSES else "m.status"
+            where, params = (f"WHERE {column} = ?", [status]) if status else ("", [])
             rows = conn.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
                 f"ON ml.id = m.mail_id {where} ORDER BY m.id DESC LIMIT ?",
