@@ -46,8 +46,6 @@ class MailEnvelope:
     message_id: str | None
     peer: str
     format: str  # "v1" or "v2"
-    reply_to_email: bool = False
-    want_sms_ids: bool = False
 
 
 @dataclass(frozen=True)

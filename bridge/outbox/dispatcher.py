@@ -80,7 +80,6 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
-        self._capacity = self.config.batch_size
 
     def wake(self) -> None:
         """New work was committed: look now rather than at the next poll."""
@@ -95,7 +94,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         while not self._stopping:
-            free = self._capacity - len(self._inflight)
+            free = self.config.batch_size - len(self._inflight)
             claimed: list[StoredMessage] = []
             if free > 0:
                 try:

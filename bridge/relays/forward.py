@@ -25,6 +25,7 @@ import phonenumbers
 
 from bridge import metrics
 from bridge.errors import BridgeError, StoreUnavailable
+from bridge.inbound.routing import select_route
 from bridge.models import ClaimedForward, ForwardJob, InboundMessage
 from bridge.outbox.retry import RetryPolicy
 from bridge.relays.egress import EgressPolicy, EgressRefused, guarded_request
@@ -138,8 +139,6 @@ def plan_forwarding(
     settings: Settings, message: InboundMessage, received_at: float
 ) -> tuple[list[ForwardJob], bool]:
     """Jobs for the first matching route, and whether a route claimed the message."""
-    from bridge.inbound.routing import select_route
-
     route = select_route(settings.inbound.routes, message)
     if route is None:
         return [], False
