@@ -6,7 +6,6 @@ They are built while the decision is committed (so none is lost) and sent later 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -24,6 +23,7 @@ from bridge import metrics
 from bridge.errors import StoreUnavailable
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.retry import RetryPolicy
+from bridge.relays.worker import ClaimLoop
 from bridge.settings import MailSettings
 from bridge.store.base import OutboxStore
 
@@ -136,40 +136,24 @@ def is_permanent_smtp_error(exc: BaseException) -> bool:
     return isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600
 
 
-class MailRelay:
+class MailRelay(ClaimLoop):
     """Sends queued outgoing mail through the smarthost, retrying with backoff."""
 
     def __init__(self, store: OutboxStore, settings: MailSettings, poll_interval: float = 1.0,
                  max_attempts: int = 20, *, owner: str) -> None:
+        super().__init__()
         self.owner = owner
         self.store = store
         self.settings = settings
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
         self.policy = RetryPolicy(base=5.0, cap=900.0)
-        self._wake = asyncio.Event()
-        self._stopping = False
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopping:
-            try:
-                batch = await self.store.claim_mails(self.owner, time.time(), 20, 120.0)
-            except StoreUnavailable:
-                batch = []
-            for mail_id, mail, attempts in batch:
-                await self._send(mail_id, mail, attempts)
-            if not batch:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):
-                        await self._wake.wait()
-                self._wake.clear()
+    async def claim_and_handle(self) -> bool:
+        batch = await self.store.claim_mails(self.owner, time.time(), 20, 120.0)
+        for mail_id, mail, attempts in batch:
+            await self._send(mail_id, mail, attempts)
+        return bool(batch)
 
     async def _send(self, mail_id: int, mail: OutboundMail, attempts: int) -> None:
         try:

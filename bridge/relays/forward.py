@@ -31,6 +31,7 @@ from bridge.outbox.retry import RetryPolicy
 from bridge.relays.egress import EgressPolicy, EgressRefused, guarded_request
 from bridge.relays.email import is_permanent_smtp_error, send_via_smarthost
 from bridge.relays.signing import signature_headers
+from bridge.relays.worker import ClaimLoop
 from bridge.settings import Settings
 from bridge.store.base import OutboxStore
 
@@ -152,12 +153,13 @@ def plan_forwarding(
     return jobs, True
 
 
-class ForwardWorker:
+class ForwardWorker(ClaimLoop):
     """Claims due forwarding jobs and delivers them, with backoff and dead-lettering."""
 
     def __init__(self, store: OutboxStore, settings: Settings, client: httpx.AsyncClient,
                  *, owner: str, bridge_id: str = "", poll_interval: float = 1.0,
                  concurrency: int = 16) -> None:
+        super().__init__()
         self.owner = owner
         # Webhook ids must be unique beyond this store: a new database restarts job ids.
         self.bridge_id = bridge_id
@@ -177,35 +179,17 @@ class ForwardWorker:
         if settings.mail.smarthost is None and any(r.emails for r in config.routes):
             log.warning("inbound routes name e-mail targets but [mail] smarthost is not set: "
                         "those forwards wait in the store until it is")
-        self._wake = asyncio.Event()
-        self._stopping = False
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def notify(self, jobs: Sequence[ForwardJob]) -> None:
         """New jobs were committed: wake up if this worker takes any of them."""
         if any(job.kind in self.kinds for job in jobs):
             self._wake.set()
 
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopping:
-            try:
-                jobs = await self.store.claim_forward_jobs(self.owner, time.time(),
-                                                           self.concurrency, 120.0, self.kinds)
-            except StoreUnavailable:
-                jobs = []
-            if jobs:
-                await asyncio.gather(*(self._deliver(job) for job in jobs))
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._wake.wait()
-            self._wake.clear()
+    async def claim_and_handle(self) -> bool:
+        jobs = await self.store.claim_forward_jobs(self.owner, time.time(), self.concurrency,
+                                                   120.0, self.kinds)
+        await asyncio.gather(*(self._deliver(job) for job in jobs))
+        return bool(jobs)
 
     async def _deliver(self, job: ClaimedForward) -> None:
         try:
