@@ -12,8 +12,9 @@ What it measures
     * smtp_ingest, bridge/bare mails/s: 50 connections with connection reuse on and off, 1
       and 10 connections (reuse on), each with 1 bridge worker; 50 connections (reuse on)
       with 2 workers. Target at 50 connections: >= 0.7; 1 and 10 connections: info;
-    * inbound_mo, bridge/bare req/s, 1 and 2 workers: ``unique`` sms_id >= 0.5, ``replay50``
-      (every other request a provider retry) >= 0.8;
+    * inbound_mo, bridge/bare req/s, 1 and 2 workers: ``unique`` sms_id >= 0.5, ``replay``
+      (every request a provider retry) >= 0.8, ``replay50`` (every other request a retry):
+      info;
     * dispatch (1 bridge process): sends/s without batching (info), with batching
       (>= 1,000/s), at 200 ms provider latency (>= 0.9 x concurrency / latency), bridge peak
       RSS with 100,000 queued (< 150 MB).
@@ -58,7 +59,7 @@ TIMEOUT = 600.0  # per script run
 STORES = ("sqlite", "postgres")
 TARGET_SMTP = 0.7  # bridge/bare mails/s at 50 connections
 TARGET_UNIQUE = 0.5  # bridge/bare req/s, new sms_id
-TARGET_REPLAY = 0.8  # bridge/bare req/s, half replays
+TARGET_REPLAY = 0.8  # bridge/bare req/s, every request a replay
 
 #: Sizes per profile: SMTP mails (many connections / 1 connection), inbound requests,
 #: dispatch arguments.
@@ -129,7 +130,7 @@ def _cases(args: argparse.Namespace) -> list[Case]:
             )  # fmt: skip
         for workers in (1, 2):
             cases.append(
-                Case("inbound_mo", store, workers, "unique + replay50",
+                Case("inbound_mo", store, workers, "unique, replay, replay50",
                      ["--requests", str(size["requests"]), "--rounds", "1",
                       "--workers", str(workers)])
             )  # fmt: skip
@@ -188,7 +189,7 @@ def _smtp_rows(case: Case, data: dict[str, Any]) -> list[Row]:
 
 def _inbound_rows(case: Case, data: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    targets = {"unique": TARGET_UNIQUE, "replay50": TARGET_REPLAY}
+    targets = {"unique": TARGET_UNIQUE, "replay": TARGET_REPLAY, "replay50": None}
     for mode, pair in data["median"].items():
         ratio = float(data["ratios"][mode])
         target, verdict, short = _judge(ratio, targets[mode])
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "targets: smtp_ingest bridge/bare mails/s >= 0.7 at 50 connections (1 and 10: info); "
-        "inbound_mo bridge/bare req/s unique >= 0.5, replay50 >= 0.8;\n"
+        "inbound_mo bridge/bare req/s unique >= 0.5, replay >= 0.8 (replay50: info);\n"
         "         dispatch batching >= 1000/s, 200 ms latency >= 0.9 x C/latency, "
         "peak RSS < 150 MB with 100,000 queued."
     )

@@ -159,6 +159,7 @@ class InboundSettings(_Section):
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict)
     routes: list[RouteSettings] = Field(default_factory=list)
     dedup_window_without_id: float = Field(600.0, ge=0)
+    answer_cache_size: int = Field(20000, ge=0)
     reply_budget: float = Field(5.0, gt=0)
     forward_retry_period: float = Field(86400.0, gt=0)
     forward_retry_base: float = Field(5.0, gt=0)

@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from bridge.app import Bridge
+from bridge.inbound.answers import AnswerCache
+from bridge.models import StoredResponse
 from bridge.relays.signing import verify
 from tests.conftest import BridgeFactory
 from tests.doubles.mailbox import MailboxDouble
@@ -176,6 +178,48 @@ async def test_replay_after_restart_gets_the_same_answer_and_forwards_nothing(
         after = await client.get(url(second, "/in/st/src-secret/mo") + query)
     assert (before.status_code, before.content) == (after.status_code, after.content)
     assert rows(second, "SELECT COUNT(*) FROM forward_jobs") == [(2,)]
+
+
+@pytest.mark.parametrize("cache_size", [20000, 0])
+async def test_answered_sms_ids_are_answered_from_memory_while_the_store_is_down(
+    bridge_factory: BridgeFactory, mailbox: MailboxDouble, hook: HttpReceiver,
+    script: HttpReceiver, cache_size: int,
+) -> None:
+    bridge = await start(bridge_factory, mailbox, hook, script,
+                         inbound={"answer_cache_size": cache_size})
+    mo = url(bridge, "/in/st/src-secret/mo") + "?message=hello&phone=79161234567&sms_id=m-1"
+    hit = {"phone": "79161234567", "message": "balance", "shortcode": "4444",
+           "password": "sc-pass", "sms_id": "s-9"}
+    async with httpx.AsyncClient() as client:
+        first_mo = await client.get(mo)
+        first_hit = await client.get(url(bridge, "/in/st/src-secret/shortcode"), params=hit)
+        assert first_hit.content == b"Your balance: 100 RUB"
+        await bridge.store.close()
+        new = await client.get(mo.replace("m-1", "m-2"))
+        again_mo = await client.get(mo)
+        again_hit = await client.get(url(bridge, "/in/st/src-secret/shortcode"), params=hit)
+    assert new.status_code == 503 and new.json() == {"error": "store unavailable, retry later"}
+    if cache_size:
+        # The first answers were committed and never change: memory answers the retries.
+        assert (again_mo.status_code, again_mo.content) == (200, first_mo.content)
+        assert (again_hit.status_code, again_hit.content) == (200, first_hit.content)
+        assert again_hit.headers["Content-Type"] == first_hit.headers["Content-Type"]
+    else:
+        assert again_mo.status_code == 503 and again_hit.status_code == 503
+    assert len(script.requests) == 1
+
+
+def test_answer_cache_keeps_the_latest_answers() -> None:
+    cache = AnswerCache(2)
+    answers = [StoredResponse(200, str(n).encode(), "text/plain") for n in range(3)]
+    for n, answer in enumerate(answers):
+        cache.put("st", f"id-{n}", answer)
+    cache.put("st", None, answers[0])  # no sms_id: nothing to key on
+    cache.put("st", "pending", None)  # no final answer yet
+    assert len(cache) == 2
+    assert cache.get("st", "id-0") is None
+    assert cache.get("st", "id-2") is answers[2] and cache.get("other", "id-2") is None
+    assert cache.get("st", "pending") is None
 
 
 async def test_without_sms_id_the_same_content_within_the_window_is_one_message(

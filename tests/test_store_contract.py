@@ -191,6 +191,36 @@ async def test_message_id_dedup_window(store: OutboxStore) -> None:
     assert kept.duplicate
 
 
+async def test_enqueue_many_at_once_keeps_each_mail_its_own(store: OutboxStore) -> None:
+    """Concurrent mails share a group commit (one statement on PostgreSQL): each gets its
+    own message ids in order, a key repeated inside the group is taken once, and windows
+    may differ between callers."""
+    await store.enqueue(env(), [("old", [req()])], now=NOW, dedup_window=WINDOW)
+
+    def phones(n: int) -> list[SendRequest]:
+        return [req(f"+7999{n:04d}{k:03d}", originator=f"o{n}") for k in range(n % 3 + 1)]
+
+    results = await asyncio.gather(*(
+        store.enqueue(env(f"<{n}@x>"),
+                      [(f"k{n % 5}" if n % 2 else None, phones(n)),
+                       *([("old", [req("+79990000009")])] if n == 7 else [])],
+                      now=NOW + 1, dedup_window=WINDOW if n != 9 else WINDOW / 2)
+        for n in range(20)))
+    messages = {m.id: m for m in await store.list_messages(limit=1000)}
+    for n, result in enumerate(results):
+        if n % 2 == 0 or n < 10:  # keyless, or the first mail with its key
+            assert not result.duplicate
+            got = [messages[i] for i in result.message_ids]
+            assert [m.phone for m in got] == [r.phone for r in phones(n)]
+            assert {m.options["originator"] for m in got} == {f"o{n}"}
+            assert list(result.message_ids) == sorted(result.message_ids)
+        else:
+            assert result.duplicate and result.message_ids == ()
+    assert len(messages) == 1 + sum(len(phones(n)) for n in range(20) if n % 2 == 0 or n < 10)
+    for message_id in messages:
+        assert await statuses(store, message_id) == ["queued"]
+
+
 async def test_claim_respects_due_time_and_leases(store: OutboxStore) -> None:
     (later,) = (await store.enqueue(env(None), [(None, [req(not_before=NOW + 100)])], now=NOW,
                                     dedup_window=WINDOW)).message_ids
@@ -299,6 +329,28 @@ async def test_record_inbound_insert_or_fetch_by_sms_id(store: OutboxStore) -> N
     rows = await store.list_inbound()
     assert [r["id"] for r in rows] == [odd.id, elsewhere.id, first.id]
     assert (rows[2]["text"], rows[2]["forwards"], rows[2]["delivered"]) == ("hi there", 2, 0)
+
+
+async def test_record_inbound_many_at_once_each_with_its_own_jobs(store: OutboxStore) -> None:
+    """Concurrent messages share a group commit (one statement on PostgreSQL): each keeps its
+    own forwarding jobs and each sms_id is inserted once, repeats inside the group too."""
+    await record(store, mo("s7"), jobs=(ForwardJob("webhook", "t-s7", b"old"),))
+    records = await asyncio.gather(*(
+        record(store, mo(f"s{n % 10}", text=f"text {n}"),
+               jobs=(ForwardJob("email", f"e-s{n % 10}", b"m"),
+                     ForwardJob("webhook", f"t-s{n % 10}", str(n).encode())))
+        for n in range(30)))
+    by_id: dict[int, set[str]] = {}
+    for n, rec in enumerate(records):
+        by_id.setdefault(rec.id, set()).add(f"s{n % 10}")
+    assert all(len(ids) == 1 for ids in by_id.values()) and len(by_id) == 10
+    assert sum(not r.duplicate for r in records) == 9  # s7 was there before
+    jobs = await store.list_forward_jobs()
+    assert len(jobs) == 1 + 9 * 2
+    for job in jobs:
+        assert by_id[job["inbound_id"]] == {job["target"].partition("-")[2]}
+    texts = {row["sms_id"]: row["text"] for row in await store.list_inbound()}
+    assert texts["s3"] == "text 3" and texts["s7"] == "hi there"
 
 
 async def test_record_inbound_without_sms_id_uses_content_window(store: OutboxStore) -> None:

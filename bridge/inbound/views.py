@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from bridge import metrics
 from bridge.errors import InboundError, StoreUnavailable
+from bridge.inbound.answers import AnswerCache
 from bridge.inbound.parsing import (
     DecodedParams,
     clean_reply,
@@ -51,6 +52,7 @@ from bridge.upstreams.registry import dlr_parser
 log = logging.getLogger(__name__)
 
 OK_RESPONSE = StoredResponse(200, b"OK", "text/plain; charset=utf-8")
+DUPLICATE_MO = metrics.INBOUND_DUPLICATES.labels(kind="mo")  # resolved once, not per request
 
 
 def json_error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -77,6 +79,7 @@ class InboundService:
         # Short-code hits being answered in this process, so that concurrent repeats wait
         # for the one script call instead of making their own.
         self._inflight: dict[tuple[str, str], asyncio.Future[StoredResponse]] = {}
+        self.answers = AnswerCache(settings.inbound.answer_cache_size)
         self._scripts: list[ReplyScript] | None = None
         self._scripts_at = 0.0
 
@@ -121,17 +124,22 @@ class InboundService:
         name, source = self.authenticate(request)
         raw = await self.read_raw(request)
         # A provider's retry is answered from the store before anything else is decoded.
+        # A provider's retry that this process answered is answered from memory before
+        # anything else is decoded. Any other request goes straight to the insert-or-fetch
+        # of record_inbound, which returns the stored answer of a retry first answered
+        # elsewhere: no store read ahead of every new message.
         sms_id = peek_sms_id(raw)
         if sms_id is not None:
-            earlier = await self.store.get_inbound(name, sms_id)
-            if earlier is not None:
-                metrics.INBOUND_DUPLICATES.labels(kind="mo").inc()
-                return stored(earlier.response or OK_RESPONSE)
+            answer = self.answers.get(name, sms_id)
+            if answer is not None:
+                DUPLICATE_MO.inc()
+                return stored(answer)
         charset = declared_charset(request.headers.get("Content-Type")) or source.charset
         message = parse_mo(name, decode_params(raw, charset), raw)
-        record = await self._record(message, "routed", OK_RESPONSE,
-                                    looked_up=sms_id is not None)
-        return stored(record.response or OK_RESPONSE)
+        record = await self._record(message, "routed", OK_RESPONSE, looked_up=True)
+        answer = record.response or OK_RESPONSE
+        self.answers.put(name, message.sms_id, answer)
+        return stored(answer)
 
     async def accept_polled(self, message: InboundMessage) -> InboundRecord:
         """A message fetched by polling enters the same pipeline as a pushed one: same
@@ -143,7 +151,7 @@ class InboundService:
                       ) -> InboundRecord:
         now = time.time()
         if message.sms_id is not None and not looked_up:
-            # A replay is answered from the store without building anything.
+            # A replay is answered from a store read, without building the forwarding jobs.
             earlier = await self.store.get_inbound(message.source, message.sms_id)
             if earlier is not None:
                 metrics.INBOUND_DUPLICATES.labels(kind=message.kind).inc()
@@ -192,6 +200,11 @@ class InboundService:
         self, message: InboundMessage, source: InboundSourceSettings
     ) -> StoredResponse:
         key = (message.source, message.sms_id or "")
+        if message.sms_id is not None:
+            answer = self.answers.get(*key)
+            if answer is not None:
+                metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
+                return answer
         if message.sms_id is not None and key in self._inflight:
             metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
             return await asyncio.shield(self._inflight[key])
@@ -204,6 +217,7 @@ class InboundService:
                 result = record.response
             else:
                 result = await self._run_script(record, message, source)
+            self.answers.put(message.source, message.sms_id, result)
             future.set_result(result)
             return result
         except BaseException as exc:

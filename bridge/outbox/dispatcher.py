@@ -69,6 +69,9 @@ class Dispatcher:
         self._configured_batch = {
             name: settings.upstreams[name].batch_size for name in upstreams
         }
+        # Worked out once: isinstance() on a runtime-checkable Protocol inspects every
+        # member, too slow for once per message.
+        self._batch_sizes = {name: self._batch_size(name) for name in upstreams}
         self._default_originator = {
             name: settings.upstreams[name].originator for name in upstreams
         }
@@ -118,13 +121,12 @@ class Dispatcher:
         work: list[Coroutine[Any, Any, None]] = []
         batches: dict[str, list[StoredMessage]] = {}
         for message in claimed:
-            upstream = self.upstreams.get(message.upstream)
-            if isinstance(upstream, BatchSending) and self._batch_size(message.upstream) > 1:
+            if self._batch_sizes.get(message.upstream, 1) > 1:
                 batches.setdefault(message.upstream, []).append(message)
             else:
                 work.append(self._deliver(message))
         for name, messages in batches.items():
-            size = self._batch_size(name)
+            size = self._batch_sizes[name]
             for start in range(0, len(messages), size):
                 chunk = messages[start:start + size]
                 work.append(self._deliver_batch(name, chunk) if len(chunk) > 1

@@ -21,6 +21,7 @@ hold NUL (nor lone surrogates, which asyncpg cannot encode): deduplication keys 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -230,8 +231,19 @@ _ATTEMPTS = 3
 # writers (each with its own connection, besides the pool) commit groups at once.
 _GROUP_MAX = 64
 _WRITERS = 3
-# A queued write: the operation and the future its caller awaits.
-_Op = tuple[Callable[[Conn], Awaitable[Any]], "asyncio.Future[Any]"]
+# Runs the rows of several operations of one kind in one statement; one result per row.
+RunMany = Callable[[Conn, list[Any]], Awaitable[list[Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Op:
+    """A queued write: the operation, the future its caller awaits and, for an operation
+    that can share one statement with others of its kind, how (``run_many``) and its row."""
+
+    fn: Callable[[Conn], Awaitable[Any]]
+    future: asyncio.Future[Any]
+    run_many: RunMany | None = None
+    row: Any = None
 
 
 def _text(value: str) -> str:
@@ -337,12 +349,26 @@ class PostgresStore:
         waits stall the whole group (claims and reads stay on the pool). A wait that turns
         into a deadlock is broken by PostgreSQL, and the group's operations then run again
         one by one."""
+        return await self._queue_write(fn)  # type: ignore[no-any-return]
+
+    async def _write_combined(self, run_many: RunMany, row: Any) -> Any:
+        """One row for ``run_many`` in the next group commit: the group's rows of the same
+        ``run_many`` go to the server together, in one statement (one round trip for all),
+        and each caller gets its row's result. Alone (a rerun) the row is a list of one."""
+
+        async def alone(conn: Conn) -> Any:
+            return (await run_many(conn, [row]))[0]
+
+        return await self._queue_write(alone, run_many, row)
+
+    async def _queue_write(self, fn: Callable[[Conn], Awaitable[Any]],
+                           run_many: RunMany | None = None, row: Any = None) -> Any:
         queue = self._queue
         if self._pool is None or queue is None or not self._writers:
             raise StoreUnavailable("store is not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        queue.put_nowait((fn, future))
-        return await future  # type: ignore[no-any-return]
+        queue.put_nowait(_Op(fn, future, run_many, row))
+        return await future
 
     async def _writer(self, queue: asyncio.Queue[_Op | None], slot: int) -> None:
         """Group commit: one of ``_WRITERS`` tasks, each with a connection of its own. It
@@ -363,7 +389,7 @@ class PostgresStore:
                         break
                     batch.append(nxt)
                 # A caller that gave up before its turn: its write is not made.
-                batch = [op for op in batch if not op[1].done()]
+                batch = [op for op in batch if not op.future.done()]
                 if not batch:
                     continue
                 try:
@@ -401,15 +427,30 @@ class PostgresStore:
         """``batch`` in one transaction. No savepoints (a round trip each): operations fail
         rarely, and when one does the transaction is rolled back and each operation of the
         group runs again alone, in its own transaction, where its error is its own."""
-        results: list[Any] = []
-        committing = False
+        results: list[Any] = [None] * len(batch)
+        combined: dict[RunMany, list[int]] = {}
+        for index, op in enumerate(batch):
+            if op.run_many is not None:
+                combined.setdefault(op.run_many, []).append(index)
+        # A group that is one statement needs no BEGIN and COMMIT (two round trips): a
+        # statement is atomic by itself, and its outcome is unknown only while it runs.
+        single = len(combined) == 1 and len(combined[next(iter(combined))]) == len(batch) \
+            and next(iter(combined)) in _ONE_WRITE_STATEMENT
+        committing = single
         try:
             conn = await self._connect_writer(slot)
-            await conn.execute("BEGIN")
-            for fn, _ in batch:
-                results.append(await fn(conn))
-            committing = True
-            await conn.execute("COMMIT")
+            if not single:
+                await conn.execute("BEGIN")
+            for index, op in enumerate(batch):
+                if op.run_many is None:
+                    results[index] = await op.fn(conn)
+            for run_many, indexes in combined.items():
+                outcomes = await run_many(conn, [batch[i].row for i in indexes])
+                for index, outcome in zip(indexes, outcomes, strict=True):
+                    results[index] = outcome
+            if not single:
+                committing = True
+                await conn.execute("COMMIT")
         except _RETRYABLE as exc:
             log.info("store group rolled back (%s), running its operations alone", exc)
             await self._reset_writer_conn(slot)
@@ -439,7 +480,7 @@ class PostgresStore:
             if len(batch) > 1 or committing:
                 self._run_each_alone(batch)
                 return
-            future = batch[0][1]
+            future = batch[0].future
             if not future.done():
                 if isinstance(exc, asyncpg.PostgresError):
                     log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
@@ -449,14 +490,14 @@ class PostgresStore:
                 else:
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        for op, result in zip(batch, results, strict=True):
+            if not op.future.done():
+                op.future.set_result(result)
 
     def _run_each_alone(self, batch: list[_Op]) -> None:
-        for fn, future in batch:
-            if not future.done():
-                task = asyncio.ensure_future(self._run_alone(fn, future))
+        for op in batch:
+            if not op.future.done():
+                task = asyncio.ensure_future(self._run_alone(op.fn, op.future))
                 self._reruns.add(task)
                 task.add_done_callback(self._reruns.discard)
 
@@ -474,7 +515,8 @@ class PostgresStore:
     @staticmethod
     def _fail_group(batch: list[_Op], exc: BaseException) -> None:
         log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
-        for _, future in batch:
+        for op in batch:
+            future = op.future
             if not future.done():
                 error = StoreUnavailable(f"store unavailable: {exc}")
                 error.__cause__ = exc
@@ -587,6 +629,10 @@ class PostgresStore:
         dedup_window: float,
         reply: ReplyBuilder | None = None,
     ) -> EnqueueResult:
+        if reply is None:
+            # Mails of the same moment share one statement (see _enqueue_rows).
+            return await self._write_combined(  # type: ignore[no-any-return]
+                _enqueue_rows, _EnqueueRow(envelope, batches, now, dedup_window))
         keys = sorted({key for key, _ in batches if key is not None})
 
         async def op(conn: Conn) -> EnqueueResult:
@@ -629,17 +675,7 @@ class PostgresStore:
 
     @staticmethod
     async def _insert_message(conn: Conn, mail_id: int, req: SendRequest, now: float) -> int:
-        options = {
-            "originator": req.originator,
-            "flash": req.flash,
-            "max_parts": req.max_parts,
-            "not_before": req.not_before,
-            "validity": req.validity,
-            "transliterate": req.transliterate,
-            "two_byte_concat": req.two_byte_concat,
-            "push_id": req.push_id,
-            "fallbacks": list(req.fallbacks),
-        }
+        options = _options_json(req)
         due = max(now, req.not_before or now)
         return int(await conn.fetchval(
             "WITH m AS ("
@@ -649,7 +685,7 @@ class PostgresStore:
             " INSERT INTO message_events (message_id, at, status)"
             " SELECT id, $11, $9 FROM m RETURNING message_id",
             mail_id, _text(req.account), _text(req.upstream), _text(req.phone), _text(req.text),
-            req.parts, _text(req.encoding), json.dumps(options), MessageStatus.QUEUED.value,
+            req.parts, _text(req.encoding), options, MessageStatus.QUEUED.value,
             due, now,
         ))
 
@@ -715,14 +751,10 @@ class PostgresStore:
         event: tuple[str, str | None],
         now: float,
         mail: OutboundMail | None = None,
-        before: Callable[[Conn], Awaitable[None]] | None = None,
-        also: Callable[[Conn], Awaitable[None]] | None = None,
     ) -> None:
         n = len(params)
 
         async def op(conn: Conn) -> None:
-            if before is not None:
-                await before(conn)
             updated = await conn.fetchval(
                 f"UPDATE messages SET {sql}, lease_owner = NULL, lease_until = NULL, "
                 f"updated_at = ${n + 1} WHERE id = ${n + 2} AND status = 'sending' "
@@ -739,8 +771,6 @@ class PostgresStore:
             )
             if mail is not None:
                 await self._insert_mail(conn, mail, now)
-            if also is not None:
-                await also(conn)
 
         await self._write(op)
 
@@ -753,49 +783,11 @@ class PostgresStore:
         now: float,
         poll_at: float | None = None,
     ) -> None:
-        provider_ids = [_text(provider_id) for provider_id in upstream_ids]
-
-        async def lock_ids(conn: Conn) -> None:
-            # Serialises with record_delivery_reports for these ids: a report committed
-            # meanwhile is either matched there or found here as an early one. Taken before
-            # the message's row lock, in the same order as there (no deadlock).
-            await _lock_provider_ids(conn, provider_ids)
-
-        async def index_ids(conn: Conn) -> None:
-            # Delivery reports name the provider's id; this finds the message from it.
-            await conn.executemany(
-                "INSERT INTO provider_ids (provider_id, message_id) VALUES ($1, $2) "
-                "ON CONFLICT (provider_id) DO UPDATE SET message_id = EXCLUDED.message_id",
-                [(provider_id, message_id) for provider_id in provider_ids],
-            )
-            if not provider_ids:
-                return
-            # A provider may report before its send reply was recorded here: such reports
-            # were kept unmatched, and are applied now, in the order they came.
-            early = await conn.fetch(
-                "SELECT id, provider_id, status, raw_status, error_code, received_at "
-                "FROM delivery_reports WHERE message_id IS NULL "
-                "AND provider_id = ANY($1::text[]) ORDER BY id",
-                provider_ids,
-            )
-            for report_id, provider_id, status, raw_status, error_code, received_at in early:
-                await conn.execute("UPDATE delivery_reports SET message_id = $1 WHERE id = $2",
-                                   message_id, report_id)
-                await _apply_report(conn, message_id, provider_id, status, raw_status,
-                                    error_code, received_at)
-
-        await self._finish(
-            message_id,
-            owner,
-            "status = 'sent', upstream_used = $1, upstream_ids = $2, last_error = NULL, "
-            "next_poll_at = $3",
-            (_text(upstream), json.dumps(list(upstream_ids)),
-             poll_at if upstream_ids else None),
-            (MessageStatus.SENT.value, f"{upstream}: {', '.join(upstream_ids)}"),
-            now,
-            before=lock_ids,
-            also=index_ids,
-        )
+        # The sends recorded at the same moment share two statements (see _mark_sent_rows).
+        await self._write_combined(_mark_sent_rows, _SentRow(
+            message_id, owner, _text(upstream), [_text(i) for i in upstream_ids], now,
+            poll_at if upstream_ids else None,
+            f"{upstream}: {', '.join(upstream_ids)}"))
 
     async def schedule_retry(
         self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
@@ -954,61 +946,39 @@ class PostgresStore:
         content_hash = inbound_content_hash(message)
         source = _text(message.source)
 
-        async def op(conn: Conn) -> InboundRecord:
-            if message.sms_id is not None:
-                key = _key(f"id:{message.sms_id}")
-            else:
-                # No unique key to conflict on: the window check and the insert run under a
-                # lock on (source, content) so instances cannot both miss each other's row.
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                    _LOCK_INBOUND_CONTENT, f"{source}:{content_hash}",
-                )
-                row = await conn.fetchrow(
-                    f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND "
-                    "content_hash = $2 AND sms_id IS NULL AND received_at >= $3 "
-                    "ORDER BY id DESC LIMIT 1",
-                    source, content_hash, now - dedup_window,
-                )
-                if row is not None:
-                    return row_to_inbound(row, duplicate=True)
-                key = _key(f"noid:{uuid.uuid4().hex}")
-            # A concurrent request with the same sms_id waits here for the first one's
-            # transaction, then conflicts and reads its row below.
-            # The forwarding jobs go in with the message, in the same statement (one round
-            # trip): none when the message was a repeat.
-            inbound_id = await conn.fetchval(
-                "WITH i AS ("
-                " INSERT INTO inbound (source, kind, dedup_key, sms_id, content_hash, phone,"
-                " recipient, text, raw, charset, charset_error, state, response_status,"
-                " response_body, response_type, received_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-                " ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id),"
-                " j AS ("
-                " INSERT INTO forward_jobs (inbound_id, kind, target, payload, status,"
-                " next_attempt_at, created_at, deadline)"
-                " SELECT i.id, u.kind, u.target, u.payload, 'queued', $16, $16, $17"
-                " FROM i, unnest($18::text[], $19::text[], $20::bytea[]) WITH ORDINALITY"
-                " AS u(kind, target, payload, n) ORDER BY u.n)"
-                " SELECT id FROM i",
-                source, _text(message.kind), key, _opt(message.sms_id), content_hash,
-                _text(message.phone), _opt(message.recipient), _text(message.text),
-                message.raw, _text(message.charset), int(message.charset_error), state,
-                response.status if response else None,
-                response.body if response else None,
-                response.content_type if response else None,
-                now, forward_deadline,
-                [_text(job.kind) for job in jobs], [_text(job.target) for job in jobs],
-                [job.payload for job in jobs],
+        def row(key: bytes) -> _InboundRow:
+            return _InboundRow(
+                (source, _text(message.kind), key, _opt(message.sms_id), content_hash,
+                 _text(message.phone), _opt(message.recipient), _text(message.text),
+                 message.raw, _text(message.charset), int(message.charset_error), state,
+                 response.status if response else None, response.body if response else None,
+                 response.content_type if response else None, now, forward_deadline),
+                [(_text(job.kind), _text(job.target), job.payload) for job in jobs],
+                InboundRecord(0, False, state, response, now),
             )
-            if inbound_id is None:
-                row = await conn.fetchrow(
-                    f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 "
-                    "AND dedup_key = $2",
-                    source, key,
-                )
-                return row_to_inbound(row, duplicate=True)
-            return InboundRecord(int(inbound_id), False, state, response, now)
+
+        if message.sms_id is not None:
+            # Requests of the same moment share one INSERT (see _insert_inbound_rows).
+            return await self._write_combined(  # type: ignore[no-any-return]
+                _insert_inbound_rows, row(_key(f"id:{message.sms_id}")))
+
+        async def op(conn: Conn) -> InboundRecord:
+            # No unique key to conflict on: the window check and the insert run under a lock
+            # on (source, content) so instances cannot both miss each other's row.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                _LOCK_INBOUND_CONTENT, f"{source}:{content_hash}",
+            )
+            found = await conn.fetchrow(
+                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND "
+                "content_hash = $2 AND sms_id IS NULL AND received_at >= $3 "
+                "ORDER BY id DESC LIMIT 1",
+                source, content_hash, now - dedup_window,
+            )
+            if found is not None:
+                return row_to_inbound(found, duplicate=True)
+            [record] = await _insert_inbound_rows(conn, [row(_key(f"noid:{uuid.uuid4().hex}"))])
+            return record
 
         return await self._write(op)
 
@@ -1325,11 +1295,295 @@ class PostgresStore:
         return await self._run(op, write=False)
 
 
+def _options_json(req: SendRequest) -> str:
+    return json.dumps({
+        "originator": req.originator,
+        "flash": req.flash,
+        "max_parts": req.max_parts,
+        "not_before": req.not_before,
+        "validity": req.validity,
+        "transliterate": req.transliterate,
+        "two_byte_concat": req.two_byte_concat,
+        "push_id": req.push_id,
+        "fallbacks": list(req.fallbacks),
+    })
+
+
+@dataclasses.dataclass(frozen=True)
+class _EnqueueRow:
+    """One mail to enqueue (without a ``reply_to_email`` answer, which needs its message
+    ids before the insert and so runs as an operation of its own)."""
+
+    envelope: MailEnvelope
+    batches: Sequence[tuple[str | None, Sequence[SendRequest]]]
+    now: float
+    dedup_window: float
+
+
+# Many mails in one statement. Each mail takes its deduplication keys unless one was seen
+# within the window (a concurrent transaction inserting the same key makes this wait for its
+# outcome); a batch goes in when it has no key or took its key, a mail when any batch did.
+# Mail and message ids are drawn first, so each message is returned with its place.
+_ENQUEUE = (
+    "WITH mu AS (SELECT u.*, nextval(pg_get_serial_sequence('mails', 'id')) AS id"
+    " FROM unnest($1::int[], $2::float8[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::bool[]) AS u(n, received_at, mail_from, message_id, peer, format, keyless)),"
+    " ku AS (SELECT * FROM unnest($8::bytea[], $9::int[]) AS k(key, n)),"
+    " d AS (INSERT INTO mail_dedup (key, mail_id, seen_at)"
+    " SELECT ku.key, mu.id, mu.received_at FROM ku JOIN mu ON mu.n = ku.n ORDER BY ku.key"
+    " ON CONFLICT (key) DO UPDATE SET mail_id = EXCLUDED.mail_id, seen_at = EXCLUDED.seen_at"
+    " WHERE mail_dedup.seen_at < EXCLUDED.seen_at - $10 RETURNING key),"
+    " taken AS (SELECT ku.n FROM ku JOIN d ON d.key = ku.key),"
+    " su AS (SELECT o.*, nextval(pg_get_serial_sequence('messages', 'id')) AS id"
+    " FROM (SELECT s.*, mu.id AS mail_id"
+    " FROM unnest($11::int[], $12::int[], $13::bytea[], $14::text[], $15::text[],"
+    " $16::text[], $17::text[], $18::int[], $19::text[], $20::text[], $21::float8[])"
+    " AS s(n, p, key, account, upstream, phone, text, parts, encoding, options, due)"
+    " JOIN mu ON mu.n = s.n WHERE s.key IS NULL OR s.key IN (SELECT key FROM d)"
+    " ORDER BY s.n, s.p) o),"
+    " mi AS (INSERT INTO mails (id, received_at, mail_from, message_id, peer, format)"
+    " SELECT id, received_at, mail_from, message_id, peer, format FROM mu"
+    " WHERE mu.keyless OR mu.n IN (SELECT n FROM taken)),"
+    " m AS (INSERT INTO messages (id, mail_id, account, upstream, phone, text, parts,"
+    " encoding, options, status, next_attempt_at, created_at, updated_at)"
+    " SELECT su.id, su.mail_id, su.account, su.upstream, su.phone, su.text, su.parts,"
+    " su.encoding, su.options, 'queued', su.due, mu.received_at, mu.received_at"
+    " FROM su JOIN mu ON mu.n = su.n ORDER BY su.id),"
+    " e AS (INSERT INTO message_events (message_id, at, status)"
+    " SELECT su.id, mu.received_at, 'queued' FROM su JOIN mu ON mu.n = su.n ORDER BY su.id)"
+    " SELECT n, p, id FROM su UNION ALL SELECT n, -1, NULL FROM taken"
+)
+
+
+async def _enqueue_rows(conn: Conn, rows: list[_EnqueueRow]) -> list[EnqueueResult]:
+    """:meth:`PostgresStore.enqueue` for many mails: one round trip whatever their number."""
+    windows = sorted({row.dedup_window for row in rows})
+    if len(windows) > 1:
+        # One window per statement (a process has one window; this is for safety): then
+        # several statements, which must commit together.
+        if not conn.is_in_transaction():
+            async with conn.transaction():
+                return await _enqueue_rows(conn, rows)
+        results: list[EnqueueResult | None] = [None] * len(rows)
+        for window in windows:
+            indexes = [i for i, row in enumerate(rows) if row.dedup_window == window]
+            for i, result in zip(indexes, await _enqueue_rows(conn, [rows[i] for i in indexes]),
+                                 strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+    mails: list[tuple[Any, ...]] = []
+    keys: list[tuple[bytes, int]] = []
+    messages: list[tuple[Any, ...]] = []
+    seen: set[bytes] = set()
+    for n, row in enumerate(rows, start=1):
+        env = row.envelope
+        mails.append((n, row.now, _text(env.mail_from), _opt(env.message_id), _text(env.peer),
+                      env.format, any(key is None for key, _ in row.batches)))
+        # A key twice in one statement: the first mail takes it (if it may), and the later
+        # one is a repeat, as it would be one transaction later.
+        repeats: set[str] = set()
+        for named in sorted({key for key, _ in row.batches if key is not None}):
+            encoded = _key(named)
+            if encoded in seen:
+                repeats.add(named)
+            else:
+                seen.add(encoded)
+                keys.append((encoded, n))
+        place = 0
+        for key, requests in row.batches:
+            if key in repeats:
+                continue
+            for req in requests:
+                messages.append((
+                    n, place, None if key is None else _key(key), _text(req.account),
+                    _text(req.upstream), _text(req.phone), _text(req.text), req.parts,
+                    _text(req.encoding), _options_json(req),
+                    max(row.now, req.not_before or row.now)))
+                place += 1
+
+    def columns(values: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+        return [list(c) for c in zip(*values, strict=True)] if values else [[]] * width
+
+    out = await conn.fetch(_ENQUEUE, *columns(mails, 7), *columns(keys, 2), windows[0],
+                           *columns(messages, 11))
+    fresh = {row[0] for row in out if row[1] == -1}
+    placed: dict[int, list[tuple[int, int]]] = {}
+    for n, place, message_id in out:
+        if place >= 0:
+            placed.setdefault(n, []).append((place, message_id))
+    enqueued: list[EnqueueResult] = []
+    for n, row in enumerate(rows, start=1):
+        if n in fresh or any(key is None for key, _ in row.batches):
+            enqueued.append(EnqueueResult(tuple(i for _, i in sorted(placed.get(n, [])))))
+        else:
+            enqueued.append(EnqueueResult((), duplicate=True))
+    return enqueued
+
+
+@dataclasses.dataclass(frozen=True)
+class _InboundRow:
+    """One inbound message to insert: its column values (in ``_INSERT_INBOUND`` order, the
+    forwarding deadline last), its forwarding jobs (kind, target, payload) and its record if
+    it turns out new."""
+
+    values: tuple[Any, ...]
+    jobs: list[tuple[str, str, bytes]]
+    record: InboundRecord
+
+
+# Many messages and their forwarding jobs in one statement: the jobs of the rows that were
+# inserted go in with them; a row whose (source, dedup_key) exists is skipped, and a
+# concurrent transaction inserting the same key makes this wait for its outcome.
+_INSERT_INBOUND = (
+    "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[],"
+    " $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::int[],"
+    " $12::text[], $13::int[], $14::bytea[], $15::text[], $16::float8[], $17::float8[])"
+    " WITH ORDINALITY AS u(source, kind, dedup_key, sms_id, content_hash, phone, recipient,"
+    " text, raw, charset, charset_error, state, response_status, response_body,"
+    " response_type, received_at, deadline, n)),"
+    " i AS (INSERT INTO inbound (source, kind, dedup_key, sms_id, content_hash, phone,"
+    " recipient, text, raw, charset, charset_error, state, response_status, response_body,"
+    " response_type, received_at)"
+    " SELECT source, kind, dedup_key, sms_id, content_hash, phone, recipient, text, raw,"
+    " charset, charset_error, state, response_status, response_body, response_type,"
+    " received_at FROM u ORDER BY n"
+    " ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id, source, dedup_key),"
+    " j AS (INSERT INTO forward_jobs (inbound_id, kind, target, payload, status,"
+    " next_attempt_at, created_at, deadline)"
+    " SELECT i.id, f.kind, f.target, f.payload, 'queued', u.received_at, u.received_at,"
+    " u.deadline FROM i JOIN u ON u.source = i.source AND u.dedup_key = i.dedup_key"
+    " JOIN unnest($18::bigint[], $19::text[], $20::text[], $21::bytea[]) WITH ORDINALITY"
+    " AS f(row_n, kind, target, payload, n) ON f.row_n = u.n ORDER BY f.n)"
+    " SELECT id, source, dedup_key FROM i"
+)
+
+
+async def _insert_inbound_rows(conn: Conn, rows: list[_InboundRow]) -> list[InboundRecord]:
+    """Insert-or-fetch of many inbound messages: two round trips whatever their number (one
+    when none is a repeat). Each row's record: new, or the stored one (``duplicate``)."""
+    # One statement cannot insert a key twice: a repeat within the group waits for the
+    # first one's outcome like a repeat from outside. Sorted keys: two groups inserting
+    # overlapping keys take their locks in the same order.
+    first: dict[tuple[str, bytes], int] = {}
+    for index, row in enumerate(rows):
+        first.setdefault((row.values[0], row.values[2]), index)
+    order = sorted(first.items())
+    leaders = [rows[index] for _, index in order]
+    columns: list[list[Any]] = [list(column) for column in zip(*(r.values for r in leaders),
+                                                                strict=True)]
+    job_rows = [(n, *job) for n, row in enumerate(leaders, start=1) for job in row.jobs]
+    job_columns = [list(c) for c in zip(*job_rows, strict=True)] if job_rows else [[]] * 4
+    inserted = {(str(r[1]), bytes(r[2])): int(r[0])
+                for r in await conn.fetch(_INSERT_INBOUND, *columns, *job_columns)}
+    results: list[InboundRecord | None] = [None] * len(rows)
+    for key, index in order:
+        if key in inserted:
+            results[index] = dataclasses.replace(rows[index].record, id=inserted[key])
+    missing = [i for i, result in enumerate(results) if result is None]
+    if missing:
+        keys = sorted({(rows[i].values[0], rows[i].values[2]) for i in missing})
+        stored = {
+            (str(r[-2]), bytes(r[-1])): row_to_inbound(r, duplicate=True)
+            for r in await conn.fetch(
+                f"SELECT {INBOUND_COLUMNS}, i.source, i.dedup_key FROM inbound i"
+                " JOIN unnest($1::text[], $2::bytea[]) AS k(source, dedup_key)"
+                " ON i.source = k.source AND i.dedup_key = k.dedup_key",
+                [k[0] for k in keys], [k[1] for k in keys],
+            )
+        }
+        for i in missing:
+            results[i] = stored[(rows[i].values[0], rows[i].values[2])]
+    return results  # type: ignore[return-value]
+
+
+#: Combined operations that write with one statement (reads may follow it): a group made
+#: only of one of them runs without a transaction block.
+_ONE_WRITE_STATEMENT: frozenset[RunMany] = frozenset({_insert_inbound_rows, _enqueue_rows})
+
+
 async def _lock_provider_ids(conn: Conn, provider_ids: Sequence[str]) -> None:
-    """Transaction locks on provider ids, in a fixed order (no deadlock between takers)."""
-    for provider_id in sorted(set(provider_ids)):
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                           _LOCK_PROVIDER_ID, provider_id)
+    """Transaction locks on provider ids, in a fixed order (no deadlock between takers), in
+    one round trip."""
+    ordered = sorted(set(provider_ids))
+    if ordered:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(p))"
+            " FROM unnest($2::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n",
+            _LOCK_PROVIDER_ID, ordered,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _SentRow:
+    """One send to record (:meth:`PostgresStore.mark_sent`)."""
+
+    message_id: int
+    owner: str
+    upstream: str
+    provider_ids: list[str]
+    now: float
+    poll_at: float | None
+    detail: str
+
+
+# Many sends recorded in one statement, each only while its lease holds: status, history,
+# the provider-id index, and the delivery reports that came before the send was recorded.
+_MARK_SENT = (
+    "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"
+    " $5::float8[], $6::float8[], $7::text[])"
+    " AS u(id, owner, upstream, ids_json, at, poll_at, detail)),"
+    " upd AS (UPDATE messages m SET status = 'sent', upstream_used = u.upstream,"
+    " upstream_ids = u.ids_json, last_error = NULL, next_poll_at = u.poll_at,"
+    " lease_owner = NULL, lease_until = NULL, updated_at = u.at"
+    " FROM u WHERE m.id = u.id AND m.status = 'sending' AND m.lease_owner = u.owner"
+    " RETURNING m.id),"
+    " ev AS (INSERT INTO message_events (message_id, at, status, detail)"
+    " SELECT u.id, u.at, 'sent', u.detail FROM u JOIN upd ON upd.id = u.id ORDER BY u.id),"
+    " pi AS (INSERT INTO provider_ids (provider_id, message_id)"
+    " SELECT p.provider_id, p.message_id FROM unnest($8::text[], $9::bigint[])"
+    " AS p(provider_id, message_id) JOIN upd ON upd.id = p.message_id"
+    " ON CONFLICT (provider_id) DO UPDATE SET message_id = EXCLUDED.message_id)"
+    " SELECT 0 AS report_id, id, NULL::text, NULL::text, NULL::text, NULL::int,"
+    " NULL::float8 FROM upd"
+    " UNION ALL SELECT r.id, NULL, r.provider_id, r.status, r.raw_status, r.error_code,"
+    " r.received_at FROM delivery_reports r"
+    " WHERE r.message_id IS NULL AND r.provider_id = ANY($8::text[])"
+    " ORDER BY 1"
+)
+
+
+async def _mark_sent_rows(conn: Conn, rows: list[_SentRow]) -> list[None]:
+    """Record many sends: one round trip for the provider-id locks, one for the rest (more
+    only for delivery reports that came before their send was recorded)."""
+    # Serialises with record_delivery_reports for these ids: a report committed meanwhile is
+    # either matched there or found here as an early one. Taken before the messages' row
+    # locks, in the same order as there (no deadlock).
+    await _lock_provider_ids(conn, [p for row in rows for p in row.provider_ids])
+    # An id named twice in one statement: the later send owns it, as it would one
+    # transaction later.
+    owner_of = {p: row.message_id for row in rows for p in row.provider_ids}
+    out = await conn.fetch(
+        _MARK_SENT,
+        [r.message_id for r in rows], [r.owner for r in rows], [r.upstream for r in rows],
+        [json.dumps(r.provider_ids) for r in rows], [r.now for r in rows],
+        [r.poll_at for r in rows], [_text(r.detail) for r in rows],
+        list(owner_of), list(owner_of.values()),
+    )
+    updated = {int(r[1]) for r in out if r[0] == 0}
+    for row in rows:
+        if row.message_id not in updated:
+            log.warning("message %s: lease lost before its result was recorded", row.message_id)
+    # A provider may report before its send reply was recorded here: such reports were kept
+    # unmatched, and are applied now, in the order they came.
+    for report_id, _, provider_id, status, raw_status, error_code, received_at in out:
+        message_id = owner_of.get(provider_id) if report_id else None
+        if message_id is None or message_id not in updated:
+            continue
+        await conn.execute("UPDATE delivery_reports SET message_id = $1 WHERE id = $2",
+                           message_id, report_id)
+        await _apply_report(conn, message_id, provider_id, status, raw_status, error_code,
+                            received_at)
+    return [None] * len(rows)
 
 
 async def _apply_report(conn: Conn, message_id: int, provider_id: str, status: str,
