@@ -27,10 +27,11 @@ What it measures
 
     Then it prints the ratio bridge/bare of req/s per mode: ``unique`` is PASS/FAIL against
     0.5, ``replay`` against 0.8; ``replay50`` is information (a mix of both: with ratios u and
-    r for the two halves it cannot exceed ``1 / (0.5/u + 0.5/r)``, 0.67 for u = 0.5 and r = 1). After each bridge phase, once the bridge has stopped, its
-    store is read (read-only, SQLite or PostgreSQL): the ``inbound`` table must hold exactly
-    the distinct ``sms_id`` values sent (warm-up included) with the text sent, and
-    ``forward_jobs`` the same number of rows; any mismatch is a FAIL.
+    r for the two halves it comes to about ``1 / (0.5/u + 0.5/r)``, 0.67 for u = 0.5 and
+    r = 1). After each bridge phase, once the bridge has stopped, its store is read
+    (read-only, SQLite or PostgreSQL): the ``inbound`` table must hold exactly the distinct
+    ``sms_id`` values sent (warm-up included) with the text sent, and ``forward_jobs`` the
+    same number of rows; any mismatch is a FAIL.
 
 How
     Each server runs in its own process (``multiprocessing``, start method ``spawn``) on

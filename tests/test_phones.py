@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import IntakeError
 from bridge.parsing.phones import normalize_phone, split_phone_list, validate_originator
@@ -167,3 +170,13 @@ def test_validate_originator_non_ascii_digits_are_436(originator: str) -> None:
     with pytest.raises(IntakeError) as info:
         validate_originator(originator)
     assert info.value.api_code == 436
+
+
+@settings(max_examples=300)
+@given(st.from_regex(r"\A\+?7[0-9]{10}\Z"))
+def test_country_code_7_shortcut_agrees_with_the_library(raw: str) -> None:
+    """Numbers +7 and ten digits skip the library's parse; its verdict is the same."""
+    expected = phonenumbers.is_possible_number(phonenumbers.parse("+" + raw.lstrip("+"), None))
+    assert expected
+    normalize_phone.cache_clear()
+    assert normalize_phone(raw) == raw.lstrip("+")

@@ -415,6 +415,25 @@ async def test_bare_lf_client_times_out_and_queues_nothing(
     assert db_rows(bridge, "SELECT COUNT(*) FROM messages") == [(0,)]
 
 
+async def test_idle_timeout_counts_from_the_last_command(
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+) -> None:
+    bridge = await bridge_factory(upstreams=upstreams(provider), accounts=accounts(),
+                                  smtp={"timeout": 0.6})
+    client = await RawSmtp.connect(bridge.smtp_port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for pause in (0.25, 0.25, 0.25, 0.25, 0.0):  # busy longer than the timeout, idle less
+        await asyncio.sleep(pause)
+        assert (await client.cmd("NOOP"))[0] == 250
+    last = loop.time()
+    assert last - started > 0.9
+    with pytest.raises(ConnectionError):
+        await client.reply(timeout=10)  # idle now: closed about one timeout later
+    assert 0.5 < loop.time() - last < 3.0
+    await client.close()
+
+
 async def test_windows_1251_body_and_encoded_subject(
     bridge: Bridge, provider: SmsTrafficDouble
 ) -> None:

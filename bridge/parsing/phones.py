@@ -51,6 +51,10 @@ def normalize_phone(raw: str) -> str:
         russian = phonenumbers.parse("+7" + digits[1:], None)
         if phonenumbers.is_valid_number(russian):
             digits = "7" + digits[1:]
+    if len(digits) == 11 and digits[0] == "7":
+        # Country code 7 (Russia, Kazakhstan: 002's market) has one possible national
+        # length, 10 digits: the library's answer, without its parse.
+        return digits
     try:
         parsed = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException as exc:

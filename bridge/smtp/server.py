@@ -51,6 +51,25 @@ class BridgeSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.config = config
         self.limiter = limiter
+        self._idle_deadline = 0.0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd cancels its idle timer and schedules a new one for every command. Here
+        one timer stays scheduled and each command only moves the deadline; when the timer
+        fires before the deadline it is scheduled again for the rest."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+        else:
+            self._timeout_cb()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322 parser,
