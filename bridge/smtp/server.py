@@ -69,7 +69,7 @@ class BridgeSMTP(SMTP):
         if self.loop.time() < self._idle_deadline:
             self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
         else:
-            self._timeout_cb()
+            self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322 parser,
