@@ -252,6 +252,30 @@ async def test_bytes_invalid_in_the_declared_charset_are_stored_raw_and_flagged(
     assert stored_raw == raw and flagged == 1
 
 
+async def test_unescaped_8bit_bytes_are_decoded_with_the_charset_or_flagged(
+    bridge_factory: BridgeFactory, mailbox: MailboxDouble, hook: HttpReceiver,
+    script: HttpReceiver,
+) -> None:
+    """Some providers post windows-1251 bytes without percent-escaping them."""
+    bridge = await start(bridge_factory, mailbox, hook, script)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    plain = b"phone=79161234567&sms_id=u1&message=" + "Привет, мир".encode("cp1251")
+    invalid = b"phone=79161234567&sms_id=u2&message=" + "Привет".encode("cp1251")
+    async with httpx.AsyncClient() as client:
+        first = await client.post(url(bridge, "/in/st/src-secret/mo"), content=plain,
+                                  headers=form)
+        second = await client.post(url(bridge, "/in/st/src-secret/mo"), content=invalid,
+                                   headers={"Content-Type": form["Content-Type"]
+                                            + "; charset=utf-8"})
+    assert first.status_code == second.status_code == 200
+    calls = await hook.wait_for(2)
+    data = {d["sms_id"]: d for d in (json.loads(c.body)["data"] for c in calls)}
+    assert (data["u1"]["text"], data["u1"]["charset_error"]) == ("Привет, мир", False)
+    assert data["u2"]["charset_error"] is True and "\ufffd" in data["u2"]["text"]
+    assert rows(bridge, "SELECT sms_id, charset_error FROM inbound ORDER BY id") == [
+        ("u1", 0), ("u2", 1)]
+
+
 async def test_declared_charset_wins_over_the_source_default(
     bridge_factory: BridgeFactory, mailbox: MailboxDouble, hook: HttpReceiver,
     script: HttpReceiver,

@@ -13,6 +13,7 @@ Parameters are decoded from the raw bytes with the source's charset: aiohttp's
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -42,15 +43,56 @@ def declared_charset(content_type: str | None) -> str | None:
 
 
 def decode_params(raw: bytes, charset: str) -> DecodedParams:
-    """``a=1&b=%F2%E5`` → values decoded with ``charset``.
+    """``a=1&b=%F2%E5`` → values decoded with ``charset`` (the first of a repeated name).
 
-    A value that is not valid in the charset is never silently repaired: the caller keeps the
-    raw bytes and the message is flagged, so nobody reads mojibake as the customer's text.
+    Names and values are decoded as bytes: percent-escapes and raw 8-bit bytes alike, so a
+    provider that sends unescaped windows-1251 is read too. A value that is not valid in the
+    charset is never silently repaired: the caller keeps the raw bytes and the message is
+    flagged, so nobody reads mojibake as the customer's text.
     """
-    text = raw.decode("ascii", errors="surrogateescape")
+    if not _ascii_compatible(charset):
+        return _decode_params_text(raw, charset)
+    values: dict[str, str] = {}
+    error = False
+    for field in raw.split(b"&"):
+        if not field:
+            continue
+        name, _, value = field.partition(b"=")
+        key, bad_key = _decode_component(name, charset)
+        text, bad_value = _decode_component(value, charset)
+        error = error or bad_key or bad_value
+        values.setdefault(key, text)
+    return DecodedParams(values, charset, error)
+
+
+def _decode_component(data: bytes, charset: str) -> tuple[str, bool]:
+    if b"+" in data:
+        data = data.replace(b"+", b" ")
+    if b"%" in data:
+        data = unquote_to_bytes(data)
+    if data.isascii():
+        return data.decode("ascii"), False
+    try:
+        return data.decode(charset), False
+    except UnicodeDecodeError:
+        return data.decode(charset, errors="replace"), True
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_compatible(charset: str) -> bool:
+    try:
+        return "a=b&c+d%".encode(charset) == b"a=b&c+d%"
+    except (LookupError, UnicodeError):
+        return False
+
+
+def _decode_params_text(raw: bytes, charset: str) -> DecodedParams:
+    """For a charset that does not keep ASCII as ASCII (UTF-16 and the like): only the
+    percent-escapes are decoded with it."""
+    text = raw.decode("ascii", errors="replace")
     try:
         pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
-        return DecodedParams(_first(pairs), charset, False)
+        return DecodedParams(_first(pairs), charset, "\ufffd" in text)
     except UnicodeDecodeError:
         pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="replace")
         return DecodedParams(_first(pairs), charset, True)
