@@ -18,6 +18,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -239,7 +240,9 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        # Switching a new file to WAL takes an exclusive lock without calling the busy
+        # handler: workers opening one new file together wait here instead.
+        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"))
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -266,7 +269,7 @@ class SqliteStore:
     def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             for op in batch:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -295,6 +298,27 @@ class SqliteStore:
         for loop, items in by_loop.items():
             loop.call_soon_threadsafe(_resolve_all, items)
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting in short steps while another process (a worker of
+        ``serve --workers N`` on the same file) holds the write lock. SQLite's own busy
+        handler sleeps 1, 2, 5, 10, 15 … ms between tries, far longer than another group
+        commit holds the lock, so the writer connection has none (busy_timeout 0) and
+        retries here every 0.1 ms at first, for at most ``busy_timeout`` seconds."""
+        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    def _retry_busy(self, statement: Callable[[], object]) -> None:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.0001
+        while True:
+            try:
+                statement()
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.002)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader is None or self._reader_conn is None:
             raise StoreUnavailable("store is not open")
@@ -320,6 +344,8 @@ class SqliteStore:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(self._connect)
         await asyncio.to_thread(self._migrate, conn)
+        # From now on the writer waits for the lock itself (see _begin).
+        await asyncio.to_thread(conn.execute, "PRAGMA busy_timeout = 0")
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="sqlite-store", daemon=True
         )
