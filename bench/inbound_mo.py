@@ -13,7 +13,8 @@ What it measures
       request commits the inbound row and its forwarding job (SQLite WAL, ``synchronous=FULL``,
       group commit) before it is answered. There is no smarthost: the forwarder fails each job
       and retries it in the background, which is part of the load. A repeated ``sms_id`` is
-      answered from the store without committing anything.
+      answered from the process's memory of answers (or, by a worker that did not answer
+      it first, from the store) without committing anything.
 
     The message is Cyrillic ("Здравствуйте, где мой заказ номер N?") encoded as windows-1251
     and percent-encoded, as the provider sends it. Two modes, each measured against bare:

@@ -19,7 +19,7 @@ INBOUND = Counter("bridge_inbound_total", "Inbound requests accepted", ["kind"])
 INBOUND_REJECTED = Counter("bridge_inbound_rejected_total", "Inbound requests refused",
                            ["reason"])
 INBOUND_DUPLICATES = Counter("bridge_inbound_duplicates_total",
-                             "Repeated sms_id (or content) answered from the store", ["kind"])
+                             "Repeated sms_id (or content) given the first answer again", ["kind"])
 DELIVERY_REPORTS = Counter("bridge_delivery_reports_total", "Delivery reports received",
                            ["matched"])
 FORWARDS = Counter("bridge_forwards_total", "Forwarding attempts", ["kind", "outcome"])

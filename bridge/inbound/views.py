@@ -123,7 +123,6 @@ class InboundService:
     async def mo(self, request: web.Request) -> web.Response:
         name, source = self.authenticate(request)
         raw = await self.read_raw(request)
-        # A provider's retry is answered from the store before anything else is decoded.
         # A provider's retry that this process answered is answered from memory before
         # anything else is decoded. Any other request goes straight to the insert-or-fetch
         # of record_inbound, which returns the stored answer of a retry first answered
