@@ -7,7 +7,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.models import InboundMessage, InboundRecord, StoredMessage, StoredResponse
+from bridge.models import (
+    InboundMessage,
+    InboundRecord,
+    SendRequest,
+    StoredMessage,
+    StoredResponse,
+)
 
 FINAL_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
 
@@ -26,6 +32,21 @@ def aggregate_status(part_statuses: Sequence[str]) -> str:
     if part_statuses and all(s in FINAL_STATUSES for s in part_statuses):
         return "unknown"
     return "sent"
+
+
+def options_json(req: SendRequest) -> str:
+    """The per-message options of a send request, as both engines store them."""
+    return json.dumps({
+        "originator": req.originator,
+        "flash": req.flash,
+        "max_parts": req.max_parts,
+        "not_before": req.not_before,
+        "validity": req.validity,
+        "transliterate": req.transliterate,
+        "two_byte_concat": req.two_byte_concat,
+        "push_id": req.push_id,
+        "fallbacks": list(req.fallbacks),
+    })
 
 
 def inbound_content_hash(message: InboundMessage) -> str:

@@ -55,6 +55,7 @@ from bridge.store.common import (
     SCRIPT_COLUMNS,
     aggregate_status,
     inbound_content_hash,
+    options_json,
     row_to_inbound,
     row_to_message,
     row_to_script,
@@ -675,7 +676,7 @@ class PostgresStore:
 
     @staticmethod
     async def _insert_message(conn: Conn, mail_id: int, req: SendRequest, now: float) -> int:
-        options = _options_json(req)
+        options = options_json(req)
         due = max(now, req.not_before or now)
         return int(await conn.fetchval(
             "WITH m AS ("
@@ -1295,20 +1296,6 @@ class PostgresStore:
         return await self._run(op, write=False)
 
 
-def _options_json(req: SendRequest) -> str:
-    return json.dumps({
-        "originator": req.originator,
-        "flash": req.flash,
-        "max_parts": req.max_parts,
-        "not_before": req.not_before,
-        "validity": req.validity,
-        "transliterate": req.transliterate,
-        "two_byte_concat": req.two_byte_concat,
-        "push_id": req.push_id,
-        "fallbacks": list(req.fallbacks),
-    })
-
-
 @dataclasses.dataclass(frozen=True)
 class _EnqueueRow:
     """One mail to enqueue (without a ``reply_to_email`` answer, which needs its message
@@ -1397,7 +1384,7 @@ async def _enqueue_rows(conn: Conn, rows: list[_EnqueueRow]) -> list[EnqueueResu
                 messages.append((
                     n, place, None if key is None else _key(key), _text(req.account),
                     _text(req.upstream), _text(req.phone), _text(req.text), req.parts,
-                    _text(req.encoding), _options_json(req),
+                    _text(req.encoding), options_json(req),
                     max(row.now, req.not_before or row.now)))
                 place += 1
 

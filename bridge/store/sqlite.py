@@ -49,6 +49,7 @@ from bridge.store.common import (
     SCRIPT_COLUMNS,
     aggregate_status,
     inbound_content_hash,
+    options_json,
     row_to_inbound,
     row_to_message,
     row_to_script,
@@ -448,17 +449,6 @@ class SqliteStore:
     def _insert_message(
         conn: sqlite3.Connection, mail_id: int | None, req: SendRequest, now: float
     ) -> int:
-        options = {
-            "originator": req.originator,
-            "flash": req.flash,
-            "max_parts": req.max_parts,
-            "not_before": req.not_before,
-            "validity": req.validity,
-            "transliterate": req.transliterate,
-            "two_byte_concat": req.two_byte_concat,
-            "push_id": req.push_id,
-            "fallbacks": list(req.fallbacks),
-        }
         due = max(now, req.not_before or now)
         message_id = conn.execute(
             "INSERT INTO messages (mail_id, account, upstream, phone, text, parts, encoding, "
@@ -466,7 +456,7 @@ class SqliteStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
             (
                 mail_id, req.account, req.upstream, req.phone, req.text, req.parts,
-                req.encoding, json.dumps(options), due, now, now,
+                req.encoding, options_json(req), due, now, now,
             ),
         ).lastrowid
         assert message_id is not None
