@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import urllib.parse
 
 import phonenumbers
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import IntakeError
+from bridge.inbound.parsing import unquote_bytes
 from bridge.parsing.mail import V2_FIELDS, parse_mail, parse_v2_body
 from bridge.parsing.phones import normalize_phone
 from bridge.parsing.text import GSM_BASIC, GSM_EXTENDED, count_segments
@@ -221,3 +223,11 @@ def test_normalize_phone_idempotent_for_all_outputs(raw: str) -> None:
     digits = _check_phone(raw)
     if digits is not None and not _ru_trunk_ambiguous(digits):
         assert normalize_phone(digits) == digits
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from([b"%", b"%4", b"%41", b"%e2", b"%F0%9F", b"zz", b"+", b"\xcf",
+                                 b"a", b"%%", b"%G1"]), max_size=30).map(b"".join)
+       | st.binary(max_size=60))
+def test_unquote_bytes_agrees_with_urllib(data: bytes) -> None:
+    assert unquote_bytes(data) == urllib.parse.unquote_to_bytes(data)

@@ -167,9 +167,10 @@ class InboundService:
             metrics.INBOUND_DUPLICATES.labels(kind=message.kind).inc()
         else:
             metrics.INBOUND.labels(kind=message.kind).inc()
-            log.info("inbound sms", extra={"inbound_id": record.id, "kind": message.kind,
-                                           "sms_id": message.sms_id, "jobs": len(jobs),
-                                           "routed": routed})
+            if log.isEnabledFor(logging.INFO):
+                log.info("inbound sms", extra={"inbound_id": record.id, "kind": message.kind,
+                                               "sms_id": message.sms_id, "jobs": len(jobs),
+                                               "routed": routed})
             if jobs:
                 self.on_forward(jobs)
         return record

@@ -251,11 +251,12 @@ class Dispatcher:
             functools.partial(self.store.mark_sent, message.id, self.owner, name,
                               receipt.provider_ids, now, now + interval if interval else None)
         )
-        log.info(
-            "sms sent",
-            extra={"message_id": message.id, "upstream": name, "parts": message.parts,
-                   "provider_ids": list(receipt.provider_ids)},
-        )
+        if log.isEnabledFor(logging.INFO):  # no per-message dict when the level is higher
+            log.info(
+                "sms sent",
+                extra={"message_id": message.id, "upstream": name, "parts": message.parts,
+                       "provider_ids": list(receipt.provider_ids)},
+            )
 
     async def _failed(self, message: StoredMessage, index: int, exc: UpstreamError,
                       chain: list[str]) -> None:

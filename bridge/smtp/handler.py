@@ -222,8 +222,9 @@ class IntakeHandler:
             self.on_mail_queued()
         ids = ",".join(str(i) for i in result.message_ids[:20])
         more = "…" if len(result.message_ids) > 20 else ""
-        log.info("mail queued", extra={"format": fmt, "messages": list(result.message_ids),
-                                       "mail_from": mail_from})
+        if log.isEnabledFor(logging.INFO):  # no per-mail dict when the level is higher
+            log.info("mail queued", extra={"format": fmt, "messages": list(result.message_ids),
+                                           "mail_from": mail_from})
         return f"250 2.0.0 Queued {len(result.message_ids)} messages: {ids}{more}"
 
     def _v2(
