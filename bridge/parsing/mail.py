@@ -130,19 +130,18 @@ def raw_headers_map(raw_headers: bytes) -> dict[bytes, bytes]:
     return headers
 
 
-def _raw_header(raw_headers: bytes, name: bytes) -> bytes | None:
-    """The unfolded raw value of the first header ``name`` (case-insensitive)."""
-    return raw_headers_map(raw_headers).get(name.lower())
-
-
 def decode_subject(raw_headers: bytes, legacy_charset: str) -> str:
-    """The Subject as text.
+    """The Subject of a raw header block as text (see :func:`decode_subject_value`)."""
+    return decode_subject_value(raw_headers_map(raw_headers).get(b"subject"), legacy_charset)
+
+
+def decode_subject_value(value: bytes | None, legacy_charset: str) -> str:
+    """The Subject's raw unfolded value as text.
 
     RFC 2047 encoded-words are decoded; raw 8-bit bytes (which ``policy.default`` silently turns
     into U+FFFD) are decoded as UTF-8 if valid, else with the account's legacy charset.
     Control characters are removed, so an encoded ``\\r\\nBcc:`` cannot reach a header or SMS.
     """
-    value = _raw_header(raw_headers, b"subject")
     if value is None:
         return ""
     text = decode_bytes(value, None, legacy_charset)
@@ -261,7 +260,7 @@ def parse_mail(raw: bytes, *, legacy_charset: str, max_header_bytes: int) -> Par
     if message_id_raw:
         message_id = strip_controls(message_id_raw.decode("ascii", errors="replace")).strip()[:998]
     return ParsedMail(
-        subject=decode_subject(raw_headers, legacy_charset),
+        subject=decode_subject_value(headers.get(b"subject"), legacy_charset),
         text=text,
         message_id=message_id or None,
         html_only=from_html,

@@ -21,6 +21,7 @@ GSM_BASIC = set(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM_EXTENDED = set("\f^{}\\[~]|€")
+_GSM_ALL = frozenset(GSM_BASIC | GSM_EXTENDED)
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class Segments:
 
 def count_segments(text: str, *, two_byte_concat: bool = False) -> Segments:
     """How many SMS parts ``text`` takes, and in which encoding."""
-    if all(ch in GSM_BASIC or ch in GSM_EXTENDED for ch in text):
-        units = sum(2 if ch in GSM_EXTENDED else 1 for ch in text)
+    chars = set(text)  # set operations rather than a Python step per character
+    if chars <= _GSM_ALL:
+        units = len(text) + sum(text.count(ch) for ch in chars & GSM_EXTENDED)
         single, multi, encoding = 160, 153, "gsm7"
     else:
         units = len(text.encode("utf-16-le")) // 2
