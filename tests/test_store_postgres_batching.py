@@ -70,3 +70,43 @@ async def test_a_failing_write_undoes_only_itself(pg_url: str) -> None:
     with pytest.raises(StoreUnavailable):
         await store.enqueue(env(None), [(None, [req("+79990000001")])], now=NOW,
                             dedup_window=WINDOW)
+
+
+async def test_a_row_refused_inside_a_combined_statement_fails_only_its_own_write(
+    pg_url: str,
+) -> None:
+    """Mails and inbound messages of one group share one statement; a row the server
+    refuses (here a part count beyond int4) sends the group's writes to run one by one, so
+    only that row's write fails."""
+    from bridge.models import ForwardJob, InboundMessage, StoredResponse
+    from bridge.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        def request(n: int) -> SendRequest:
+            return SendRequest(account="acc", upstream="up", phone=f"+7999{n:07d}", text="hi",
+                               parts=2**40 if n == 5 else 1, encoding="gsm7")
+
+        async def mail(n: int) -> object:
+            return await store.enqueue(env(f"<c{n}@x>"), [(f"<c{n}@x>|r", [request(n)])],
+                                       now=NOW, dedup_window=WINDOW)
+
+        async def sms(n: int) -> object:
+            message = InboundMessage(source="src", kind="mo", sms_id=f"s{n}", phone="7916",
+                                     text=f"t{n}", recipient=None, raw=b"", charset="utf-8")
+            return await store.record_inbound(
+                message, now=NOW, dedup_window=WINDOW, state="routed",
+                response=StoredResponse(200, b"OK", "text/plain"),
+                jobs=[ForwardJob("email", "desk@example.org", b"{}")], forward_deadline=NOW + 1)
+
+        results = await asyncio.gather(*(mail(n) for n in range(12)),
+                                       *(sms(n) for n in range(12)), return_exceptions=True)
+        failed = [n for n, r in enumerate(results) if isinstance(r, BaseException)]
+        assert failed == [5]
+        assert isinstance(results[5], StoreUnavailable)
+        assert len(await store.list_messages(limit=100)) == 11
+        assert len(await store.list_inbound(limit=100)) == 12
+        assert len(await store.list_forward_jobs(limit=100)) == 12
+    finally:
+        await store.close()
