@@ -425,9 +425,11 @@ class PostgresStore:
             conn.terminate()
 
     async def _run_group(self, slot: int, batch: list[_Op]) -> None:
-        """``batch`` in one transaction. No savepoints (a round trip each): operations fail
-        rarely, and when one does the transaction is rolled back and each operation of the
-        group runs again alone, in its own transaction, where its error is its own."""
+        """``batch`` in one transaction; the operations that can share a statement with
+        others of their kind (``run_many``) run as one statement per kind. No savepoints (a
+        round trip each): operations fail rarely, and when one does the transaction is
+        rolled back and each operation of the group runs again alone, in its own
+        transaction, where its error is its own."""
         results: list[Any] = [None] * len(batch)
         combined: dict[RunMany, list[int]] = {}
         for index, op in enumerate(batch):
@@ -1484,7 +1486,9 @@ async def _insert_inbound_rows(conn: Conn, rows: list[_InboundRow]) -> list[Inbo
 
 
 #: Combined operations that write with one statement (reads may follow it): a group made
-#: only of one of them runs without a transaction block.
+#: only of one of them runs without a transaction block. Should a read after the committed
+#: write fail, the operations run again alone and find their rows as repeats: nothing is
+#: written twice.
 _ONE_WRITE_STATEMENT: frozenset[RunMany] = frozenset({_insert_inbound_rows, _enqueue_rows})
 
 
