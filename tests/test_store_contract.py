@@ -566,6 +566,30 @@ async def test_bridge_id_is_stable(store: OutboxStore, store_url: str) -> None:
         await reopened.close()
 
 
+async def test_a_store_of_the_previous_schema_is_migrated_with_its_data(
+    store_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    engine = sys.modules[type(open_store(store_url)).__module__]
+    current = list(engine.MIGRATIONS)
+    monkeypatch.setattr(engine, "MIGRATIONS", current[:-1])
+    old = open_store(store_url)
+    await old.open()
+    first = await record(old, mo(None))
+    await old.close()
+    monkeypatch.setattr(engine, "MIGRATIONS", current)
+    upgraded = open_store(store_url)
+    await upgraded.open()
+    try:
+        again = await record(upgraded, mo(None), now=NOW + 10)
+        assert (again.id, again.duplicate) == (first.id, True)
+        assert not (await record(upgraded, mo("with-id"))).duplicate
+        assert len(await upgraded.list_inbound()) == 2
+    finally:
+        await upgraded.close()
+
+
 async def test_closed_store_is_unavailable(store: OutboxStore) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):

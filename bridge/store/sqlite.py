@@ -193,6 +193,13 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # The content index serves only messages without sms_id (the deduplication window):
+    # messages with one no longer pay for its entries.
+    """
+    DROP INDEX inbound_hash;
+    CREATE INDEX inbound_hash_noid ON inbound(source, content_hash, received_at)
+        WHERE sms_id IS NULL;
+    """,
 ]
 
 
