@@ -1,5 +1,5 @@
-"""``sms-bridge`` command line: serve, check-config, messages, mails, inbound, dead-letters,
-redeliver, migrate.
+"""``sms-bridge`` command line: serve, check-config, messages, mails, inbound, reports,
+dead-letters, redeliver, migrate.
 
 The only place that exits the process.
 """
@@ -173,6 +173,24 @@ async def _dead_letters(settings: Settings, limit: int) -> None:
                   f"{row['target']:30} attempts={row['attempts']}  {row['last_error'] or ''}")
 
 
+async def _reports(settings: Settings, limit: int, unmatched: bool, as_json: bool) -> None:
+    async with _opened_store(settings) as store:
+        rows = await store.list_delivery_reports(unmatched=unmatched, limit=limit)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    print(f"{len(rows)} {'unmatched ' if unmatched else ''}delivery report(s)")
+    print(f"{'id':>6}  {'received (UTC)':19}  {'source':12} {'provider id':24} {'message':>7}  "
+          "status")
+    for row in rows:
+        received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["received_at"]))
+        status = f"{row['status']} ({row['raw_status']})"
+        if row["error_code"]:
+            status += f" error {row['error_code']}"
+        print(f"{row['id']:>6}  {received}  {row['source']:12} {row['provider_id']:24} "
+              f"{row['message_id'] or '-':>7}  {status}")
+
+
 async def _redeliver(settings: Settings, ids: list[int], everything: bool) -> int:
     async with _opened_store(settings) as store:
         now = time.time()
@@ -207,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     inbound.add_argument("--limit", type=int, default=50)
     dead = commands.add_parser("dead-letters", help="list forwards that gave up")
     dead.add_argument("--limit", type=int, default=100)
+    reports = commands.add_parser("reports", help="list delivery reports, newest first")
+    reports.add_argument("--unmatched", action="store_true",
+                         help="only reports naming no message sent here")
+    reports.add_argument("--limit", type=int, default=100)
+    reports.add_argument("--json", action="store_true")
     redeliver = commands.add_parser("redeliver", help="queue dead letters again")
     redeliver.add_argument("ids", type=int, nargs="*", help="dead-letter ids")
     redeliver.add_argument("--all", action="store_true", help="every dead letter")
@@ -231,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_inbound(settings, args.limit))
     elif args.command == "dead-letters":
         asyncio.run(_dead_letters(settings, args.limit))
+    elif args.command == "reports":
+        asyncio.run(_reports(settings, args.limit, args.unmatched, args.json))
     elif args.command == "redeliver":
         if not args.ids and not args.all:
             parser.error("redeliver: give dead-letter ids or --all")

@@ -7,6 +7,7 @@ standing for two bridge instances) against one database at once.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -452,6 +453,38 @@ async def test_delivery_reports_matched_unmatched_and_early(store: OutboxStore) 
     assert await store.record_delivery_reports("prov", [
         DeliveryReport("p2", "undelivered", "UNDELIV")], NOW + 3) == 1
     assert await statuses(store, early_id) == ["queued", "sent", "undelivered", "undelivered"]
+    # Listed newest first; the unmatched ones alone on request.
+    listed = await store.list_delivery_reports()
+    assert [(r["provider_id"], r["message_id"]) for r in listed] == [
+        ("p2", early_id), ("p2", early_id), ("nobody", None), ("p1", message_id)]
+    assert (listed[1]["status"], listed[1]["raw_status"], listed[1]["error_code"],
+            listed[1]["source"], listed[1]["received_at"]) == (
+        "undelivered", "UNDELIV", 34, "prov", NOW + 1)
+    [unmatched] = await store.list_delivery_reports(unmatched=True)
+    assert unmatched["provider_id"] == "nobody"
+    assert len(await store.list_delivery_reports(limit=2)) == 2
+
+
+async def test_reports_command_lists_unmatched_reports(
+    store: OutboxStore, store_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridge.cli import main
+
+    await sent_message(store, ["p1"])
+    await store.record_delivery_reports("prov", [
+        DeliveryReport("p1", "delivered", "DELIVRD"),
+        DeliveryReport("lost-42", "undelivered", "UNDELIV", error_code=11)], NOW + 5)
+    monkeypatch.setenv("BRIDGE_STORE__URL", store_url)
+    monkeypatch.delenv("BRIDGE_CONFIG", raising=False)
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["reports", "--unmatched", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["provider_id"], row["message_id"], row["error_code"]) == ("lost-42", None, 11)
+    assert await asyncio.to_thread(main, ["reports"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("2 delivery report(s)")
+    assert "lost-42" in table and "undelivered (UNDELIV) error 11" in table
 
 
 async def test_multipart_status_aggregates_parts(store: OutboxStore) -> None:

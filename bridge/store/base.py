@@ -188,6 +188,13 @@ class OutboxStore(Protocol):
         self, source: str, reports: Sequence[DeliveryReport], now: float
     ) -> int: ...
 
+    async def list_delivery_reports(
+        self, *, unmatched: bool = False, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Delivery reports, newest first; ``unmatched``: only those whose provider id names
+        no message sent here (yet)."""
+        ...
+
     async def list_reply_scripts(self) -> list[dict[str, Any]]: ...
 
     async def save_reply_script(

@@ -65,6 +65,9 @@ MESSAGE_COLUMNS = (
 )
 # ``status`` filters of list_messages that name a provider status rather than an outbox one.
 DELIVERY_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
+REPORT_KEYS = ("id", "source", "provider_id", "message_id", "status", "raw_status",
+               "error_code", "received_at")
+REPORT_COLUMNS = ", ".join(REPORT_KEYS)
 INBOUND_COLUMNS = "id, state, response_status, response_body, response_type, received_at"
 SCRIPT_KEYS = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret",
                "created_at", "updated_at")

@@ -52,6 +52,8 @@ from bridge.store.common import (
     FINAL_STATUSES,
     INBOUND_COLUMNS,
     MESSAGE_COLUMNS,
+    REPORT_COLUMNS,
+    REPORT_KEYS,
     SCRIPT_COLUMNS,
     aggregate_status,
     inbound_content_hash,
@@ -919,6 +921,21 @@ class PostgresStore:
             keys = ("id", "kind", "mail_to", "status", "attempts", "last_error", "created_at",
                     "content")
             return [dict(zip(keys, tuple(row), strict=True)) for row in rows]
+
+        return await self._run(op, write=False)
+
+    async def list_delivery_reports(
+        self, *, unmatched: bool = False, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        where = "WHERE message_id IS NULL " if unmatched else ""
+
+        async def op(conn: Conn) -> list[dict[str, Any]]:
+            rows = await conn.fetch(
+                f"SELECT {REPORT_COLUMNS} FROM delivery_reports {where}ORDER BY id DESC "
+                "LIMIT $1",
+                limit,
+            )
+            return [dict(zip(REPORT_KEYS, tuple(row), strict=True)) for row in rows]
 
         return await self._run(op, write=False)
 

@@ -46,6 +46,8 @@ from bridge.store.common import (
     FINAL_STATUSES,
     INBOUND_COLUMNS,
     MESSAGE_COLUMNS,
+    REPORT_COLUMNS,
+    REPORT_KEYS,
     SCRIPT_COLUMNS,
     aggregate_status,
     inbound_content_hash,
@@ -728,6 +730,20 @@ class SqliteStore:
             keys = ("id", "kind", "mail_to", "status", "attempts", "last_error", "created_at",
                     "content")
             return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self._read(op)
+
+    async def list_delivery_reports(
+        self, *, unmatched: bool = False, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        where = "WHERE message_id IS NULL " if unmatched else ""
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT {REPORT_COLUMNS} FROM delivery_reports {where}ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [dict(zip(REPORT_KEYS, row, strict=True)) for row in rows]
 
         return await self._read(op)
 
