@@ -1,5 +1,5 @@
 """``sms-bridge`` command line: serve, check-config, messages, mails, inbound, reports,
-dead-letters, redeliver, migrate.
+balance, dead-letters, redeliver, migrate.
 
 The only place that exits the process.
 """
@@ -191,6 +191,42 @@ async def _reports(settings: Settings, limit: int, unmatched: bool, as_json: boo
               f"{row['message_id'] or '-':>7}  {status}")
 
 
+async def _balance(settings: Settings, names: list[str]) -> int:
+    """Each named (default: every configured) upstream's account balance, asked of the
+    provider now; 1 when one could not be read."""
+    import httpx
+
+    from bridge.errors import UpstreamError
+    from bridge.upstreams import registry
+    from bridge.upstreams.base import BalanceQuery
+
+    unknown = [name for name in names if name not in settings.upstreams]
+    if unknown:
+        print(f"no such upstream: {', '.join(unknown)} "
+              f"(configured: {', '.join(sorted(settings.upstreams))})", file=sys.stderr)
+        return 2
+    failed = False
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False,
+                                 headers={"User-Agent": "sms-bridge"}) as client:
+        for name in names or sorted(settings.upstreams):
+            config = settings.upstreams[name]
+            upstream = registry.build(name, config, client)
+            try:
+                if not isinstance(upstream, BalanceQuery):
+                    print(f"{name:16} {config.kind:16} -  (this provider offers no balance query)")
+                    continue
+                try:
+                    value = await upstream.balance()
+                except UpstreamError as exc:
+                    failed = True
+                    print(f"{name:16} {config.kind:16} ?  ({exc})")
+                    continue
+                print(f"{name:16} {config.kind:16} {value}")
+            finally:
+                await upstream.aclose()
+    return 1 if failed else 0
+
+
 async def _redeliver(settings: Settings, ids: list[int], everything: bool) -> int:
     async with _opened_store(settings) as store:
         now = time.time()
@@ -225,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     inbound.add_argument("--limit", type=int, default=50)
     dead = commands.add_parser("dead-letters", help="list forwards that gave up")
     dead.add_argument("--limit", type=int, default=100)
+    balance = commands.add_parser("balance", help="ask the providers for the account balance")
+    balance.add_argument("upstreams", nargs="*", help="upstream names (default: all)")
     reports = commands.add_parser("reports", help="list delivery reports, newest first")
     reports.add_argument("--unmatched", action="store_true",
                          help="only reports naming no message sent here")
@@ -254,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_inbound(settings, args.limit))
     elif args.command == "dead-letters":
         asyncio.run(_dead_letters(settings, args.limit))
+    elif args.command == "balance":
+        return asyncio.run(_balance(settings, args.upstreams))
     elif args.command == "reports":
         asyncio.run(_reports(settings, args.limit, args.unmatched, args.json))
     elif args.command == "redeliver":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
@@ -92,6 +93,16 @@ class InboundPolling(Protocol):
         pass next time. The messages' ``source`` is the upstream's name; each must carry the
         provider's ``sms_id`` so that a message seen twice (around a restart) is recorded
         once. Raises an :class:`UpstreamError` when the provider cannot answer now."""
+        ...
+
+
+@runtime_checkable
+class BalanceQuery(Protocol):
+    """An upstream whose account balance can be asked for (``sms-bridge balance``)."""
+
+    async def balance(self) -> Decimal:
+        """The account's balance as the provider states it (it may be negative). Raises an
+        :class:`UpstreamError` when the provider cannot answer now."""
         ...
 
 

@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -491,11 +492,13 @@ class DevinoRestUpstream(HttpUpstream):
 
     # ------------------------------------------------------------------ balance
 
-    async def balance(self) -> float:
+    async def balance(self) -> Decimal:
         """``GET /User/Balance`` (line 103): the balance as a bare JSON number."""
         response = await self._call(1, "GET", "/User/Balance", [])
         try:
-            value = json.loads(response.content.decode("utf-8"))
-            return float(value)
+            value = json.loads(response.content.decode("utf-8"), parse_float=Decimal)
+            if isinstance(value, bool) or not isinstance(value, int | Decimal):
+                raise TypeError(f"not a number: {value!r}")
+            return Decimal(value)
         except (ValueError, TypeError) as exc:
             raise self._malformed("balance", ambiguous=False) from exc

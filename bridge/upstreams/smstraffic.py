@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 from xml.etree.ElementTree import Element
@@ -401,6 +402,20 @@ class SmsTrafficV1Upstream(HttpUpstream):
             done.extend((e.text or "").strip() for e in root.iter("sms_id") if e.text)
         return done
 
+    # -- balance --------------------------------------------------------------------------
+
+    async def balance(self) -> Decimal:
+        """``operation=account`` (002 line 1209): ``<reply><account>10025</account>``."""
+        body = await self._post(1, [*self._auth(), ("operation", "account")])
+        try:
+            root = _xml_root(body)
+            result = _v1_result(root)
+            if result is not None and result[0] != 0:
+                raise error_for_code(result[0], result[1], upstream=self.name)
+            return Decimal((root.findtext("account") or "").strip())
+        except (ValueError, InvalidOperation) as exc:
+            raise self._malformed(exc, ambiguous=False) from exc
+
     # -- InboundPolling -------------------------------------------------------------------
 
     async def poll_inbound(self, cursor: str | None) -> tuple[list[InboundMessage], str | None]:
@@ -520,6 +535,20 @@ class SmsTrafficV2Upstream(HttpUpstream):
             return reply.get("data")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TransientUpstreamError(f"{self.name}: malformed JSON reply",
+                                         "malformed") from exc
+
+    async def balance(self) -> Decimal:
+        """``GET /v2/account`` (002 line 583): ``data.account``, a string, may be negative."""
+        response = await self.request(1, "GET", "/v2/account", headers=self._headers())
+        try:
+            reply = response.json()
+            if not reply["success"]:
+                error = reply.get("error") or {}
+                raise error_for_code(int(error.get("code", 0) or 0),
+                                     str(error.get("message", "")), upstream=self.name)
+            return Decimal(str(reply["data"]["account"]).strip())
+        except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
+            raise TransientUpstreamError(f"{self.name}: malformed balance reply",
                                          "malformed") from exc
 
     async def poll_statuses(self, provider_ids: Sequence[str]) -> list[DeliveryReport]:

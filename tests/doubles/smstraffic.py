@@ -327,6 +327,8 @@ class SmsTrafficDouble(LoopbackDouble):
         self.incoming: list[IncomingSms] = []
         #: Ids marked ``Checked`` by set_checked requests, in order.
         self.checked: list[str] = []
+        #: What ``operation=account`` and ``GET /v2/account`` answer (spec l. 1209, l. 583).
+        self.account_balance = "10025"
         #: SOAP: phones answered ``ProcessResult=Unroutable`` (spec l. 1579-1583).
         self.unroutable: set[str] = set()
         #: SOAP ``GetBalance`` answer (``Amount``, spec l. 1730-1766).
@@ -352,6 +354,7 @@ class SmsTrafficDouble(LoopbackDouble):
         app.router.add_route("*", "/v2/send", self._handle_v2_send)
         app.router.add_route("*", "/v2/statuses/list", self._handle_v2_statuses)
         app.router.add_route("*", "/v2/statuses/checked", self._handle_v2_checked)
+        app.router.add_route("*", "/v2/account", self._handle_v2_account)
         app.router.add_route("*", "/soap.php", self._handle_soap)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
 
@@ -595,6 +598,12 @@ class SmsTrafficDouble(LoopbackDouble):
                 response = self._v1_set_checked(form)
             elif operation == "incoming":
                 response = self._v1_incoming(form)
+            elif operation == "account":
+                # Spec l. 1209-1240: <reply><account>10025</account></reply>.
+                response = web.Response(
+                    text=f'<?xml version="1.0" ?>\n<reply>\n  <account>'
+                         f"{self.account_balance}</account>\n</reply>\n",
+                    content_type="text/xml")
             else:
                 raise _V1Error(404, f"Unsupported operation: {operation}")
         except _V1Error as exc:
@@ -875,6 +884,17 @@ class SmsTrafficDouble(LoopbackDouble):
                 item["statusExtended"] = {"code": int(record.error), "description": "error"}
             data.append(item)
         return _v2_json({"success": True, "data": data})
+
+    async def _handle_v2_account(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v2/account`` without parameters (spec l. 583-612): ``data.account``."""
+        await self._record(request, {}, None)
+        if request.method != "GET":
+            return web.Response(status=405, text="405 Method Not Allowed")
+        try:
+            self._v2_auth(request)
+        except _V2Error as exc:
+            return _v2_json(_v2_error_body(exc.code, exc.message), exc.http_status)
+        return _v2_json({"success": True, "data": {"account": self.account_balance}})
 
     async def _handle_v2_checked(self, request: web.Request) -> web.StreamResponse:
         """``POST /v2/statuses/checked`` (spec l. 501-566): a JSON array of ids; ``updated``
