@@ -20,6 +20,9 @@ INBOUND_REJECTED = Counter("bridge_inbound_rejected_total", "Inbound requests re
                            ["reason"])
 INBOUND_DUPLICATES = Counter("bridge_inbound_duplicates_total",
                              "Repeated sms_id (or content) given the first answer again", ["kind"])
+INBOUND_CONFLICTS = Counter("bridge_inbound_conflicting_repeats_total",
+                            "Repeated sms_id with other content (answered as a repeat, logged)",
+                            ["kind"])
 DELIVERY_REPORTS = Counter("bridge_delivery_reports_total", "Delivery reports received",
                            ["matched"])
 FORWARDS = Counter("bridge_forwards_total", "Forwarding attempts", ["kind", "outcome"])

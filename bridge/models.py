@@ -138,6 +138,7 @@ class InboundRecord:
     state: str  # "routed", "unrouted", "pending" (reply script running), "answered"
     response: StoredResponse | None
     received_at: float
+    content_hash: str = ""  # of the stored message: a repeat with other content shows
 
 
 @dataclass(frozen=True)

@@ -213,13 +213,40 @@ def test_answer_cache_keeps_the_latest_answers() -> None:
     cache = AnswerCache(2)
     answers = [StoredResponse(200, str(n).encode(), "text/plain") for n in range(3)]
     for n, answer in enumerate(answers):
-        cache.put("st", f"id-{n}", answer)
-    cache.put("st", None, answers[0])  # no sms_id: nothing to key on
-    cache.put("st", "pending", None)  # no final answer yet
+        cache.put("st", f"id-{n}", answer, b"raw-%d" % n)
+    cache.put("st", None, answers[0], b"x")  # no sms_id: nothing to key on
+    cache.put("st", "pending", None, b"x")  # no final answer yet
     assert len(cache) == 2
-    assert cache.get("st", "id-0") is None
-    assert cache.get("st", "id-2") is answers[2] and cache.get("other", "id-2") is None
-    assert cache.get("st", "pending") is None
+    assert cache.get("st", "id-0", b"raw-0") is None
+    assert cache.get("st", "id-2", b"raw-2") is answers[2]
+    assert cache.get("other", "id-2", b"raw-2") is None
+    assert cache.get("st", "id-2", b"other bytes") is None  # not the same request
+    assert cache.get("st", "pending", b"x") is None
+
+
+async def test_a_repeated_sms_id_with_other_content_is_logged_and_answered_as_a_repeat(
+    bridge_factory: BridgeFactory, mailbox: MailboxDouble, hook: HttpReceiver,
+    script: HttpReceiver, caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = await start(bridge_factory, mailbox, hook, script)
+    mo = url(bridge, "/in/st/src-secret/mo")
+    first = {"phone": "79161234567", "message": "first text", "sms_id": "reused"}
+    async with httpx.AsyncClient() as client:
+        answers = [await client.get(mo, params=first)]
+        answers.append(await client.get(mo, params=first))  # a plain retry
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bridge.inbound.views"):
+            # Logged once per conflicting request: its own retries are answered from memory.
+            for text in ("other", "other", "third"):
+                answers.append(await client.get(mo, params={**first, "message": text}))
+        metrics_text = (await client.get(url(bridge, "/metrics"))).text
+    assert {(a.status_code, a.content) for a in answers} == {(200, b"OK")}
+    warnings = [r for r in caplog.records if "other content" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[0].sms_id == "reused"  # type: ignore[attr-defined]
+    assert 'bridge_inbound_conflicting_repeats_total{kind="mo"} 2.0' in metrics_text
+    await wait_delivered(bridge, 2)
+    assert rows(bridge, "SELECT COUNT(*), MIN(text) FROM inbound") == [(1, "first text")]
+    assert len(hook.requests) == 1 and len(mailbox.mails) == 1
 
 
 async def test_without_sms_id_the_same_content_within_the_window_is_one_message(

@@ -6,6 +6,11 @@ once, by the first caller to complete it), so a copy held in memory can never di
 the store. A provider's retry that reaches the process which answered first is then answered
 without a store read; one that reaches another instance, or comes after eviction, reads the
 store as before. Only committed, final answers go in.
+
+Each answer is kept with the raw parameters of its request: a retry carries the same bytes
+(002 line 1897's template: ``message``, ``phone``, ``sms_id``). A repeat with other bytes is
+not answered from here but goes the store's way, where a repeat with other content is
+noticed (and still gets the first answer).
 """
 
 from __future__ import annotations
@@ -19,18 +24,21 @@ class AnswerCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._answers: dict[tuple[str, str], StoredResponse] = {}
+        self._answers: dict[tuple[str, str], tuple[StoredResponse, bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._answers)
 
-    def get(self, source: str, sms_id: str) -> StoredResponse | None:
-        return self._answers.get((source, sms_id))
+    def get(self, source: str, sms_id: str, raw: bytes) -> StoredResponse | None:
+        """The first answer to ``sms_id``, if this is a retry of the very same request."""
+        kept = self._answers.get((source, sms_id))
+        return kept[0] if kept is not None and kept[1] == raw else None
 
-    def put(self, source: str, sms_id: str | None, answer: StoredResponse | None) -> None:
+    def put(self, source: str, sms_id: str | None, answer: StoredResponse | None,
+            raw: bytes) -> None:
         if sms_id is None or answer is None or self.size == 0:
             return
         answers = self._answers
-        answers[(source, sms_id)] = answer
+        answers[(source, sms_id)] = (answer, raw)
         if len(answers) > self.size:
             del answers[next(iter(answers))]

@@ -47,6 +47,7 @@ from bridge.relays.forward import plan_forwarding
 from bridge.relays.replies import call_reply_script
 from bridge.settings import InboundSourceSettings, ReplyScriptSettings, Settings
 from bridge.store.base import OutboxStore
+from bridge.store.common import inbound_content_hash
 from bridge.upstreams.registry import dlr_parser
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class InboundService:
         # elsewhere: no store read ahead of every new message.
         sms_id = peek_sms_id(raw)
         if sms_id is not None:
-            answer = self.answers.get(name, sms_id)
+            answer = self.answers.get(name, sms_id, raw)
             if answer is not None:
                 DUPLICATE_MO.inc()
                 return stored(answer)
@@ -137,7 +138,7 @@ class InboundService:
         message = parse_mo(name, decode_params(raw, charset), raw)
         record = await self._record(message, "routed", OK_RESPONSE, looked_up=True)
         answer = record.response or OK_RESPONSE
-        self.answers.put(name, message.sms_id, answer)
+        self.answers.put(name, message.sms_id, answer, raw)
         return stored(answer)
 
     async def accept_polled(self, message: InboundMessage) -> InboundRecord:
@@ -153,7 +154,7 @@ class InboundService:
             # A replay is answered from a store read, without building the forwarding jobs.
             earlier = await self.store.get_inbound(message.source, message.sms_id)
             if earlier is not None:
-                metrics.INBOUND_DUPLICATES.labels(kind=message.kind).inc()
+                self._repeated(message, earlier)
                 return earlier
         jobs, routed = plan_forwarding(self.settings, message, now)
         if state == "routed" and not routed:
@@ -164,7 +165,7 @@ class InboundService:
             response=response, jobs=jobs, forward_deadline=now + config.forward_retry_period,
         )
         if record.duplicate:
-            metrics.INBOUND_DUPLICATES.labels(kind=message.kind).inc()
+            self._repeated(message, record)
         else:
             metrics.INBOUND.labels(kind=message.kind).inc()
             if log.isEnabledFor(logging.INFO):
@@ -174,6 +175,19 @@ class InboundService:
             if jobs:
                 self.on_forward(jobs)
         return record
+
+    @staticmethod
+    def _repeated(message: InboundMessage, earlier: InboundRecord) -> None:
+        """A repeat gets the first answer and forwards nothing (002 line 1897). One whose
+        sms_id comes back with other content is most likely a provider reusing ids: it is
+        logged and counted, so that the message it drops does not go unnoticed."""
+        metrics.INBOUND_DUPLICATES.labels(kind=message.kind).inc()
+        if message.sms_id is not None and earlier.content_hash \
+                and earlier.content_hash != inbound_content_hash(message):
+            metrics.INBOUND_CONFLICTS.labels(kind=message.kind).inc()
+            log.warning("sms_id repeated with other content: answered as a repeat, not forwarded",
+                        extra={"inbound_id": earlier.id, "source": message.source,
+                               "sms_id": message.sms_id, "phone": message.phone})
 
     # -- short codes --------------------------------------------------------------------------
 
@@ -201,7 +215,7 @@ class InboundService:
     ) -> StoredResponse:
         key = (message.source, message.sms_id or "")
         if message.sms_id is not None:
-            answer = self.answers.get(*key)
+            answer = self.answers.get(*key, message.raw)
             if answer is not None:
                 metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
                 return answer
@@ -217,7 +231,7 @@ class InboundService:
                 result = record.response
             else:
                 result = await self._run_script(record, message, source)
-            self.answers.put(message.source, message.sms_id, result)
+            self.answers.put(message.source, message.sms_id, result, message.raw)
             future.set_result(result)
             return result
         except BaseException as exc:

@@ -68,7 +68,9 @@ DELIVERY_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected"
 REPORT_KEYS = ("id", "source", "provider_id", "message_id", "status", "raw_status",
                "error_code", "received_at")
 REPORT_COLUMNS = ", ".join(REPORT_KEYS)
-INBOUND_COLUMNS = "id, state, response_status, response_body, response_type, received_at"
+INBOUND_COLUMNS = (
+    "id, state, response_status, response_body, response_type, received_at, content_hash"
+)
 SCRIPT_KEYS = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret",
                "created_at", "updated_at")
 SCRIPT_COLUMNS = ", ".join(SCRIPT_KEYS)
@@ -100,7 +102,8 @@ def row_to_inbound(row: Sequence[Any], *, duplicate: bool) -> InboundRecord:
     response = None
     if row[2] is not None:
         response = StoredResponse(int(row[2]), bytes(row[3] or b""), str(row[4]))
-    return InboundRecord(int(row[0]), duplicate, str(row[1]), response, float(row[5]))
+    return InboundRecord(int(row[0]), duplicate, str(row[1]), response, float(row[5]),
+                         str(row[6]))
 
 
 def row_to_script(row: Sequence[Any]) -> dict[str, Any]:

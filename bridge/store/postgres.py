@@ -981,7 +981,7 @@ class PostgresStore:
                  response.status if response else None, response.body if response else None,
                  response.content_type if response else None, now, forward_deadline),
                 [(_text(job.kind), _text(job.target), job.payload) for job in jobs],
-                InboundRecord(0, False, state, response, now),
+                InboundRecord(0, False, state, response, now, content_hash),
             )
 
         if message.sms_id is not None:

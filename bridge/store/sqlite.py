@@ -823,7 +823,7 @@ class SqliteStore:
                 [(inbound_id, job.kind, job.target, job.payload, now, now, forward_deadline)
                  for job in jobs],
             )
-            return InboundRecord(inbound_id, False, state, response, now)
+            return InboundRecord(inbound_id, False, state, response, now, content_hash)
 
         return await self._call(op)
 
