@@ -42,7 +42,7 @@ Run
     inbound); the medians are compared. The others run once. ``--postgres-url`` names the
     PostgreSQL server and an admin database to connect to (default
     ``postgresql://postgres@127.0.0.1:5432/postgres``, or ``BENCH_POSTGRES``). ``--quick``
-    uses smaller sizes and one round (a smoke test). The whole profile takes about 8 minutes
+    uses smaller sizes and one round (a smoke test). The whole profile takes about 5-6 minutes
     on 2 cores. The exit status is 0 only if every target and every check passes.
 """
 

@@ -19,7 +19,7 @@ from bridge.outbox.leases import make_owner, owner_is_dead
 from bridge.outbox.polling import InboundPoller, StatusPoller
 from bridge.relays.email import MailRelay, build_bounce
 from bridge.relays.forward import ForwardWorker
-from bridge.settings import Settings
+from bridge.settings import Settings, redact_url
 from bridge.smtp.handler import IntakeHandler
 from bridge.smtp.server import start_smtp_server
 from bridge.store import OutboxStore, open_store
@@ -130,7 +130,8 @@ class Bridge:
             "sms-bridge started",
             extra={"smtp": f"{settings.smtp.host}:{self.smtp_port}",
                    "http": f"{settings.http.host}:{self.http_port}",
-                   "store": settings.store.url, "upstreams": sorted(self.upstreams)},
+                   "store": redact_url(settings.store.url),
+                   "upstreams": sorted(self.upstreams)},
         )
 
     async def _housekeeping(self) -> None:

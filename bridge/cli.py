@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bridge.errors import StoreUnavailable
 from bridge.logs import setup_logging
-from bridge.settings import Settings, load_settings, masked_dump
+from bridge.settings import Settings, load_settings, masked_dump, redact_url
 from bridge.store.base import OutboxStore
 
 
@@ -102,12 +103,15 @@ async def _serve(settings: Settings, *, reuse_port: bool = False) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _opened_store(settings: Settings) -> AsyncIterator[OutboxStore]:
-    """The configured store, opened (migrations applied) for one command, then closed."""
+async def _opened_store(settings: Settings, *, migrate: bool = False
+                        ) -> AsyncIterator[OutboxStore]:
+    """The configured store, opened for one command, then closed. Only ``migrate`` creates or
+    upgrades the schema: a command that reads (run in the wrong directory, or by a newer
+    sms-bridge than the servers) must not create an empty store or migrate a shared one."""
     from bridge.store import open_store
 
     store = open_store(settings.store.url, busy_timeout=settings.store.busy_timeout)
-    await store.open()
+    await store.open(migrate=migrate)
     try:
         yield store
     finally:
@@ -202,7 +206,7 @@ async def _balance(settings: Settings, names: list[str]) -> int:
 
     unknown = [name for name in names if name not in settings.upstreams]
     if unknown:
-        print(f"no such upstream: {', '.join(unknown)} "
+        print(f"sms-bridge: no such upstream: {', '.join(unknown)} "
               f"(configured: {', '.join(sorted(settings.upstreams))})", file=sys.stderr)
         return 2
     failed = False
@@ -237,9 +241,9 @@ async def _redeliver(settings: Settings, ids: list[int], everything: bool) -> in
 
 
 async def _migrate(settings: Settings) -> None:
-    async with _opened_store(settings):  # opening applies the migrations
+    async with _opened_store(settings, migrate=True):  # opening applies the migrations
         pass
-    print(f"store {settings.store.url} is up to date")
+    print(f"store {redact_url(settings.store.url)} is up to date")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,27 +283,32 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
         return 0
     setup_logging(settings.log_level, settings.log_format, access_log=settings.http.access_log)
-    if args.command == "serve":
-        if args.workers > 1:
-            return _serve_workers(settings, args.config or os.environ.get("BRIDGE_CONFIG"),
-                                  args.workers)
-        asyncio.run(_serve(settings))
-    elif args.command == "messages":
-        asyncio.run(_messages(settings, args.limit, args.status, args.json))
-    elif args.command == "mails":
-        asyncio.run(_mails(settings, args.limit))
-    elif args.command == "inbound":
-        asyncio.run(_inbound(settings, args.limit))
-    elif args.command == "dead-letters":
-        asyncio.run(_dead_letters(settings, args.limit))
-    elif args.command == "balance":
-        return asyncio.run(_balance(settings, args.upstreams))
-    elif args.command == "reports":
-        asyncio.run(_reports(settings, args.limit, args.unmatched, args.json))
-    elif args.command == "redeliver":
-        if not args.ids and not args.all:
-            parser.error("redeliver: give dead-letter ids or --all")
-        asyncio.run(_redeliver(settings, args.ids, args.all))
-    elif args.command == "migrate":
-        asyncio.run(_migrate(settings))
+    try:
+        if args.command == "serve":
+            if args.workers > 1:
+                return _serve_workers(settings, args.config or os.environ.get("BRIDGE_CONFIG"),
+                                      args.workers)
+            asyncio.run(_serve(settings))
+        elif args.command == "messages":
+            asyncio.run(_messages(settings, args.limit, args.status, args.json))
+        elif args.command == "mails":
+            asyncio.run(_mails(settings, args.limit))
+        elif args.command == "inbound":
+            asyncio.run(_inbound(settings, args.limit))
+        elif args.command == "dead-letters":
+            asyncio.run(_dead_letters(settings, args.limit))
+        elif args.command == "balance":
+            return asyncio.run(_balance(settings, args.upstreams))
+        elif args.command == "reports":
+            asyncio.run(_reports(settings, args.limit, args.unmatched, args.json))
+        elif args.command == "redeliver":
+            if not args.ids and not args.all:
+                parser.error("redeliver: give dead-letter ids or --all")
+            asyncio.run(_redeliver(settings, args.ids, args.all))
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings))
+    except StoreUnavailable as exc:
+        # A store that cannot be reached, or whose schema does not fit: one line, no trace.
+        print(f"sms-bridge: {exc}", file=sys.stderr)
+        return 1
     return 0

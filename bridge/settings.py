@@ -378,14 +378,47 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
 _SECRET_MASK = "********"
 
 
+def _secrets(value: Any) -> set[str]:
+    """Every secret value in a settings tree."""
+    if isinstance(value, SecretStr):
+        return {value.get_secret_value()}
+    if isinstance(value, BaseModel):
+        return set().union(*(_secrets(getattr(value, k)) for k in type(value).model_fields))
+    if isinstance(value, dict | list):
+        return set().union(*(_secrets(v) for v in (value.values() if isinstance(value, dict)
+                                                     else value)))
+    return set()
+
+
+def redact_url(url: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
+    """``url`` without the password of its user info (``postgresql://bridge:***@db/x``)
+    and without any of ``secrets`` (a source secret in a callback URL's path)."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            userinfo, _, host = authority.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            authority = f"{user}:{_SECRET_MASK}@{host}" if colon else f"{user}@{host}"
+        url = f"{scheme}{sep}{authority}{slash}{path}"
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            url = url.replace(secret, _SECRET_MASK)
+    return url
+
+
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration with every secret replaced by a mask (``check-config``)."""
+    """The effective configuration with every secret replaced by a mask (``check-config``);
+    URLs lose their passwords and any secret written into them."""
+    secrets = frozenset(_secrets(settings))
 
     def walk(value: Any) -> Any:
         if isinstance(value, SecretStr):
             return _SECRET_MASK
         if isinstance(value, BaseModel):
-            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+            return {k: redact_url(v, secrets) if k.endswith("url") and isinstance(v, str)
+                    else walk(v)
+                    for k, v in ((k, getattr(value, k)) for k in type(value).model_fields)}
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}
         if isinstance(value, list):

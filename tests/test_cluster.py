@@ -70,3 +70,21 @@ async def test_rate_limits_are_shared_out_among_live_processes(
         assert dispatcher._buckets["p"].rate == 2.5
         dispatcher.set_cluster_size(1)
         assert dispatcher._buckets["p"].rate == 10.0
+
+
+def test_lease_owners_of_a_predecessor_with_the_same_pid_are_dead() -> None:
+    """A restarted container often runs as the same PID (1) as the process before it: its
+    leases are that predecessor's, not this process's, and are taken over at once."""
+    import os
+    import socket
+
+    from bridge.outbox.leases import make_owner, owner_is_dead
+
+    host, pid = socket.gethostname(), os.getpid()
+    mine = make_owner()
+    assert not owner_is_dead(mine)
+    assert owner_is_dead(f"{host}:{pid}:0123abcd")  # same PID, not made here
+    assert not owner_is_dead(f"other-host:{pid}:0123abcd")  # another host: unknown
+    with open("/proc/sys/kernel/pid_max") as f:
+        unused = int(f.read()) + 1  # no process can have it
+    assert owner_is_dead(f"{host}:{unused}:0123abcd")

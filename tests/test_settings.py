@@ -103,3 +103,32 @@ def test_check_config_masks_secrets() -> None:
         assert secret not in result.stdout
     assert '"password": "demo"' not in result.stdout
     assert '"password": "********"' in result.stdout
+
+
+def test_check_config_and_migrate_hide_passwords_and_secrets_in_urls(tmp_path: Path) -> None:
+    """A PostgreSQL URL carries its password; a callback URL may carry a source secret in
+    its path. Neither is printed."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(f"""
+[store]
+url = "sqlite:///{tmp_path / 'store.sqlite3'}"
+[inbound.sources.st]
+secret = "path-secret-123"
+[upstreams.k]
+kind = "kcell"
+base_url = "http://user:basic-pw@provider.example"
+login = "acme"
+password = "pw-456"
+client_id = "acme-client"
+callback_url = "https://bridge.example/in/st/path-secret-123/dlr"
+""", encoding="utf-8")
+    result = run_cli("--config", str(config), "check-config",
+                     env={"BRIDGE_STORE__URL": "postgresql://bridge:pg-pass-789@db.example/x"})
+    assert result.returncode == 0, result.stderr
+    for secret in ("pg-pass-789", "basic-pw", "path-secret-123", "pw-456"):
+        assert secret not in result.stdout
+    assert '"url": "postgresql://bridge:********@db.example/x"' in result.stdout
+    assert '"callback_url": "https://bridge.example/in/st/********/dlr"' in result.stdout
+    migrated = run_cli("--config", str(config), "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "store sqlite:///" in migrated.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -485,6 +486,36 @@ async def test_reports_command_lists_unmatched_reports(
     table = capsys.readouterr().out
     assert table.startswith("2 delivery report(s)")
     assert "lost-42" in table and "undelivered (UNDELIV) error 11" in table
+
+
+async def test_read_commands_neither_create_nor_migrate_the_store(
+    store_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run in the wrong directory, or by a newer sms-bridge than the servers, a command that
+    only reads must not create an empty store or upgrade a shared one: it says what to do."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from bridge.cli import main
+
+    monkeypatch.setenv("BRIDGE_STORE__URL", store_url)
+    monkeypatch.delenv("BRIDGE_CONFIG", raising=False)
+    for command in (["reports"], ["messages"], ["inbound"], ["dead-letters"]):
+        assert await asyncio.to_thread(main, command) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("sms-bridge: ") and "sms-bridge migrate" in err
+        assert "Traceback" not in err and err.count("\n") == 1
+    if store_url.startswith("sqlite:///"):
+        assert not os.path.exists(store_url.removeprefix("sqlite:///"))  # noqa: ASYNC240
+    else:
+        conn = await asyncpg.connect(store_url)
+        try:
+            assert await conn.fetchval("SELECT to_regclass('schema_version')") is None
+        finally:
+            await conn.close()
+    assert await asyncio.to_thread(main, ["migrate"]) == 0
+    assert await asyncio.to_thread(main, ["reports"]) == 0
+    out = capsys.readouterr().out
+    assert "is up to date" in out and "0 delivery report(s)" in out
 
 
 async def test_multipart_status_aggregates_parts(store: OutboxStore) -> None:

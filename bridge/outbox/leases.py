@@ -11,9 +11,15 @@ import os
 import socket
 import uuid
 
+#: Owners made by this process. A restarted container often gets its predecessor's PID
+#: (PID 1): an owner with this process's PID that it did not make is that predecessor's.
+_MINE: set[str] = set()
+
 
 def make_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    _MINE.add(owner)
+    return owner
 
 
 def owner_is_dead(owner: str) -> bool:
@@ -24,7 +30,7 @@ def owner_is_dead(owner: str) -> bool:
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return False
+        return owner not in _MINE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -30,7 +30,11 @@ ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
 class OutboxStore(Protocol):
     """Outbox of SMS sends, their status history, and mails the bridge sends itself."""
 
-    async def open(self) -> None: ...
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect and bring the schema up to date; with ``migrate=False`` (the read-only
+        commands) a missing or older schema is refused with a message naming
+        ``sms-bridge migrate`` instead of being created or upgraded."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -550,7 +550,7 @@ class PostgresStore:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
         if self._pool is not None:
             return
         try:
@@ -566,7 +566,7 @@ class PostgresStore:
             raise StoreUnavailable(f"cannot connect to {self._where()}: {exc}") from exc
         self._pool = pool
         try:
-            await self._run(self._migrate)
+            await self._run(self._migrate if migrate else self._check_schema)
             for slot in range(_WRITERS):
                 await self._connect_writer(slot)
         except _UNAVAILABLE as exc:
@@ -581,6 +581,21 @@ class PostgresStore:
         self._writers = [asyncio.create_task(self._writer(self._queue, slot),
                                              name=f"postgres-store-writer-{slot}")
                          for slot in range(_WRITERS)]
+
+    async def _check_schema(self, conn: Conn) -> None:
+        """For the read-only commands: the schema must be this code's, untouched."""
+        version = 0
+        if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+            version = int(await conn.fetchval("SELECT version FROM schema_version") or 0)
+        if version == len(MIGRATIONS):
+            return
+        if version > len(MIGRATIONS):
+            raise StoreUnavailable(
+                f"the store {self._where()} has schema version {version}, newer than this "
+                f"sms-bridge knows ({len(MIGRATIONS)}); upgrade sms-bridge")
+        raise StoreUnavailable(
+            f"the store {self._where()} has schema version {version}, older than this "
+            f"sms-bridge's ({len(MIGRATIONS)}); run `sms-bridge migrate`")
 
     async def _migrate(self, conn: Conn) -> None:
         # Instances starting together wait here for each other; the lock ends with the

@@ -348,12 +348,15 @@ class SqliteStore:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
         if self._thread is not None:
             return
+        if not migrate and not await asyncio.to_thread(Path(self.path).is_file):
+            raise StoreUnavailable(f"no store at {self.path}: run `sms-bridge migrate` (or "
+                                   "serve) with this configuration first")
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(self._connect)
-        await asyncio.to_thread(self._migrate, conn)
+        await asyncio.to_thread(self._migrate, conn, migrate)
         # From now on the writer waits for the lock itself (see _begin).
         await asyncio.to_thread(conn.execute, "PRAGMA busy_timeout = 0")
         self._thread = threading.Thread(
@@ -370,7 +373,7 @@ class SqliteStore:
         conn.execute("PRAGMA query_only = 1")
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection, migrate: bool = True) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -378,6 +381,11 @@ class SqliteStore:
                 raise StoreUnavailable(
                     f"the store {self.path} has schema version {version}, newer than this "
                     f"sms-bridge knows ({len(MIGRATIONS)}); upgrade sms-bridge"
+                )
+            if version < len(MIGRATIONS) and not migrate:
+                raise StoreUnavailable(
+                    f"the store {self.path} has schema version {version}, older than this "
+                    f"sms-bridge's ({len(MIGRATIONS)}); run `sms-bridge migrate`"
                 )
             for number in range(version, len(MIGRATIONS)):
                 for statement in MIGRATIONS[number].split(";"):
