@@ -232,18 +232,35 @@ async def _balance(settings: Settings, names: list[str]) -> int:
 
 
 async def _redeliver(settings: Settings, ids: list[int], everything: bool) -> int:
+    """Queue dead letters again; 1 when an id given is not a dead letter (mistyped, or
+    queued again already)."""
     async with _opened_store(settings) as store:
         now = time.time()
+        missing: list[int] = []
+        if not everything:
+            dead = {row["id"] for row in await store.list_forward_jobs(status="dead",
+                                                                       limit=1_000_000)}
+            missing = [job_id for job_id in ids if job_id not in dead]
         count = await store.redeliver(None if everything else ids, now,
                                       now + settings.inbound.forward_retry_period)
     print(f"{count} dead letter(s) queued again")
-    return count
+    if missing:
+        print(f"sms-bridge: not dead letters: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _migrate(settings: Settings) -> None:
     async with _opened_store(settings, migrate=True):  # opening applies the migrations
         pass
     print(f"store {redact_url(settings.store.url)} is up to date")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,22 +272,22 @@ def main(argv: list[str] | None = None) -> int:
                        help="processes sharing the ports (SO_REUSEPORT); default 1")
     commands.add_parser("check-config", help="print the effective configuration, secrets masked")
     messages = commands.add_parser("messages", help="list outbound SMS and their status")
-    messages.add_argument("--limit", type=int, default=50)
+    messages.add_argument("--limit", type=_positive, default=50)
     messages.add_argument("--status", choices=["queued", "sending", "sent", "failed", "delivered",
                                                "undelivered", "expired", "rejected", "unknown"])
     messages.add_argument("--json", action="store_true", help="with status history")
     mails = commands.add_parser("mails", help="list mails the bridge sends (bounces, replies)")
-    mails.add_argument("--limit", type=int, default=50)
+    mails.add_argument("--limit", type=_positive, default=50)
     inbound = commands.add_parser("inbound", help="list inbound SMS and short-code hits")
-    inbound.add_argument("--limit", type=int, default=50)
+    inbound.add_argument("--limit", type=_positive, default=50)
     dead = commands.add_parser("dead-letters", help="list forwards that gave up")
-    dead.add_argument("--limit", type=int, default=100)
+    dead.add_argument("--limit", type=_positive, default=100)
     balance = commands.add_parser("balance", help="ask the providers for the account balance")
     balance.add_argument("upstreams", nargs="*", help="upstream names (default: all)")
     reports = commands.add_parser("reports", help="list delivery reports, newest first")
     reports.add_argument("--unmatched", action="store_true",
                          help="only reports naming no message sent here")
-    reports.add_argument("--limit", type=int, default=100)
+    reports.add_argument("--limit", type=_positive, default=100)
     reports.add_argument("--json", action="store_true")
     redeliver = commands.add_parser("redeliver", help="queue dead letters again")
     redeliver.add_argument("ids", type=int, nargs="*", help="dead-letter ids")
@@ -304,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "redeliver":
             if not args.ids and not args.all:
                 parser.error("redeliver: give dead-letter ids or --all")
-            asyncio.run(_redeliver(settings, args.ids, args.all))
+            return asyncio.run(_redeliver(settings, args.ids, args.all))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
     except StoreUnavailable as exc:

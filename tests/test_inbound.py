@@ -445,6 +445,11 @@ async def test_dead_letters_are_listed_and_redelivered(
             patch.setenv(key, value)
         assert await asyncio.to_thread(main, ["dead-letters"]) == 0
         assert await asyncio.to_thread(main, ["redeliver", "--all"]) == 0
+        # An id that is not a dead letter (mistyped, or queued again already) is said so.
+        assert await asyncio.to_thread(main, ["redeliver", "999999"]) == 1
+        with pytest.raises(SystemExit) as refused:
+            await asyncio.to_thread(main, ["dead-letters", "--limit", "0"])
+        assert refused.value.code == 2
     bridge.forwarder.wake()  # type: ignore[union-attr]
     await hook.wait_for(failed_calls + 1)
     await wait_delivered(bridge, 1)
