@@ -188,8 +188,8 @@ def _cpu_per_op(rounds: list[dict[str, Any]], mode: str | None = None) -> str:
     and bare, each the median over the rounds: what each side spends, whichever side of the
     loopback set the pace."""
     def median(side: str) -> float | None:
-        values = sorted(rnd[side]["server_cpu_s"] / rnd[side]["ok"] * 1e6 for rnd in rounds
-                        if (mode is None or rnd.get("mode") == mode) and rnd[side].get("ok"))
+        values = [rnd[side]["server_cpu_s"] / rnd[side]["ok"] * 1e6 for rnd in rounds
+                  if (mode is None or rnd.get("mode") == mode) and rnd[side].get("ok")]
         return statistics.median(values) if values else None
 
     bridge, bare = median("bridge"), median("bare")

@@ -24,7 +24,7 @@ from bridge.smtp.handler import IntakeHandler
 from bridge.smtp.server import start_smtp_server
 from bridge.store import OutboxStore, open_store
 from bridge.upstreams import registry
-from bridge.upstreams.base import Upstream
+from bridge.upstreams.base import Upstream, provider_client
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,7 @@ class Bridge:
         settings = self.settings
         await self.store.open()
         bridge_id = await self.store.bridge_id()
-        # trust_env=False: a proxy from the environment must not silently carry provider
-        # traffic and credentials elsewhere (notes/pitfalls.md).
-        self._client = httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            headers={"User-Agent": "sms-bridge"},
-        )
+        self._client = provider_client()
         self.upstreams = {
             name: registry.build(name, config, self._client)
             for name, config in settings.upstreams.items()

@@ -198,11 +198,9 @@ async def _reports(settings: Settings, limit: int, unmatched: bool, as_json: boo
 async def _balance(settings: Settings, names: list[str]) -> int:
     """Each named (default: every configured) upstream's account balance, asked of the
     provider now; 1 when one could not be read."""
-    import httpx
-
     from bridge.errors import UpstreamError
     from bridge.upstreams import registry
-    from bridge.upstreams.base import BalanceQuery
+    from bridge.upstreams.base import BalanceQuery, provider_client
 
     unknown = [name for name in names if name not in settings.upstreams]
     if unknown:
@@ -210,8 +208,7 @@ async def _balance(settings: Settings, names: list[str]) -> int:
               f"(configured: {', '.join(sorted(settings.upstreams))})", file=sys.stderr)
         return 2
     failed = False
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False,
-                                 headers={"User-Agent": "sms-bridge"}) as client:
+    async with provider_client() as client:
         for name in names or sorted(settings.upstreams):
             config = settings.upstreams[name]
             upstream = registry.build(name, config, client)

@@ -46,6 +46,7 @@ from bridge.models import (
     StoredMessage,
     StoredResponse,
 )
+from bridge.settings import redact_url
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
     DELIVERY_STATUSES,
@@ -321,11 +322,7 @@ class PostgresStore:
 
     def _where(self) -> str:
         """The DSN without its password, for messages."""
-        scheme, sep, rest = self.dsn.partition("://")
-        if not sep or "@" not in rest.partition("/")[0]:
-            return self.dsn
-        auth, _, host = rest.partition("@")
-        return f"{scheme}://{auth.partition(':')[0]}@{host}"
+        return redact_url(self.dsn)
 
     # -- running operations ---------------------------------------------------------------
 

@@ -58,6 +58,18 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
+def provider_client() -> httpx.AsyncClient:
+    """The HTTP client the upstreams share (the service's and ``sms-bridge balance``'s).
+    ``trust_env=False``: a proxy from the environment must not silently carry provider
+    traffic and credentials elsewhere (notes/pitfalls.md)."""
+    return httpx.AsyncClient(
+        trust_env=False,
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        headers={"User-Agent": "sms-bridge"},
+    )
+
+
 @runtime_checkable
 class BatchSending(Protocol):
     """An upstream that can send several SMS in one request (batch/bulk endpoints).
