@@ -2,7 +2,7 @@
 
 A user-registered URL must never let a user make the bridge talk to the bridge's own
 network: the loopback admin endpoints, the store, the cloud metadata service at
-169.254.169.254, and so on. notes/pitfalls.md ("Outgoing HTTP") lists what goes wrong:
+169.254.169.254, and so on. What goes wrong, each checked on this stack:
 
 * The check must look at the address **actually connected to**, on every call. Checking the
   name at registration (or resolving twice, once to check and once to connect) loses to DNS
@@ -209,7 +209,7 @@ async def guarded_request(
     to the checked IP itself: the URL host is replaced by the IP (port kept), ``Host`` carries
     the original ``host[:port]``, and for https the ``sni_hostname`` extension keeps SNI and
     certificate verification on the name. Resolving again at connect time would let a
-    rebinding DNS server answer with 127.0.0.1 the second time (notes/pitfalls.md). If
+    rebinding DNS server answer with 127.0.0.1 the second time. If
     connecting to one checked address fails, the next checked one is tried.
 
     Redirects are never followed: a 3xx is returned as is, since its target was never

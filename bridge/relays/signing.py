@@ -10,7 +10,8 @@ raw UTF-8 bytes. The id and timestamp are signed with the body, and the timestam
 against a tolerance, so a captured request cannot be replayed later or with another id.
 
 Comparison is constant-time on bytes: :func:`hmac.compare_digest` raises ``TypeError`` on
-non-ASCII ``str`` (notes/pitfalls.md), and a header value is attacker-controlled.
+non-ASCII ``str`` (``TypeError: comparing strings with non-ASCII characters is not
+supported``), and a header value is attacker-controlled.
 """
 
 from __future__ import annotations
