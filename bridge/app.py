@@ -11,15 +11,18 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from bridge.inbound.app import RedactingAccessLogger, make_http_app
+from bridge.inbound.app import make_http_app, make_http_runner
 from bridge.inbound.views import InboundService
+from bridge.listen import Listeners, bind_listeners
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.outbox.leases import make_owner, owner_is_dead
 from bridge.outbox.polling import InboundPoller, StatusPoller
+from bridge.outbox.receiving import StoreSink, UpstreamReceivers
+from bridge.redact import redact_url, register_settings
 from bridge.relays.email import MailRelay, build_bounce
 from bridge.relays.forward import ForwardWorker
-from bridge.settings import Settings, redact_url
+from bridge.settings import Settings
 from bridge.smtp.handler import IntakeHandler
 from bridge.smtp.server import start_smtp_server
 from bridge.store import OutboxStore, open_store
@@ -34,16 +37,21 @@ class Bridge:
 
     HEARTBEAT = 5.0  # seconds between "alive" marks; the cluster's size divides rate limits
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False,
+                 listeners: Listeners | None = None) -> None:
         self.settings = settings
-        # Several worker processes share the listening ports (SO_REUSEPORT).
+        # Every configured secret is masked in whatever this process logs or stores.
+        register_settings(settings)
+        # ``serve --workers N`` hands each worker the sockets its parent bound; otherwise
+        # start() binds them (``reuse_port`` only for benchmarks running several bridges).
         self.reuse_port = reuse_port
+        self.listeners = listeners
         self.store: OutboxStore = open_store(
             settings.store.url, busy_timeout=settings.store.busy_timeout
         )
         self.upstreams: dict[str, Upstream] = {}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._smtp: asyncio.Server | None = None
+        self._smtp: list[asyncio.Server] = []
         self._http: web.AppRunner | None = None
         self._client: httpx.AsyncClient | None = None
         self.dispatcher: Dispatcher | None = None
@@ -53,11 +61,14 @@ class Bridge:
         self._owner = ""
         self.status_poller: StatusPoller | None = None
         self.inbound_poller: InboundPoller | None = None
+        self.receivers: UpstreamReceivers | None = None  # upstreams holding a bind (SMPP)
         self.smtp_port = 0
         self.http_port = 0
 
     async def start(self) -> None:
         settings = self.settings
+        # Bound first: a port in use is reported before the store is opened or created.
+        listeners = self.listeners or bind_listeners(settings, reuse_port=self.reuse_port)
         await self.store.open()
         bridge_id = await self.store.bridge_id()
         self._client = provider_client()
@@ -93,8 +104,8 @@ class Bridge:
             on_enqueued=self.dispatcher.wake,
             on_mail_queued=self.relay.wake if self.relay else (lambda: None),
         )
-        self._smtp = await start_smtp_server(settings, handler, reuse_port=self.reuse_port)
-        self.smtp_port = self._smtp.sockets[0].getsockname()[1]
+        self._smtp = await start_smtp_server(settings, handler, listeners.smtp)
+        self.smtp_port = listeners.smtp[0].getsockname()[1]
 
         service = InboundService(settings, self.store, self._client,
                                  on_forward=self.forwarder.notify)
@@ -105,19 +116,16 @@ class Bridge:
         self._owner = owner
         self._tasks.append(asyncio.create_task(self.status_poller.run(), name="status-poller"))
         self._tasks.append(asyncio.create_task(self.inbound_poller.run(), name="inbound-poller"))
+        self.receivers = UpstreamReceivers(
+            self.upstreams, StoreSink(self.store, service.accept_polled, owner=owner))
+        self._tasks.append(asyncio.create_task(self.receivers.run(), name="upstream-receivers"))
         app = make_http_app(self.store, service)
-        self._http = web.AppRunner(
-            app,
-            access_log_class=RedactingAccessLogger,
-            keepalive_timeout=settings.http.keepalive_timeout,
-        )
+        # The bridge's own HTTP server: JSON refusals, no request line in any log.
+        self._http = make_http_runner(app, settings.http)
         await self._http.setup()
-        site = web.TCPSite(self._http, settings.http.host, settings.http.port,
-                           reuse_port=self.reuse_port or None)
-        await site.start()
-        server = site._server
-        assert server is not None and isinstance(server, asyncio.Server)
-        self.http_port = server.sockets[0].getsockname()[1]
+        for sock in listeners.http:
+            await web.SockSite(self._http, sock).start()
+        self.http_port = listeners.http[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         log.info(
             "sms-bridge started",
@@ -144,16 +152,17 @@ class Bridge:
             await asyncio.sleep(self.HEARTBEAT)
 
     async def stop(self) -> None:
-        if self._smtp is not None:
-            self._smtp.close()
-            self._smtp = None
+        for smtp in self._smtp:
+            smtp.close()
+        self._smtp = []
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
         # Ask every worker to stop, let in-flight work record its outcome, then cancel.
         if self.dispatcher is not None:
             await self.dispatcher.stop()
-        for worker in (self.relay, self.forwarder, self.status_poller, self.inbound_poller):
+        for worker in (self.relay, self.forwarder, self.status_poller, self.inbound_poller,
+                       self.receivers):
             if worker is not None:
                 await worker.stop()
         running = [t for t in self._tasks if t.get_name() != "housekeeping"]

@@ -1,5 +1,5 @@
 """``sms-bridge`` command line: serve, check-config, messages, mails, inbound, reports,
-balance, dead-letters, redeliver, migrate.
+balance, dead-letters, redeliver, targets, enable-target, migrate.
 
 The only place that exits the process.
 """
@@ -19,16 +19,21 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bridge.errors import StoreUnavailable
+from bridge.errors import BridgeError, StoreUnavailable
+from bridge.listen import ListenError, Listeners, bind_listeners
 from bridge.logs import setup_logging
-from bridge.settings import Settings, load_settings, masked_dump, redact_url
+from bridge.redact import redact_text, redact_url, register_settings
+from bridge.settings import Settings, load_settings, masked_dump
 from bridge.store.base import OutboxStore
 
 
 def _load(args: argparse.Namespace) -> Settings:
     path = args.config or os.environ.get("BRIDGE_CONFIG") or None
     try:
-        return load_settings(Path(path) if path else None)
+        settings = load_settings(Path(path) if path else None)
+        # Whatever a command prints or logs, a configured secret is masked in it.
+        register_settings(settings)
+        return settings
     except FileNotFoundError as exc:
         print(f"sms-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -40,21 +45,40 @@ def _load(args: argparse.Namespace) -> Settings:
         raise SystemExit(2) from exc
 
 
+_STABLE_RUN = 60.0  # a worker that served this long before it exited ends a row of crashes
+_MAX_RESTART_DELAY = 60.0
+
+
 def _serve_workers(settings: Settings, config: str | None, workers: int) -> int:
-    """``serve --workers N``: N processes share the SMTP and HTTP ports (SO_REUSEPORT), so
-    one machine's cores are all used; the kernel spreads connections over them. They share
-    the store: SQLite serialises their writes (``BEGIN IMMEDIATE`` with a busy timeout),
-    PostgreSQL claims with ``FOR UPDATE SKIP LOCKED``. A worker that dies is started again."""
+    """``serve --workers N``: N processes serve the SMTP and HTTP ports, so one machine's
+    cores are all used. This process binds the ports once, without SO_REUSEPORT, and hands
+    the sockets to the workers (:mod:`bridge.listen`): the kernel gives each connection to
+    one of them, and a second bridge on the same ports is refused instead of silently taking
+    a share of the mail. They share the store: SQLite serialises their writes (``BEGIN
+    IMMEDIATE`` with a busy timeout), PostgreSQL claims with ``FOR UPDATE SKIP LOCKED``.
+
+    A worker that exits is started again after ``workers.restart_delay``, doubled for each
+    crash in a row (up to a minute); after ``workers.max_restarts`` crashes in a row the
+    others are stopped and serve exits 1 - a worker failing at start (a store it cannot
+    open) fails the same way every time."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
     if settings.smtp.port == 0 or settings.http.port == 0:
         print("sms-bridge: --workers needs fixed smtp.port and http.port", file=sys.stderr)
         return 2
+    try:
+        listeners = bind_listeners(settings)
+    except ListenError as exc:
+        print(f"sms-bridge: {exc}", file=sys.stderr)
+        return 1
     context = multiprocessing.get_context("spawn")
+    policy = settings.workers
     stopping = False
+    exit_code = 0
 
     def start() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker_main, args=(config,), daemon=False)
+        process = context.Process(target=_worker_main, args=(config, listeners), daemon=False)
         process.start()
         return process
 
@@ -64,33 +88,64 @@ def _serve_workers(settings: Settings, config: str | None, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    processes = [start() for _ in range(workers)]
+    slots: list[multiprocessing.process.BaseProcess | None] = [start() for _ in range(workers)]
+    started_at = [time.monotonic()] * workers
+    restart_at: dict[int, float] = {}  # slot -> when its next worker starts
+    crashes = 0  # in a row, across the slots
     while not stopping:
-        for index, process in enumerate(processes):
-            process.join(timeout=0.2)
-            if process.exitcode is not None and not stopping:
-                print(f"sms-bridge: worker {process.pid} exited with {process.exitcode}; "
-                      "starting another", file=sys.stderr)
-                time.sleep(1.0)
-                processes[index] = start()
-    for process in processes:
-        if process.is_alive() and process.pid is not None:
+        running = [process for process in slots if process is not None]
+        pause = min([0.5, *(at - time.monotonic() for at in restart_at.values())])
+        if running:
+            wait([process.sentinel for process in running], timeout=max(pause, 0.0))
+        else:
+            time.sleep(max(pause, 0.0))
+        now = time.monotonic()
+        for index, process in enumerate(slots):
+            if process is None or process.exitcode is None or stopping:
+                continue
+            slots[index] = None
+            crashes = 1 if now - started_at[index] >= _STABLE_RUN else crashes + 1
+            if crashes > policy.max_restarts:
+                print(f"sms-bridge: workers crashed {crashes} times in a row; giving up",
+                      file=sys.stderr)
+                stopping, exit_code = True, 1
+                break
+            delay = min(policy.restart_delay * 2 ** (crashes - 1), _MAX_RESTART_DELAY)
+            print(f"sms-bridge: worker {process.pid} exited with {process.exitcode}; "
+                  f"starting another in {delay:g} s", file=sys.stderr)
+            restart_at[index] = now + delay
+        for index, at in list(restart_at.items()):
+            if not stopping and at <= now:
+                del restart_at[index]
+                slots[index] = start()
+                started_at[index] = time.monotonic()
+    for process in slots:
+        if process is not None and process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        process.join(timeout=30)
-    return 0
+    for process in slots:
+        if process is not None:
+            process.join(timeout=30)
+    listeners.close()
+    return exit_code
 
 
-def _worker_main(config: str | None) -> None:
+def _worker_main(config: str | None, listeners: Listeners) -> None:
+    """One worker of ``serve --workers N``, on the sockets its parent bound. What stops it
+    from serving (a store it cannot open) is one line on stderr and exit 1: the parent
+    decides whether to start another."""
     settings = load_settings(Path(config) if config else None)
     setup_logging(settings.log_level, settings.log_format, access_log=settings.http.access_log)
-    asyncio.run(_serve(settings, reuse_port=True))
+    try:
+        asyncio.run(_serve(settings, listeners=listeners))
+    except BridgeError as exc:
+        print(f"sms-bridge: worker {os.getpid()}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
-async def _serve(settings: Settings, *, reuse_port: bool = False) -> None:
+async def _serve(settings: Settings, *, listeners: Listeners | None = None) -> None:
     from bridge.app import Bridge
 
-    bridge = Bridge(settings, reuse_port=reuse_port)
+    bridge = Bridge(settings, listeners=listeners)
     await bridge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,7 +182,8 @@ async def _messages(settings: Settings, limit: int, status: str | None, as_json:
                 item = dict(vars(row))
                 item["events"] = await store.message_events(row.id)
                 out.append(item)
-            print(json.dumps(out, ensure_ascii=False, indent=2))
+            # Stored errors are redacted when written; older rows are redacted here.
+            print(redact_text(json.dumps(out, ensure_ascii=False, indent=2)))
             return
         print(f"{'id':>6}  {'created (UTC)':19}  {'status':8} {'delivery':11} {'att':>3}  "
               f"{'upstream':12} {'phone':15} {'parts':>5}  text / error")
@@ -136,7 +192,7 @@ async def _messages(settings: Settings, limit: int, status: str | None, as_json:
             text = " ".join(row.text.split())
             detail = text[:40] + ("…" if len(text) > 40 else "")
             if row.last_error:
-                detail += f"  [{row.last_error[:60]}]"
+                detail += f"  [{redact_text(row.last_error)[:60]}]"
             if row.upstream_ids:
                 detail += f"  ids={','.join(row.upstream_ids)}"
             print(f"{row.id:>6}  {created}  {row.status:8} {row.delivery_status or '-':11} "
@@ -149,7 +205,7 @@ async def _mails(settings: Settings, limit: int) -> None:
     async with _opened_store(settings) as store:
         for row in await store.list_mails(limit=limit):
             print(f"{row['id']:>6}  {row['kind']:9} {row['status']:7} {row['attempts']:>3}  "
-                  f"{row['mail_to']}  {row['last_error'] or ''}")
+                  f"{row['mail_to']}  {redact_text(row['last_error'] or '')}")
 
 
 async def _inbound(settings: Settings, limit: int) -> None:
@@ -162,7 +218,7 @@ async def _inbound(settings: Settings, limit: int) -> None:
             if row["charset_error"]:
                 text += "  [charset error: raw bytes stored]"
             if row["script_error"]:
-                text += f"  [script: {row['script_error'][:40]}]"
+                text += f"  [script: {redact_text(row['script_error'])[:40]}]"
             print(f"{row['id']:>6}  {received}  {row['source']:8} {row['kind']:9} "
                   f"{row['state']:9} {row['phone']:15} {row['recipient'] or '':8} "
                   f"{row['delivered']}/{row['forwards']:<3}  {text}")
@@ -174,7 +230,8 @@ async def _dead_letters(settings: Settings, limit: int) -> None:
         print(f"{len(rows)} dead letter(s)")
         for row in rows:
             print(f"{row['id']:>6}  inbound {row['inbound_id']:<6} {row['kind']:7} "
-                  f"{row['target']:30} attempts={row['attempts']}  {row['last_error'] or ''}")
+                  f"{row['target']:30} attempts={row['attempts']}  "
+                  f"{redact_text(row['last_error'] or '')}")
 
 
 async def _reports(settings: Settings, limit: int, unmatched: bool, as_json: bool) -> None:
@@ -220,7 +277,7 @@ async def _balance(settings: Settings, names: list[str]) -> int:
                     value = await upstream.balance()
                 except UpstreamError as exc:
                     failed = True
-                    print(f"{name:16} {config.kind:16} ?  ({exc})")
+                    print(f"{name:16} {config.kind:16} ?  ({redact_text(str(exc))})")
                     continue
                 print(f"{name:16} {config.kind:16} {value}")
             finally:
@@ -247,6 +304,44 @@ async def _redeliver(settings: Settings, ids: list[int], everything: bool) -> in
     return 0
 
 
+async def _targets(settings: Settings) -> None:
+    """Every configured webhook, and whether it is disabled (after a 410 Gone)."""
+    from bridge.relays.forward import read_disabled
+
+    async with _opened_store(settings) as store:
+        for name in sorted(settings.inbound.webhooks):
+            info = await read_disabled(store, name)
+            if info is None:
+                print(f"{name:20} enabled")
+                continue
+            since = info.get("at")
+            when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+                    if isinstance(since, int | float) else "?")
+            print(f"{name:20} disabled since {when}: {info.get('reason', '?')}"
+                  f" (job {info.get('job', '?')})")
+
+
+async def _enable_targets(settings: Settings, names: list[str]) -> int:
+    """Enable webhooks disabled after a 410; 1 when one was not disabled."""
+    from bridge.relays.forward import enable_target
+
+    failed = False
+    async with _opened_store(settings) as store:
+        dead = [row for row in await store.list_forward_jobs(status="dead", limit=1_000_000)
+                if row["kind"] == "webhook"]
+        for name in names:
+            if not await enable_target(store, name):
+                print(f"sms-bridge: webhook {name!r} is not disabled", file=sys.stderr)
+                failed = True
+                continue
+            ids = sorted(row["id"] for row in dead if row["target"] == name)
+            print(f"webhook {name} enabled")
+            if ids:
+                print(f"  {len(ids)} dead letter(s) for it; to send them: "
+                      f"sms-bridge redeliver {' '.join(map(str, ids))}")
+    return 1 if failed else 0
+
+
 async def _migrate(settings: Settings) -> None:
     async with _opened_store(settings, migrate=True):  # opening applies the migrations
         pass
@@ -266,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the SMTP and HTTP listeners and the dispatcher")
     serve.add_argument("--workers", type=int, default=1,
-                       help="processes sharing the ports (SO_REUSEPORT); default 1")
+                       help="processes serving the ports this one binds; default 1")
     commands.add_parser("check-config", help="print the effective configuration, secrets masked")
     messages = commands.add_parser("messages", help="list outbound SMS and their status")
     messages.add_argument("--limit", type=_positive, default=50)
@@ -289,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     redeliver = commands.add_parser("redeliver", help="queue dead letters again")
     redeliver.add_argument("ids", type=int, nargs="*", help="dead-letter ids")
     redeliver.add_argument("--all", action="store_true", help="every dead letter")
+    commands.add_parser("targets", help="list webhook targets, and which are disabled (410)")
+    enable = commands.add_parser("enable-target",
+                                 help="enable webhooks disabled after a 410 Gone")
+    enable.add_argument("names", nargs="+", help="webhook names")
     commands.add_parser("migrate", help="create or upgrade the store schema")
     args = parser.parse_args(argv)
 
@@ -319,10 +418,15 @@ def main(argv: list[str] | None = None) -> int:
             if not args.ids and not args.all:
                 parser.error("redeliver: give dead-letter ids or --all")
             return asyncio.run(_redeliver(settings, args.ids, args.all))
+        elif args.command == "targets":
+            asyncio.run(_targets(settings))
+        elif args.command == "enable-target":
+            return asyncio.run(_enable_targets(settings, args.names))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
-    except StoreUnavailable as exc:
-        # A store that cannot be reached, or whose schema does not fit: one line, no trace.
+    except (StoreUnavailable, ListenError) as exc:
+        # A store that cannot be reached, or whose schema does not fit, or a port in use:
+        # one line, no trace.
         print(f"sms-bridge: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,5 +1,8 @@
 """Logging: JSON lines when not on a terminal, readable text on one. No secrets are logged:
-settings hold them as ``SecretStr`` and log calls pass ids, never credentials or bodies."""
+settings hold them as ``SecretStr`` and log calls pass ids, never credentials or bodies; and
+every record goes through :func:`bridge.redact.redact_text` on its way out
+(:class:`RedactingFilter`), so that a configured secret quoted by a library's exception
+text or a URL is masked all the same."""
 
 from __future__ import annotations
 
@@ -9,7 +12,40 @@ import sys
 import time
 from typing import Any
 
+from bridge.redact import redact_text
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record's message, its extra fields, its exception and stack."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is the handler's to report (handleError)
+            return True
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        for key, value in list(vars(record).items()):
+            if key in _STANDARD or key.startswith("_") or value is None:
+                continue
+            text = value if isinstance(value, str) else str(value)
+            clean = redact_text(text)
+            if clean != text:
+                setattr(record, key, clean)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +61,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
-        if record.exc_info:
+        if record.exc_text:  # set (and redacted) by RedactingFilter
+            entry["exc"] = record.exc_text
+        elif record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
@@ -46,6 +84,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", *, access_log: bool = 
     handler = logging.StreamHandler(sys.stderr)
     text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JsonFormatter() if use_json else text)
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -9,6 +9,14 @@ MAILS_REJECTED = Counter("bridge_mails_rejected_total", "Mails or recipients ref
 MAILS_DUPLICATE = Counter(
     "bridge_mails_duplicate_total", "Resent mails recognised by Message-ID and not sent twice"
 )
+SMTP_AUTH_FAILURES = Counter(
+    "bridge_smtp_auth_failures_total",
+    "SMTP AUTH refused: invalid credentials (535), or throttled (454) by the client address's "
+    "or the login's failure window", ["reason"])
+SMTP_SILENT_CLOSED = Counter(
+    "bridge_smtp_silent_connections_closed_total",
+    "SMTP connections closed before their first command: first-command timeout, or evicted "
+    "to make room for a new client", ["reason"])
 MESSAGES_QUEUED = Counter("bridge_messages_queued_total", "SMS committed to the outbox")
 SENDS = Counter("bridge_sends_total", "Upstream send calls", ["upstream", "outcome"])
 SEND_SECONDS = Histogram("bridge_send_seconds", "Upstream send call latency", ["upstream"])
@@ -30,3 +38,6 @@ REPLY_SCRIPTS = Counter("bridge_reply_script_calls_total", "Reply script calls",
 FORWARDS_QUEUED = Gauge("bridge_forwards_queued", "Forwarding jobs waiting (sampled)")
 DEAD_LETTERS = Gauge("bridge_dead_letters", "Forwarding jobs dead-lettered (sampled)")
 QUEUE_AGE = Gauge("bridge_queue_oldest_seconds", "Age of the oldest queued SMS (sampled)")
+FORWARD_TARGETS_DISABLED = Gauge(
+    "bridge_forward_targets_disabled",
+    "Webhook targets disabled after 410 Gone (sms-bridge targets; enable-target to undo)")

@@ -46,6 +46,8 @@ class MailEnvelope:
     message_id: str | None
     peer: str
     format: str  # "v1" or "v2"
+    # The mail's header block, capped (a bounce carries it as text/rfc822-headers, RFC 3464).
+    headers: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class StoredMessage:
     next_attempt_at: float = 0.0
     upstream_used: str | None = None
     delivery_status: str | None = None  # from the provider: delivered, undelivered …
+    mail_message_id: str | None = None  # the Message-ID of the mail the SMS came from
+    # That mail's stored header block (bytes as str, surrogateescape): only on claimed
+    # messages, for the bounce.
+    mail_headers: str = ""
 
     @property
     def fallbacks(self) -> list[str]:

@@ -32,6 +32,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# One redactor for the whole bridge; ``redact_url`` stays importable from here.
+from bridge.redact import MASK as _SECRET_MASK
+from bridge.redact import redact_url as redact_url
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -55,14 +59,67 @@ def _check_charset(value: str) -> str:
 
 
 def _check_http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
     if not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
+    # Before urlsplit, which silently drops tabs and line breaks.
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain spaces, line breaks or control characters")
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number 0-65535)
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from None
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    return value
+
+
+def _check_egress_networks(value: list[str]) -> list[str]:
+    from bridge.relays.egress import parse_network
+
+    for item in value:
+        parse_network(item)  # the parsing the egress guard does at serve
+    return value
+
+
+def _check_keyword(value: str | None) -> str | None:
+    if value is not None and any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("a keyword is one word: no spaces, line breaks or control characters")
+    return value
+
+
+# An addr-spec (RFC 5322 §3.4.1) as SMTP sends it without SMTPUTF8: dot-atom local part,
+# host name domain. No quoted local parts, address literals, spaces or line breaks: one
+# of those in a route would go into RCPT TO and the To: header of every forwarded SMS.
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                      r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def _check_address(value: str) -> str:
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError(f"{value!r} is not an e-mail address (local@domain, ASCII, without "
+                         "spaces, brackets or line breaks)")
+    return value
+
+
+def _check_signing_secret(value: SecretStr | None) -> SecretStr | None:
+    from bridge.relays.signing import check_secret
+
+    if value is not None:
+        check_secret(value.get_secret_value())
     return value
 
 
 NetworkList = Annotated[list[str], AfterValidator(_check_networks)]
+EgressNetworkList = Annotated[list[str], AfterValidator(_check_egress_networks)]
 Charset = Annotated[str, AfterValidator(_check_charset)]
 HttpUrlText = Annotated[str, AfterValidator(_check_http_url)]
+Keyword = Annotated[str | None, AfterValidator(_check_keyword)]
+MailAddress = Annotated[str, AfterValidator(_check_address)]
+SigningSecret = Annotated[SecretStr, AfterValidator(_check_signing_secret)]
 
 
 class _Section(BaseModel):
@@ -82,10 +139,16 @@ class SmtpSettings(_Section):
     auth_require_tls: bool = True
     auth_allow_plaintext_on_loopback: bool = True
     auth_attempts_per_connection: int = Field(3, ge=1)
+    # Failed AUTH across connections: more than these within the window answer 454 4.7.0.
+    auth_failure_window: float = Field(60.0, gt=0)
+    auth_failures_per_ip: int = Field(10, ge=1)
+    auth_failures_per_login: int = Field(10, ge=1)
     max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
     max_line_length: int = Field(8192, ge=1001)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     timeout: float = Field(60.0, gt=0)
+    first_command_timeout: float = Field(10.0, gt=0)
+    store_deadline: float = Field(30.0, gt=0)
     max_connections: int = Field(500, ge=1)
     max_connections_per_ip: int = Field(100, ge=1)
     duplicate_window: float = Field(2 * 86400.0, ge=0)
@@ -105,6 +168,9 @@ class HttpSettings(_Section):
     keepalive_timeout: float = Field(15.0, gt=0)
     access_log: bool = False
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # The request line (method, target, version): the longest SMS the spec allows
+    # (17,085 characters) sent by GET in windows-1251, percent-encoded, takes about 52 KB.
+    max_request_line: int = Field(64 * 1024, ge=8192, le=1024 * 1024)
     admin_token: SecretStr | None = None
 
 
@@ -127,16 +193,16 @@ class ReplyScriptSettings(_Section):
     """A reply script for a short code (and keyword), registered in the configuration."""
 
     shortcode: str
-    keyword: str | None = None
+    keyword: Keyword = None
     url: HttpUrlText
     method: Literal["GET", "POST"] = "GET"
     timeout: float = Field(3.0, gt=0)
-    secret: SecretStr | None = None
+    secret: SigningSecret | None = None
 
 
 class WebhookSettings(_Section):
     url: HttpUrlText
-    secret: SecretStr
+    secret: SigningSecret
     timeout: float = Field(10.0, gt=0)
 
 
@@ -144,9 +210,9 @@ class RouteSettings(_Section):
     """Which inbound messages go where. Empty criteria match everything (a catch-all)."""
 
     to: list[str] = Field(default_factory=list)
-    keyword: str | None = None
+    keyword: Keyword = None
     sender_prefixes: list[str] = Field(default_factory=list)
-    emails: list[str] = Field(default_factory=list)
+    emails: list[MailAddress] = Field(default_factory=list)
     webhooks: list[str] = Field(default_factory=list)
 
 
@@ -164,9 +230,38 @@ class InboundSettings(_Section):
     forward_retry_period: float = Field(86400.0, gt=0)
     forward_retry_base: float = Field(5.0, gt=0)
     forward_retry_max: float = Field(1800.0, gt=0)
-    egress_allowed_networks: NetworkList = Field(default_factory=list)
+    forward_concurrency_per_target: int = Field(4, ge=1, le=256)
+    egress_allowed_networks: EgressNetworkList = Field(default_factory=list)
+    egress_allowed_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list)
     reply_account: str | None = None
     reply_domain: str = "localhost"
+    # A customer's SMS mails (per provider, number texted, phone and mailbox) form one thread
+    # until the conversation has been idle this long; 0: every SMS mail stands alone.
+    thread_idle: float = Field(30 * 86400.0, ge=0)
+
+    @field_validator("reply_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        _check_address(f"reply@{value}")  # it goes into the Reply-To: of every forward
+        return value
+
+    @model_validator(mode="after")
+    def _http_ports(self) -> InboundSettings:
+        """A URL on a well-known non-HTTP port would be refused at every call: refuse it
+        at start instead, unless the port is opened."""
+        from urllib.parse import urlsplit
+
+        from bridge.relays.egress import BLOCKED_PORTS
+
+        urls = [(f"webhooks.{name}.url", hook.url) for name, hook in self.webhooks.items()]
+        urls += [(f"reply_scripts.{i}.url", s.url) for i, s in enumerate(self.reply_scripts)]
+        for key, url in urls:
+            port = urlsplit(url).port
+            if port in BLOCKED_PORTS and port not in self.egress_allowed_ports:
+                raise ValueError(f"{key}: port {port} ({BLOCKED_PORTS[port]}) is not an HTTP "
+                                 "port; open it with egress_allowed_ports if it really is one")
+        return self
 
 
 class StoreSettings(_Section):
@@ -195,16 +290,28 @@ class DispatcherSettings(_Section):
     give_up_after: float = Field(86400.0, gt=0)
 
 
+class WorkersSettings(_Section):
+    """``serve --workers N``: restarting workers that exit."""
+
+    restart_delay: float = Field(1.0, gt=0)  # doubled for each crash in a row, up to 60 s
+    max_restarts: int = Field(5, ge=0)  # crashes in a row before serve gives up (exit 1)
+
+
 class MailSettings(_Section):
-    """Outgoing mail (bounces, ``reply_to_email`` answers) through a smarthost."""
+    """Outgoing mail (bounces, ``reply_to_email`` answers, forwarded SMS) through a
+    smarthost. ``timeout`` is the wait for the reply to the end of the data: RFC 5321
+    §4.5.3.2.6 gives the server 10 minutes; a client that gives up earlier makes the
+    server deliver a mail the client then sends again. ``command_timeout`` bounds the
+    connection, TLS, greeting, EHLO, AUTH, MAIL and RCPT together."""
 
     smarthost: str | None = None
     smarthost_port: int = Field(25, ge=1, le=65535)
     starttls: bool = False
     username: str | None = None
     password: SecretStr | None = None
-    from_address: str = "sms-bridge@localhost"
-    timeout: float = Field(30.0, gt=0)
+    from_address: MailAddress = "sms-bridge@localhost"
+    timeout: float = Field(600.0, gt=0)
+    command_timeout: float = Field(60.0, gt=0)
     bounces: bool = True
 
 
@@ -222,6 +329,10 @@ class UpstreamSettings(_Section):
     api_key: SecretStr | None = None
     client_id: str | None = None
     callback_url: str | None = None
+    # kind "smsc": the absolute URL of the provider's status script (SMSC.ru convention:
+    # https://smsc.ru/sys/status.php). Only with it are statuses polled and a retry asks
+    # whether the earlier attempt arrived; the SMSC spec names no status script.
+    status_url: str | None = None
     originator: str | None = None
     concurrency: int = Field(8, ge=1, le=1024)
     rate_per_second: float = Field(0.0, ge=0)
@@ -230,6 +341,14 @@ class UpstreamSettings(_Section):
     status_poll_interval: float = Field(60.0, ge=0)
     status_poll_max: float = Field(259200.0, gt=0)
     inbound_poll_interval: float = Field(0.0, ge=0)
+    # kind "smpp" (base_url/backup_url are smpp://HOST:PORT or smpps://HOST:PORT for TLS,
+    # login is the system_id): the binds held, the submit_sm outstanding at once, and the
+    # link timers (002 "SMPP протокол": enquire_link every 30 s, a link silent 2 min is dead).
+    bind_mode: Literal["transceiver", "transmitter_receiver", "transmitter"] = "transceiver"
+    window: int = Field(10, ge=1, le=1000)
+    enquire_link_interval: float = Field(30.0, gt=0)
+    link_dead_after: float = Field(120.0, gt=0)
+    tls_ca_file: Path | None = None  # smpps://: CAs to verify the SMSC by (else the system's)
 
 
 class AccountSettings(_Section):
@@ -247,6 +366,9 @@ class AccountSettings(_Section):
     mail_rate_per_minute: int = Field(100, ge=0)
     trim_signature: bool = False
     trim_quoted: bool = False
+    # Lines that start a signature (case-insensitive prefixes, e.g. "С уважением"): from such
+    # a line to the next quote, the agent's text is dropped. Empty: no closing is trimmed.
+    signature_starts: list[str] = Field(default_factory=list)
     legacy_charset: Charset = "windows-1251"
 
     @field_validator("allowed_prefixes")
@@ -278,6 +400,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    workers: WorkersSettings = Field(default_factory=WorkersSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
@@ -375,9 +498,6 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     return _Loaded(**overrides)
 
 
-_SECRET_MASK = "********"
-
-
 def _secrets(value: Any) -> set[str]:
     """Every secret value in a settings tree."""
     if isinstance(value, SecretStr):
@@ -388,23 +508,6 @@ def _secrets(value: Any) -> set[str]:
         return set().union(*(_secrets(v) for v in (value.values() if isinstance(value, dict)
                                                      else value)))
     return set()
-
-
-def redact_url(url: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
-    """``url`` without the password of its user info (``postgresql://bridge:***@db/x``)
-    and without any of ``secrets`` (a source secret in a callback URL's path)."""
-    scheme, sep, rest = url.partition("://")
-    if sep:
-        authority, slash, path = rest.partition("/")
-        if "@" in authority:
-            userinfo, _, host = authority.rpartition("@")
-            user, colon, _ = userinfo.partition(":")
-            authority = f"{user}:{_SECRET_MASK}@{host}" if colon else f"{user}@{host}"
-        url = f"{scheme}{sep}{authority}{slash}{path}"
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4:
-            url = url.replace(secret, _SECRET_MASK)
-    return url
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

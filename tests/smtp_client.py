@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 
 class RawSmtp:
@@ -11,8 +12,12 @@ class RawSmtp:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> RawSmtp:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def connect(cls, port: int, host: str = "127.0.0.1", *,
+                      source: str | None = None) -> RawSmtp:
+        """Connect and read the 220 greeting. ``source`` picks the client's own address
+        (any of 127.0.0.0/8 on loopback): a second client "from another host"."""
+        reader, writer = await asyncio.open_connection(
+            host, port, local_addr=(source, 0) if source else None)
         client = cls(reader, writer)
         code, _ = await client.reply()
         assert code == 220
@@ -34,6 +39,11 @@ class RawSmtp:
         self.writer.write(line.encode() + b"\r\n")
         await self.writer.drain()
         return await self.reply()
+
+    async def auth_plain(self, login: str, password: str) -> tuple[int, str]:
+        """``AUTH PLAIN`` with the initial response (RFC 4616: NUL login NUL password)."""
+        token = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+        return await self.cmd(f"AUTH PLAIN {token}")
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)

@@ -17,6 +17,7 @@ pytestmark = BOTH_STORES
 @pytest.fixture
 async def double() -> AsyncIterator[SmscDouble]:
     async with SmscDouble() as provider:
+        provider.success_form = "ids"  # replies name the id, so its mapping per phone shows
         yield provider
 
 

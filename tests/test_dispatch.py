@@ -150,19 +150,27 @@ async def test_fallback_upstream_takes_over_when_the_first_cannot_connect(
     assert message.upstream_used == "spare"
 
 
+@pytest.mark.parametrize("lost", ["accept_then_500", "accept_then_drop"])
 async def test_v2_retry_after_ambiguous_failure_does_not_send_twice(
-    bridge_factory: BridgeFactory, provider: SmsTrafficDouble
+    bridge_factory: BridgeFactory, provider: SmsTrafficDouble, lost: str
 ) -> None:
+    """The first send is accepted but its answer lost; the retry is refused as a duplicate
+    (restrictiveId, 002 l. 163) and the provider's id is found by trackingData (l. 160):
+    one SMS, recorded with its id so that its status can be known."""
     bridge = await start(bridge_factory, {"main": v2(provider.url)})
-    provider.fail_next(1, "accept_then_500")
+    provider.fail_next(1, lost)
     await submit(bridge)
     await wait_status(bridge, 1, "sent")
-    assert len(provider.accepted) == 1
+    [accepted] = provider.accepted
     sends = [r for r in provider.requests if r.path == "/v2/send"]
     assert len(sends) == 2
     assert sends[0].json["restrictiveId"] == sends[1].json["restrictiveId"]
     assert sends[0].headers["Authorization"] == "Bearer 77/key"
-    assert sends[0].json["destinations"] == [{"to": 79161234567}]
+    [destination] = sends[0].json["destinations"]
+    assert destination["to"] == 79161234567
+    assert destination["trackingData"] == sends[0].json["restrictiveId"]
+    [message] = await bridge.store.list_messages()
+    assert message.upstream_ids == [accepted.sms_id]
 
 
 async def test_slow_provider_hits_the_overall_deadline_and_is_retried(
@@ -253,3 +261,34 @@ async def test_v2_request_carries_originator_validity_and_max_parts(
     assert request.json["originator"] == "MyCompany"
     assert request.json["channels"]["sms"] == {
         "message": "Привет", "maxParts": 2, "transliterate": False, "timeout": 3600}
+
+
+async def test_v1_latin_text_goes_rus_0_and_the_recorded_parts_are_the_providers(
+    bridge_factory: BridgeFactory,
+) -> None:
+    """002 l. 811-813: ASCII text as rus=0 (160/153), other text as rus=5, 70/67 per part by
+    the stricter reading even when Latin; the part count the bridge records and limits by
+    ``max_parts`` is the one the provider (the double, splitting per the spec) bills."""
+    latin = ("abcdefghi " * 29)[:281] + "z"  # 282 ASCII characters: 2 parts in Latin mode
+    accented = ("café crème " * 10).strip()  # 109 characters; é is not in windows-1251
+    async with SmsTrafficDouble(login="acme", password="s3cret", split_parts=True) as double:
+        bridge = await start(bridge_factory, {"main": v1(double.url, batch_size=1)})
+        await submit(bridge, "79161234567", latin)
+        await submit(bridge, "79161234568", accented)
+        accepted = await double.wait_for_accepted(2)
+        await wait_status(bridge, 2, "sent")
+        by_phone = {a.phone: a for a in accepted}
+        assert by_phone["79161234567"].message == latin
+        assert by_phone["79161234567"].params["rus"] == "0"
+        assert by_phone["79161234568"].message == accented
+        assert by_phone["79161234568"].params["rus"] == "5"
+        messages = {m.phone: m for m in await bridge.store.list_messages()}
+        assert {p: m.parts for p, m in messages.items()} == {
+            p: len(a.part_ids) for p, a in by_phone.items()}
+        assert messages["79161234567"].parts == 2 and messages["79161234568"].parts == 2
+        assert sorted(messages["79161234568"].upstream_ids) == sorted(
+            by_phone["79161234568"].part_ids)
+        # The SMTP intake limits by the same count: 2 parts do not fit max_parts 1.
+        body = f"login: alerts\n\npassword: pw\n\nphones: 79161234569\n\nmessage: {accented}\n\n"
+        code, reply = await send(bridge.smtp_port, mail("multi@x", "s", body + "max_parts: 1\n"))
+        assert code == 550 and "2 parts" in reply, reply

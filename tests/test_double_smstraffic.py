@@ -1,6 +1,6 @@
 """Tests of the SMS Traffic test double (tests/doubles/smstraffic.py).
 
-Wire formats are those of /work/shared/specs/002_e7d2ff51d5c777f0.txt: HTTP API v1 at l. 794,
+Wire formats are those of tests/specs/002_e7d2ff51d5c777f0.txt: HTTP API v1 at l. 794,
 HTTP API v2 at l. 105, error codes at l. 1988.  The tests talk to the double over a real socket
 with httpx.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from typing import Any
@@ -374,3 +375,57 @@ async def test_fail_next_delay_then_accepts_and_wait_for_accepted(
     assert xml(await task).findtext("result") == "OK"
     with pytest.raises(AssertionError, match="expected >= 2 accepted SMS"):
         await double.wait_for_accepted(2, timeout=0.1)
+
+
+async def test_fail_next_accept_then_drop_processes_and_gives_no_answer(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """``accept_then_drop``: the SMS is accepted, then the socket closes without an answer."""
+    double.fail_next(1, "accept_then_drop")
+    body = {"destinations": [{"to": 79051112233}], "channels": {"sms": {"message": "hi"}}}
+    with pytest.raises(httpx.TransportError):
+        await v2_send(client, body)
+    assert [a.phone for a in double.accepted] == ["79051112233"]
+    assert (await v2_send(client, body)).json()["success"] is True
+
+
+async def test_v2_statuses_list_by_tracking_data_names_it(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """Spec l. 306-425: ``trackingData`` selects messages; each ``data`` item carries its
+    ``trackingData`` (StatusesListResponse.Data, l. 353)."""
+    sent = await v2_send(client, {"destinations": [{"to": 79051112233, "trackingData": "t-1"},
+                                                   {"to": 79261112233}],
+                                  "channels": {"sms": {"message": "hi"}}})
+    first, second = (d["id"] for d in sent.json()["destinations"])
+    listed = await client.post("/v2/statuses/list", headers=BEARER,
+                               json={"trackingData": ["t-1", "t-unknown"]})
+    assert [(i["smsId"], i["trackingData"]) for i in listed.json()["data"]] == [(first, "t-1")]
+    by_id = await client.post("/v2/statuses/list", headers=BEARER, json={"ids": [second]})
+    [item] = by_id.json()["data"]
+    assert item["smsId"] == second and "trackingData" not in item
+
+
+@pytest.mark.parametrize(("rus", "text", "parts"), [
+    ("0", "a" * 160, 1), ("0", "a" * 161, 2), ("0", "a" * 282, 2), ("0", "a" * 307, 3),
+    ("0", "{" * 80, 1), ("0", "{" * 81, 2),  # GSM 03.38 extension: two septets each
+    ("5", "a" * 70, 1), ("5", "a" * 71, 2), ("5", "a" * 282, 5),  # the stricter reading
+    ("5", "é" * 134, 2), ("5", "😀" * 35, 1), ("5", "😀" * 36, 2),  # UTF-16 units
+    ("1", "a" * 71, 2),
+])
+async def test_v1_split_parts_follow_rus_by_the_stricter_reading(
+    rus: str, text: str, parts: int
+) -> None:
+    """Spec l. 808-813: rus=0 160/153, rus=1/5 70/67 even for Latin-only text (one of the two
+    readings of "максимальное количество символов не изменяется"; the stricter one)."""
+    async with SmsTrafficDouble(split_parts=True) as double, \
+            httpx.AsyncClient(base_url=double.url, timeout=5.0) as client:
+        charset = "utf-8" if rus == "5" else "cp1251"
+        form = {"login": "mylogin", "password": "mypassword", "phones": "79051112233",
+                "message": text, "rus": rus, "want_sms_ids": "1"}
+        body = urllib.parse.urlencode(form, encoding=charset, errors="replace")
+        root = xml(await v1_send(client, body))
+        assert root.findtext("result") == "OK"
+        [accepted] = double.accepted
+        assert len(accepted.part_ids) == parts
+        assert len(list(root.iter("message_info"))) == parts

@@ -515,6 +515,10 @@ async def test_connections_per_address_are_capped(
                                   smtp={"max_connections_per_ip": 2})
     first = await RawSmtp.connect(bridge.smtp_port)
     second = await RawSmtp.connect(bridge.smtp_port)
+    # Clients that spoke keep their slots (a silent one would be closed to make room:
+    # test_smtp_hostile.py::test_an_idle_flood_leaves_room_for_a_client_that_speaks).
+    assert (await first.cmd("EHLO a"))[0] == 250
+    assert (await second.cmd("EHLO b"))[0] == 250
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.smtp_port)
     greeting = await reader.readline()
     writer.close()

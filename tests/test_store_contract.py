@@ -384,6 +384,26 @@ async def test_complete_inbound_first_answer_wins(store: OutboxStore) -> None:
     assert await store.complete_inbound(routed.id, late, None) == OK
 
 
+async def test_a_pending_answer_is_read_and_taken_over_once_its_hold_ran_out(
+    store: OutboxStore,
+) -> None:
+    """A repeat of a pending short-code hit polls for its answer; the call is taken over only
+    after the caller's hold (``lease`` seconds from the hit, then from each take-over)."""
+    pending = await record(store, mo("sc1"), state="pending", response=None, jobs=())
+    assert await store.inbound_answer(pending.id) is None
+    assert not await store.claim_inbound_answer(pending.id, NOW + 9.9, 10.0)
+    assert await store.claim_inbound_answer(pending.id, NOW + 10.0, 10.0)
+    assert not await store.claim_inbound_answer(pending.id, NOW + 19.9, 10.0)  # held again
+    assert await store.claim_inbound_answer(pending.id, NOW + 20.0, 10.0)
+    answer = StoredResponse(200, b"thanks", "text/plain")
+    assert await store.complete_inbound(pending.id, answer, None) == answer
+    assert await store.inbound_answer(pending.id) == answer
+    assert not await store.claim_inbound_answer(pending.id, NOW + 1e6, 10.0)  # answered
+    routed = await record(store, mo("sc2"))
+    assert await store.inbound_answer(routed.id) == OK
+    assert not await store.claim_inbound_answer(routed.id, NOW + 1e6, 10.0)
+
+
 async def test_forward_jobs_lifecycle(store: OutboxStore) -> None:
     inbound = await record(store, mo("s1"))
     (hook,) = await store.claim_forward_jobs("o1", NOW, 10, LEASE, kinds=("webhook",))
@@ -779,6 +799,17 @@ async def test_two_instances_record_one_inbound_per_sms_id(
     assert sum(not r.duplicate for r in unnamed) == 1
     assert len({r.id for r in unnamed}) == 1
     assert len(await first.list_forward_jobs()) == 2 * len(JOBS)
+
+
+async def test_two_instances_take_a_pending_answer_over_once(
+    two_instances: tuple[OutboxStore, OutboxStore],
+) -> None:
+    first, second = two_instances
+    pending = await record(first, mo("sc"), state="pending", response=None, jobs=())
+    claims = await asyncio.gather(*(
+        (first if n % 2 else second).claim_inbound_answer(pending.id, NOW + 10, 10.0)
+        for n in range(20)))
+    assert claims.count(True) == 1
 
 
 async def test_two_instances_enqueue_one_mail_per_message_id(

@@ -6,13 +6,12 @@ import pytest
 
 from bridge.parsing.text import (
     count_segments,
+    fits_latin_mode,
     html_to_text,
     normalize_newlines,
     strip_controls,
     transliterate,
     trim_blank_lines,
-    trim_quoted,
-    trim_signature,
 )
 
 CYR = "ж"  # not in GSM 03.38: forces UCS-2
@@ -49,14 +48,36 @@ def test_gsm7_two_byte_concat_uses_152(length: int, parts: int) -> None:
     assert seg.per_part == (160 if parts == 1 else 152)
 
 
-def test_gsm_basic_table_characters_stay_gsm7() -> None:
-    text = "@£$¥èéùìòÇØøÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ!\"#¤%&'()*+,-./:;<=>?¡ÄÖÑÜ§¿äöñüà\n\r"
+def test_ascii_characters_of_the_gsm_basic_table_stay_gsm7() -> None:
+    text = "@$_!\"#%&'()*+,-./:;<=>? 0123456789AZaz\n\r"
     seg = count_segments(text)
     assert seg.encoding == "gsm7"
     assert seg.units == len(text)
 
 
-@pytest.mark.parametrize("ch", list("^{}\\[~]|€\f"))
+@pytest.mark.parametrize("ch", list("£¥èéùìòÇØøÅåΔΦΓΛΩΠΨΣΘΞÆæßÉ¤¡ÄÖÑÜ§¿äöñüà€"))
+def test_non_ascii_gsm_characters_count_as_ucs2(ch: str) -> None:
+    """SMS Traffic v1 carries only windows-1251 in Latin mode (rus=0, 002 l. 811), which lacks
+    é, ü, Δ …; such text goes rus=5, 70/67 per part by the stricter reading of l. 812-813."""
+    seg = count_segments("a" * 100 + ch)
+    assert (seg.encoding, seg.units, seg.parts, seg.per_part) == ("ucs2", 101, 2, 67)
+    assert not fits_latin_mode(ch)
+
+
+def test_backtick_is_not_gsm() -> None:
+    assert count_segments("`").encoding == "ucs2"
+    assert not fits_latin_mode("a`")
+
+
+def test_latin_mode_is_ascii_gsm() -> None:
+    assert fits_latin_mode("Hello, world! {1} [2] ~3^ |4| \\5\n")
+    assert fits_latin_mode("")
+    assert not fits_latin_mode("Привет")
+    assert not fits_latin_mode("tab\there")
+    assert not fits_latin_mode("\x1b") and not fits_latin_mode("\f")
+
+
+@pytest.mark.parametrize("ch", list("^{}\\[~]|"))
 def test_extension_characters_count_twice(ch: str) -> None:
     seg = count_segments(ch)
     assert seg.encoding == "gsm7"
@@ -64,8 +85,8 @@ def test_extension_characters_count_twice(ch: str) -> None:
 
 
 def test_extension_character_at_the_single_part_boundary() -> None:
-    assert count_segments("a" * 158 + "€").parts == 1  # 160 septets
-    seg = count_segments("a" * 159 + "€")  # 161 septets
+    assert count_segments("a" * 158 + "^").parts == 1  # 160 septets
+    seg = count_segments("a" * 159 + "^")  # 161 septets
     assert (seg.units, seg.parts, seg.per_part) == (161, 2, 153)
     assert count_segments("{" * 80).parts == 1
     assert count_segments("{" * 80 + "a").parts == 2
@@ -146,50 +167,6 @@ def test_transliterate(text: str, expected: str) -> None:
 def test_transliterated_russian_fits_gsm7() -> None:
     text = transliterate("Ваш код подтверждения: 1234. Никому не сообщайте его — «банк».")
     assert count_segments(text).encoding == "gsm7"
-
-
-# --- trim_signature / trim_quoted ---------------------------------------------------------
-
-
-def test_trim_signature_cuts_at_usenet_separator() -> None:
-    assert trim_signature("Hello\nworld\n-- \nJohn\n+7 916") == "Hello\nworld"
-
-
-def test_trim_signature_cuts_at_bare_double_dash() -> None:
-    assert trim_signature("Hello\n--\nJohn") == "Hello"
-
-
-def test_trim_signature_keeps_dashes_inside_a_line() -> None:
-    text = "Price -- 10 rub\n--- not a separator\n -- neither"
-    assert trim_signature(text) == text
-
-
-def test_trim_signature_without_signature_is_identity() -> None:
-    assert trim_signature("just text") == "just text"
-
-
-def test_trim_quoted_drops_quote_lines() -> None:
-    assert trim_quoted("Yes, agreed.\n> Can you?\n>> earlier\nThanks") == "Yes, agreed.\nThanks"
-
-
-@pytest.mark.parametrize(
-    "attribution",
-    [
-        "On Mon, 1 Jan 2024 at 10:00, John <j@x> wrote:",
-        "1 января 2024 г., Иван писал(а):",
-        "Пн, 1 янв. 2024 Иван написал(а):",
-        "-----Original Message-----",
-        "----- Исходное сообщение -----",
-        "From: John <j@x>",
-    ],
-)
-def test_trim_quoted_cuts_at_attribution_line(attribution: str) -> None:
-    text = f"New reply\n\n{attribution}\nold text\nmore old text"
-    assert trim_quoted(text) == "New reply\n"
-
-
-def test_trim_quoted_without_quote_is_identity() -> None:
-    assert trim_quoted("a\nb\n") == "a\nb\n"
 
 
 # --- html_to_text -------------------------------------------------------------------------

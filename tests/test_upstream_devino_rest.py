@@ -25,6 +25,7 @@ from bridge.upstreams.devino_rest import (
     DevinoRestUpstream,
     parse_error,
 )
+from bridge.upstreams.devino_soap import InboundCursor
 from tests.conftest import BridgeFactory
 from tests.doubles.devino_rest import FIRST_SMS_ID, DevinoRestDouble
 from tests.doubles.mailbox import MailboxDouble
@@ -136,6 +137,18 @@ async def test_send_batch_groups_one_text_per_sendbulk_and_maps_segment_ids(
     assert [(a.endpoint, a.phone, len(a.ids)) for a in double.accepted] == [
         ("sms/sendbulk", "79160000001", 2), ("sms/sendbulk", "79160000003", 2),
         ("sms/sendbulk", "79160000004", 2), ("sms/send", "79160000002", 1)]
+
+
+async def test_send_batch_maps_ids_of_a_gsm_text_with_accents(
+    double: DevinoRestDouble, client: httpx.AsyncClient
+) -> None:
+    """é and Δ are GSM 03.38: the provider makes one segment of 100 of them, so each number
+    gets one id, although the bridge's own part count (an upper bound) says UCS-2."""
+    upstream = make(double, client)
+    text = "é" * 50 + "Δ" * 50
+    batch = [sms("79160000001", text, message_id=1), sms("79160000002", text, message_id=2)]
+    results = await upstream.send_batch(batch)
+    assert results == [SendReceipt(ids(0, 1)), SendReceipt(ids(1, 1))]
 
 
 async def test_send_batch_puts_a_repeated_phone_in_another_request(
@@ -439,7 +452,8 @@ async def test_inbound_poll_windows_cursor_and_fields(
     upstream.now = lambda: now
     first = double.add_incoming("+79260000001", "Привет", created=now - timedelta(days=30))
     messages, cursor = await upstream.poll_inbound(None)
-    assert cursor == "2030-01-02T03:04:05"
+    # The next window starts 35 minutes back; the first message is older: not remembered.
+    assert InboundCursor.load(cursor) == InboundCursor(now - timedelta(minutes=35), frozenset())
     [call] = double.calls("sms/in")
     assert call.names == ["SessionID", "maxDateUTC"]  # no cursor: the provider's earliest
     assert call.get("maxDateUTC") == ["2030-01-02T03:14:05"]
@@ -453,14 +467,66 @@ async def test_inbound_poll_windows_cursor_and_fields(
     second = double.add_incoming("79260000002", "two", created=now - timedelta(seconds=30))
     messages, cursor = await upstream.poll_inbound(cursor)
     assert [m.sms_id for m in messages] == [str(second.id)]
-    assert double.calls("sms/in")[1].get("minDateUTC") == ["2030-01-02T02:54:05"]
-    assert cursor == "2030-01-02T03:05:05"
-    # Within one process the overlap is not handed out again; after a restart (a new
-    # upstream) it is, and the pipeline deduplicates it.
+    assert double.calls("sms/in")[1].get("minDateUTC") == ["2030-01-02T02:29:05"]
+    assert InboundCursor.load(cursor) == InboundCursor(datetime(2030, 1, 2, 2, 30, 5, tzinfo=UTC),
+                                                       frozenset({str(second.id)}))
+    # The overlap is not handed out again: the cursor remembers its ids, in this process
+    # and after a restart (a new upstream).
     assert (await upstream.poll_inbound(cursor))[0] == []
     restarted = make(double, client)
     restarted.now = lambda: now
-    assert [m.sms_id for m in (await restarted.poll_inbound(cursor))[0]] == [str(second.id)]
+    assert (await restarted.poll_inbound(cursor))[0] == []
+    # A cursor stored before it kept ids (the bare date of the last poll) is re-read 35
+    # minutes back: the pipeline drops what was handed out already.
+    legacy, cursor = await restarted.poll_inbound("2030-01-02T03:05:05")
+    assert [m.sms_id for m in legacy] == [str(second.id)]
+    assert double.calls("sms/in")[-1].get("minDateUTC") == ["2030-01-02T02:30:05"]
+
+
+@pytest.mark.parametrize("late_by", [25, 30])
+async def test_a_message_visible_up_to_30_minutes_late_is_fetched_once(
+    double: DevinoRestDouble, client: httpx.AsyncClient, late_by: int
+) -> None:
+    upstream = make(double, client)
+    now = datetime(2030, 1, 2, 3, 0, 0, tzinfo=UTC)
+    upstream.now = lambda: now
+    _, cursor = await upstream.poll_inbound(None)
+    now += timedelta(seconds=30)
+    on_time = double.add_incoming("79260000001", "on time", created=now - timedelta(seconds=5))
+    messages, cursor = await upstream.poll_inbound(cursor)
+    assert [m.sms_id for m in messages] == [str(on_time.id)]
+    # Created late_by minutes before this poll, long before the polls so far; visible only now.
+    late = double.add_incoming("79260000002", "late", created=now - timedelta(minutes=late_by))
+    now += timedelta(seconds=30)
+    messages, cursor = await upstream.poll_inbound(cursor)
+    assert [(m.sms_id, m.text) for m in messages] == [(str(late.id), "late")]
+    for _ in range(4):  # still inside the overlapping windows: never handed out again
+        now += timedelta(seconds=30)
+        again, cursor = await upstream.poll_inbound(cursor)
+        assert again == []
+    assert len(double.calls("sms/in")) == 7
+
+
+async def test_the_inbound_cursor_is_bounded_and_hands_nothing_out_twice(
+    double: DevinoRestDouble, client: httpx.AsyncClient
+) -> None:
+    upstream = make(double, client)
+    upstream.max_seen_inbound = 3
+    now = datetime(2030, 1, 2, 3, 0, 0, tzinfo=UTC)
+    upstream.now = lambda: now
+    added = [double.add_incoming(f"7926000000{age}", f"{age} min",
+                                 created=now - timedelta(minutes=age)) for age in (5, 4, 3, 2, 1)]
+    messages, cursor = await upstream.poll_inbound(None)
+    assert [m.sms_id for m in messages] == [str(m.id) for m in added]
+    state = InboundCursor.load(cursor)
+    assert state is not None and len(state.seen) <= 3
+    # What is forgotten is no longer asked for: the window starts after the third newest.
+    assert state == InboundCursor(now - timedelta(minutes=3) + timedelta(seconds=1),
+                                  frozenset({str(added[3].id), str(added[4].id)}))
+    for _ in range(2):
+        now += timedelta(seconds=30)
+        again, cursor = await upstream.poll_inbound(cursor)
+        assert again == []
 
 
 async def test_inbound_poll_errors(double: DevinoRestDouble, client: httpx.AsyncClient) -> None:

@@ -85,7 +85,7 @@ def test_capabilities_and_required_settings(client: httpx.AsyncClient) -> None:
                                                           login="x"))
 
 
-async def test_send_one_is_a_soap12_envelope_with_the_tables_names(
+async def test_send_one_is_a_soap12_envelope_with_the_examples_names(
     upstream: DevinoSoapUpstream, double: DevinoSoapDouble
 ) -> None:
     receipt = await upstream.send(sms())
@@ -100,14 +100,85 @@ async def test_send_one_is_a_soap12_envelope_with_the_tables_names(
         root = SafeET.fromstring(request.raw_body)
         assert root.tag == f"{{{SOAP12}}}Envelope"
         assert root[0][0].tag == f"{{http://ws.devinosms.com}}{method}"
-    # Табл. 1 / Табл. 4 spell the names so (the examples write login / sessionID).
-    assert login.params == {"Login": LOGIN, "Password": PASSWORD}
+    # The names of the examples (lines 65-66, 229-239), not Табл. 1's Login / Табл. 4's SessionID.
+    assert login.params == {"login": LOGIN, "password": PASSWORD}
     assert sending.params == {
-        "SessionID": double.sessions_issued[0], "Data": "hello",
+        "sessionID": double.sessions_issued[0], "Data": "hello",
         "DestinationAddresses": ["79161234567"], "SourceAddress": "Alerts",
         "ReceiptRequested": "true", "@message": True,
     }
     assert (accepted.phone, accepted.text, accepted.source) == ("79161234567", "hello", "Alerts")
+
+
+async def post(client: httpx.AsyncClient, double: DevinoSoapDouble, method: str,
+               inner: str) -> httpx.Response:
+    """A hand-written SOAP 1.2 request (the envelope of the examples, e.g. lines 58-69)."""
+    body = ('<?xml version="1.0" encoding="utf-8"?>'
+            f'<soap12:Envelope xmlns:soap12="{SOAP12}"><soap12:Body>'
+            f'<{method} xmlns="http://ws.devinosms.com">{inner}</{method}>'
+            "</soap12:Body></soap12:Envelope>")
+    return await client.post(f"{double.url}/SmsService.asmx", content=body.encode(),
+                             headers={"Content-Type": "application/soap+xml; charset=utf-8"})
+
+
+async def test_the_double_binds_only_the_examples_element_names(
+    double: DevinoSoapDouble, client: httpx.AsyncClient
+) -> None:
+    """As an XmlSerializer (ASMX) service: an element in another case is skipped, so its
+    parameter is null and the call fails as for a null value."""
+    tables = await post(client, double, "GetSessionID",
+                        f"<Login>{LOGIN}</Login><Password>{PASSWORD}</Password>")
+    assert tables.status_code == 500 and b"soap:Receiver" in tables.content
+    assert b"Invalid user login or password" in tables.content
+    assert double.requests[-1].ignored == ["Login", "Password"]
+    examples = await post(client, double, "GetSessionID",
+                          f"<login>{LOGIN}</login><password>{PASSWORD}</password>")
+    assert examples.status_code == 200 and double.sessions_issued
+    session = double.sessions_issued[0]
+    window = "<maxDateUTC>2030-01-01T00:00:00</maxDateUTC><minDateUTC>2000-01-01T00:00:00" \
+             "</minDateUTC>"
+    for method, inner in (("GetBalance", f"<SessionID>{session}</SessionID>"),
+                          ("GetMessageState", f"<SessionID>{session}</SessionID>"
+                                              "<messageID>1</messageID>"),
+                          ("GetIncomingMessages", f"<sessionId>{session}</sessionId>{window}")):
+        refused = await post(client, double, method, inner)
+        assert refused.status_code == 500, method
+        assert b"SessionID can not be null or empty" in refused.content, method
+    message = ("<{data}>x</{data}><DestinationAddresses><string>79161234567</string>"
+               "</DestinationAddresses><SourceAddress>Alerts</SourceAddress>")
+    lower = await post(client, double, "SendMessage", f"<sessionID>{session}</sessionID>"
+                       f"<message>{message.format(data='data')}</message>")
+    assert b"Data can not be null or empty" in lower.content
+    capital = await post(client, double, "SendMessage", f"<sessionID>{session}</sessionID>"
+                         f"<Message>{message.format(data='Data')}</Message>")
+    assert b"Message can not be null or empty" in capital.content
+    assert double.accepted == []
+    for method, inner in (("GetBalance", f"<sessionID>{session}</sessionID>"),
+                          ("GetIncomingMessages", f"<sessionID>{session}</sessionID>{window}"),
+                          ("SendMessage", f"<sessionID>{session}</sessionID>"
+                                          f"<message>{message.format(data='Data')}</message>")):
+        assert (await post(client, double, method, inner)).status_code == 200, method
+    assert len(double.accepted) == 1
+
+
+async def test_every_call_sends_only_names_the_service_binds(
+    upstream: DevinoSoapUpstream, double: DevinoSoapDouble
+) -> None:
+    [provider_id] = (await upstream.send(sms())).provider_ids
+    await upstream.send_batch([sms("79160000001", mid=2), sms("79160000002", mid=3)])
+    double.set_status(provider_id, 0, "Доставлено")
+    [report] = await upstream.poll_statuses([provider_id])
+    assert report.status == "delivered"
+    double.add_incoming("79161112233", "hi")
+    messages, _ = await upstream.poll_inbound(None)
+    assert [m.text for m in messages] == ["hi"]
+    assert await upstream.balance() == Decimal("1234.50")
+    assert len(double.accepted) == 3
+    assert [r.action for r in double.requests] == [
+        "GetSessionID", "SendMessage", "SendMessage", "GetMessageState", "GetIncomingMessages",
+        "GetBalance"]
+    assert [(r.action, r.ignored) for r in double.requests if r.ignored] == []
+    assert all(r.bound == r.params for r in double.requests)
 
 
 async def test_validity_goes_in_minutes_and_text_is_escaped(
@@ -149,8 +220,8 @@ async def test_a_refused_session_is_renewed_once_for_concurrent_sends(
     assert len(double.calls("GetSessionID")) == 2
     assert len(double.accepted) == 7
     fresh = double.sessions_issued[1]
-    accepted_with = [r.params["SessionID"] for r in double.calls("SendMessage")
-                     if r.params["SessionID"] == fresh]
+    accepted_with = [r.params["sessionID"] for r in double.calls("SendMessage")
+                     if r.params["sessionID"] == fresh]
     assert len(accepted_with) == 6
 
 
@@ -172,6 +243,37 @@ async def test_a_session_refused_twice_is_transient(
         await upstream.send(sms())
     assert caught.value.code == "Receiver" and not caught.value.ambiguous
     assert len(double.calls("GetSessionID")) == 2 and double.accepted == []
+
+
+# ------------------------------------------------------------------------ request rate
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most requests that arrived within any closed window of one second."""
+    ordered = sorted(times)
+    return max((sum(1 for t in ordered[i:] if t <= start + 1.0)
+                for i, start in enumerate(ordered)), default=0)
+
+
+async def test_every_call_of_one_upstream_stays_within_10_requests_per_second(
+    upstream: DevinoSoapUpstream, double: DevinoSoapDouble
+) -> None:
+    """Line 34: 10 requests per second — sends, batches, status and inbound polls, balance
+    and session calls of one upstream together."""
+    first = await asyncio.gather(
+        *(upstream.send(sms(f"791600000{i:02d}", mid=i)) for i in range(8)),
+        upstream.send_batch([sms("79160000101", "A", mid=101), sms("79160000102", "B", mid=102)]),
+        upstream.poll_statuses([str(6098210000001 + i) for i in range(3)]),
+        upstream.poll_inbound(None),
+        upstream.balance(),
+    )
+    double.expire_sessions()  # each send below is refused, then one renewal, then repeated
+    second = await asyncio.gather(*(upstream.send(sms(f"791600001{i:02d}", mid=200 + i))
+                                    for i in range(4)))
+    assert len(first) == 12 and len(second) == 4 and len(double.accepted) == 14
+    assert len(double.calls("GetSessionID")) == 2
+    assert len(double.requests) == 25
+    assert busiest_second([r.at for r in double.requests]) <= 10
 
 
 # ------------------------------------------------------------------------ (c) batches, parts
@@ -382,7 +484,7 @@ async def test_poll_inbound_hands_each_message_out_once_and_resumes(
     assert len({m.sms_id for m in messages}) == 3
     assert json.loads(messages[0].raw)["Data"] == "Привет & <ok>"
     request = double.calls("GetIncomingMessages")[0]
-    assert set(request.params) == {"sessionId", "maxDateUTC", "minDateUTC"}
+    assert set(request.params) == {"sessionID", "maxDateUTC", "minDateUTC"}
     stamp = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
     assert stamp.fullmatch(request.params["minDateUTC"])
     assert stamp.fullmatch(request.params["maxDateUTC"])
@@ -397,13 +499,52 @@ async def test_poll_inbound_hands_each_message_out_once_and_resumes(
     fresh, _ = await make(double.url, client).poll_inbound(None)
     assert {m.sms_id for m in fresh} == {m.sms_id for m in [*messages, *again]}
     state = InboundCursor.load(cursor2)
-    assert state is not None and state.since >= datetime.now(UTC) - timedelta(minutes=11)
+    assert state is not None and state.since >= datetime.now(UTC) - timedelta(minutes=36)
+
+
+@pytest.mark.parametrize("late_by", [25, 30])
+async def test_a_message_visible_up_to_30_minutes_late_is_fetched_once(
+    upstream: DevinoSoapUpstream, double: DevinoSoapDouble, client: httpx.AsyncClient,
+    late_by: int
+) -> None:
+    double.add_incoming("79161112200", "on time")
+    first, cursor = await upstream.poll_inbound(None)
+    assert [m.text for m in first] == ["on time"]
+    polled = datetime.now(UTC)
+    # Created late_by minutes before now, long before the first poll; visible only now.
+    late = double.add_incoming("79161112233", "late", created=polled - timedelta(minutes=late_by))
+    second, cursor = await upstream.poll_inbound(cursor)
+    assert [(m.phone, m.text) for m in second] == [(late.source, "late")]
+    for _ in range(3):  # the message stays in the overlapping windows: never handed out again
+        again, cursor = await upstream.poll_inbound(cursor)
+        assert again == []
+    restarted, _ = await make(double.url, client).poll_inbound(cursor)
+    assert restarted == []
+    assert len(double.calls("GetIncomingMessages")) == 6
+
+
+async def test_the_inbound_cursor_is_bounded_and_hands_nothing_out_twice(
+    upstream: DevinoSoapUpstream, double: DevinoSoapDouble
+) -> None:
+    upstream.max_seen_inbound = 3
+    now = datetime.now(UTC).replace(microsecond=0)
+    for age in (5, 4, 3, 2, 1):
+        double.add_incoming(f"7916111220{age}", f"{age} min", created=now - timedelta(minutes=age))
+    messages, cursor = await upstream.poll_inbound(None)
+    assert [m.text for m in messages] == ["5 min", "4 min", "3 min", "2 min", "1 min"]
+    state = InboundCursor.load(cursor)
+    assert state is not None and len(state.seen) <= 3
+    # What is forgotten is no longer asked for: the window starts after the third newest.
+    assert now - timedelta(minutes=3) < state.since <= now - timedelta(minutes=2)
+    for _ in range(2):
+        again, cursor = await upstream.poll_inbound(cursor)
+        assert again == []
 
 
 async def test_balance(upstream: DevinoSoapUpstream, double: DevinoSoapDouble) -> None:
     assert await upstream.balance() == Decimal("1234.50")
     [request] = double.calls("GetBalance")
-    assert request.params == {"SessionID": double.sessions_issued[0]}
+    assert request.params == {"sessionID": double.sessions_issued[0]}
 
 
 # ------------------------------------------------------------------------ (d) end to end
@@ -434,7 +575,7 @@ async def test_end_to_end_mail_to_sms_then_delivered_by_polling(
     [request] = double.calls("SendMessage")
     assert request.params["DestinationAddresses"] == ["79161234567"]
     assert (request.params["Data"], request.params["SourceAddress"]) == ("text", "Alerts")
-    assert request.params["SessionID"] == double.sessions_issued[0]
+    assert request.params["sessionID"] == double.sessions_issued[0]
     await double.wait_for_requests(1, action="GetMessageState")
     double.set_status(accepted.ids[0], 0, "Доставлено")
     async with asyncio.timeout(10):

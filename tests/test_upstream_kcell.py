@@ -25,7 +25,7 @@ from bridge.upstreams.base import BatchSending, OutboundSms, SendReceipt, Status
 from bridge.upstreams.kcell import KcellUpstream, map_status, parse_delivery_reports
 from tests.conftest import BridgeFactory
 from tests.doubles.kcell import KcellDouble
-from tests.test_smtp_intake import db_rows, mail, send
+from tests.test_smtp_intake import db_rows, mail, send, wait_status
 
 CREDENTIALS = {"login": "kc-user", "password": "kc-pass", "client_id": "acme"}
 BASIC = "Basic " + base64.b64encode(b"kc-user:kc-pass").decode()
@@ -309,6 +309,98 @@ async def test_retry_after_ambiguous_failure_finds_the_earlier_message_by_extra_
     assert len(double.accepted) == 2 and receipt.provider_ids == (double.accepted[1].message_id,)
 
 
+@pytest.mark.parametrize("not_found_body", [
+    {"error_code": 36020, "error_text": "Message not found"},  # the double's default
+    None,  # a bare 404
+])
+async def test_lookup_answered_404_means_unknown_so_the_retry_sends(
+    double: KcellDouble, make_upstream: MakeUpstream, not_found_body: dict[str, Any] | None
+) -> None:
+    # A fresh instance (as after a restart) knows nothing of attempt 1: it looks up first.
+    double.dr_not_found_body = not_found_body
+    upstream = await make_upstream()
+    receipt = await upstream.send(sms(key="b1-9", attempt=2))
+    assert [r.path for r in double.requests] == ["/acme/dr/external/b1-9/simple",
+                                                 "/acme/json2/simple"]
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.message_id,)
+
+
+@pytest.mark.parametrize("http_status", [200, 500])
+async def test_lookup_answered_36020_stays_transient_and_sends_nothing(
+    double: KcellDouble, make_upstream: MakeUpstream, http_status: int
+) -> None:
+    # Table 11 (l. 1196, 1317): 36020 is an internal error; only HTTP 404 says "unknown".
+    upstream = await make_upstream()
+    double.fail_next(1, "error", target="dr", code=36020, http_status=http_status)
+    with pytest.raises(TransientUpstreamError) as caught:
+        await upstream.send(sms(key="b1-10", attempt=2))
+    assert caught.value.code == 36020
+    assert [r.path for r in double.requests] == ["/acme/dr/external/b1-10/simple"]
+    assert double.accepted == []
+
+
+async def test_retry_after_429_sends_without_a_lookup(
+    double: KcellDouble, make_upstream: MakeUpstream
+) -> None:
+    upstream = await make_upstream()
+    double.fail_next(1, "http429", retry_after=1)
+    with pytest.raises(TransientUpstreamError) as caught:
+        await upstream.send(sms(key="b1-11"))
+    assert not caught.value.ambiguous
+    receipt = await upstream.send(sms(key="b1-11", attempt=2))
+    assert [r.path for r in double.requests] == ["/acme/json2/simple", "/acme/json2/simple"]
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.message_id,)
+
+
+async def test_retry_after_connection_refused_sends_without_a_lookup(
+    make_upstream: MakeUpstream
+) -> None:
+    port = free_port()
+    upstream = await make_upstream(base_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(TransientUpstreamError) as caught:
+        await upstream.send(sms(key="b1-12"))
+    assert not caught.value.ambiguous
+    async with KcellDouble(login="kc-user", password="kc-pass", client_id="acme",
+                           port=port) as later:
+        receipt = await upstream.send(sms(key="b1-12", attempt=2))
+        assert [r.path for r in later.requests] == ["/acme/json2/simple"]
+        assert receipt.provider_ids == (later.accepted[0].message_id,)
+
+
+async def test_retry_after_an_unambiguous_then_an_ambiguous_failure_looks_up(
+    double: KcellDouble, make_upstream: MakeUpstream
+) -> None:
+    # Only the last failure counts: after a 429 and then a 500, attempt 3 must look up.
+    upstream = await make_upstream()
+    double.fail_next(1, "http429")
+    double.fail_next(1, "accept_then_500")
+    for attempt in (1, 2):
+        with pytest.raises(TransientUpstreamError):
+            await upstream.send(sms(key="b1-13", attempt=attempt))
+    receipt = await upstream.send(sms(key="b1-13", attempt=3))
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.message_id,)
+    assert [r.path for r in double.requests] == [
+        "/acme/json2/simple", "/acme/json2/simple", "/acme/dr/external/b1-13/simple"]
+
+
+async def test_batch_retry_after_429_sends_without_lookups(
+    double: KcellDouble, make_upstream: MakeUpstream
+) -> None:
+    upstream = await make_upstream()
+    double.fail_next(1, "http429")
+    batch = [sms(key="a"), sms("79161234568", key="b")]
+    with pytest.raises(TransientUpstreamError):
+        await upstream.send_batch(batch)
+    results = await upstream.send_batch([sms(key="a", attempt=2),
+                                         sms("79161234568", key="b", attempt=2)])
+    assert all(isinstance(r, SendReceipt) for r in results)
+    assert [r.path for r in double.requests] == ["/acme/json2/batch/sync"] * 2
+    assert sorted(a.extra_id or "" for a in double.accepted) == ["a", "b"]
+
+
 # -- (c) multi-segment ------------------------------------------------------------------------
 
 
@@ -489,3 +581,23 @@ async def test_end_to_end_status_by_callback_single_and_batched(
         response = await client.post(callback, content=b'[{"status": 2}]',
                                      headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and response.json()["field"] == "[0].message_id"
+
+
+@pytest.mark.parametrize(("mode", "lookups"), [("http500", 1), ("http429", 0)])
+async def test_end_to_end_retry_after_a_transient_failure_sends_once(
+    bridge_factory: BridgeFactory, double: KcellDouble, mode: str, lookups: int
+) -> None:
+    bridge = await bridge_factory(
+        upstreams={"p": {"kind": "kcell", "base_url": double.url, **CREDENTIALS,
+                         "status_poll_interval": 0}},
+        accounts={"alerts": {"password": "pw", "upstream": "p", "originator": "ACME"}})
+    double.fail_next(1, mode)
+    code, reply = await send(bridge.smtp_port, mail("79161234567.alerts@x", "", "text"))
+    assert code == 250, reply
+    await wait_status(bridge, 1, "sent")
+    [accepted] = double.accepted
+    [message] = await bridge.store.list_messages()
+    assert message.upstream_ids == [accepted.message_id]
+    paths = [r.path for r in double.requests]
+    assert paths.count("/acme/json2/simple") == 2
+    assert sum(p.startswith("/acme/dr/external/") for p in paths) == lookups

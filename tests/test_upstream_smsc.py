@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from bridge.upstreams.base import BatchSending, OutboundSms, SendReceipt, Status
 from bridge.upstreams.smsc import (
     AUTH_FAILURE_TTL,
     IP_BLOCK_RETRY_AFTER,
+    REPEAT_RETRY_AFTER,
     SmscUpstream,
     client_id,
     parse_smsc_error,
@@ -54,12 +56,25 @@ def make_upstream(double: SmscDouble, client: httpx.AsyncClient, **extra: Any) -
     settings = UpstreamSettings(kind="smsc", base_url=double.url, login="acme",
                                 password=SecretStr(extra.pop("password", "s3cret")),
                                 timeout=extra.pop("timeout", 5.0), **extra)
+    SmscUpstream.validate("p", settings)
     return SmscUpstream("p", settings, client)
+
+
+def status_url(double: SmscDouble) -> str:
+    return f"{double.url}/sys/status.php"
 
 
 @pytest.fixture
 def upstream(double: SmscDouble, client: httpx.AsyncClient) -> SmscUpstream:
+    """Without ``status_url``: sends only, no status requests."""
     return make_upstream(double, client)
+
+
+@pytest.fixture
+def polling(double: SmscDouble, client: httpx.AsyncClient) -> SmscUpstream:
+    """With ``status_url``, and a double that names ids in its replies (SMSC.ru convention)."""
+    double.success_form = "ids"
+    return make_upstream(double, client, status_url=status_url(double))
 
 
 def sms(phone: str = PHONE, text: str = "hello", key: str = "k1", attempt: int = 1,
@@ -134,8 +149,45 @@ async def test_send_one_exact_request(upstream: SmscUpstream, double: SmscDouble
     }
     [accepted] = double.accepted
     assert accepted.message == "Привет, мир"
-    assert receipt.provider_ids == (f"{PHONE}:{client_id(['k1'])}",)
-    assert accepted.provider_id == receipt.provider_ids[0]
+    # 004 shows no success reply naming an id; the double answers {"result": "OK"}.
+    assert receipt.provider_ids == ()
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"result": "OK"}', "OK", "<result>OK</result>", "", "accepted", '{"id": 12',
+     '{"cnt": "x", "id": "y"}', "<html>oops</html>", "[1, 2]"],
+)
+async def test_any_reply_without_an_error_is_a_success(
+    upstream: SmscUpstream, double: SmscDouble, body: str
+) -> None:
+    # 004, l. 79: "В случае успешного запроса Сервер возвращает ответ в виде строки" — an answer
+    # that carries none of the four error forms is a success, whatever its body.
+    double.success_body = body
+    receipt = await upstream.send(sms())
+    assert receipt.provider_ids == ()
+    assert double.count() == 1 and len(double.accepted) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "note"),
+    [('{"id": 77, "cnt": 2}', "2 SMS for 1 phone(s)"), ('{"id": "77"}', ""),
+     ("<result>\n<cnt>2</cnt>\n<id>77</id>\n</result>", "2 SMS for 1 phone(s)"),
+     ("77,2", "2 SMS for 1 phone(s)"), ("OK - 2 SMS, ID - 77", "2 SMS for 1 phone(s)")],
+)
+async def test_ids_and_parts_are_taken_when_the_reply_names_them(
+    upstream: SmscUpstream, double: SmscDouble, body: str, note: str
+) -> None:
+    double.success_body = body
+    receipt = await upstream.send(sms())
+    assert receipt.provider_ids == (f"{PHONE}:77",)
+    assert receipt.note == note
+
+
+async def test_a_success_is_never_sent_again(upstream: SmscUpstream, double: SmscDouble) -> None:
+    receipt = await upstream.send(sms(attempt=2))  # a retry, after whatever came before
+    assert receipt.provider_ids == ()
+    assert [r.path for r in double.requests] == ["/sys/send.php"]  # no status request
 
 
 @pytest.mark.parametrize(
@@ -160,6 +212,7 @@ async def test_client_id_is_stable_across_attempts_and_unique_per_key() -> None:
 async def test_send_batch_groups_by_text_and_maps_ids_per_phone(
     upstream: SmscUpstream, double: SmscDouble
 ) -> None:
+    double.success_form = "ids"
     assert isinstance(upstream, BatchSending)
     batch = [
         sms("79161234567", "alert", "a"),
@@ -191,6 +244,7 @@ async def test_send_batch_groups_by_text_and_maps_ids_per_phone(
 async def test_send_batch_multi_part_text_counts_parts(
     upstream: SmscUpstream, double: SmscDouble
 ) -> None:
+    double.success_form = "ids"
     text = "ы" * 100  # 2 UCS-2 parts per phone
     results = await upstream.send_batch([sms("79161234567", text, "a", encoding="ucs2"),
                                          sms("79161234568", text, "b", encoding="ucs2")])
@@ -232,8 +286,18 @@ async def test_send_batch_stops_after_a_transient_failure(
 
 async def test_send_batch_retries_go_one_by_one(upstream: SmscUpstream,
                                                 double: SmscDouble) -> None:
+    double.success_form = "ids"
     results = await upstream.send_batch([sms("79161234567", "x", "a", attempt=2),
                                          sms("79161234568", "x", "b", attempt=2)])
+    assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/send.php"]
+    assert [r.provider_ids for r in results if isinstance(r, SendReceipt)] == [
+        (f"79161234567:{client_id(['a'])}",), (f"79161234568:{client_id(['b'])}",)]
+
+
+async def test_send_batch_retries_with_status_url_ask_first(polling: SmscUpstream,
+                                                            double: SmscDouble) -> None:
+    results = await polling.send_batch([sms("79161234567", "x", "a", attempt=2),
+                                        sms("79161234568", "x", "b", attempt=2)])
     assert [r.path for r in double.requests] == [
         "/sys/status.php", "/sys/send.php", "/sys/status.php", "/sys/send.php"]
     assert [r.provider_ids for r in results if isinstance(r, SendReceipt)] == [
@@ -280,7 +344,8 @@ async def test_real_refusals_from_the_double(upstream: SmscUpstream, double: Sms
 async def test_bad_credentials_are_cached_without_requests(
     double: SmscDouble, client: httpx.AsyncClient
 ) -> None:
-    upstream = make_upstream(double, client, password="wrong")
+    upstream = make_upstream(double, client, password="wrong", status_url=status_url(double))
+    assert isinstance(upstream, StatusPolling)
     clock = FakeClock()
     upstream.clock = clock
     with pytest.raises(PermanentUpstreamError) as first:
@@ -322,17 +387,32 @@ async def test_ip_block_is_waited_out_without_requests(
     assert cached.value.retry_after == pytest.approx(IP_BLOCK_RETRY_AFTER - 100)
     assert len(double.requests) == 1
     clock.now += IP_BLOCK_RETRY_AFTER
-    receipt = await upstream.send(sms(key="c"))
-    assert receipt.provider_ids and len(double.requests) == 2
+    await upstream.send(sms(key="c"))
+    assert len(double.requests) == 2 and len(double.accepted) == 1
 
 
-async def test_error_9_is_not_cached(upstream: SmscUpstream, double: SmscDouble) -> None:
+async def test_error_9_pauses_every_call_for_a_minute(
+    double: SmscDouble, client: httpx.AsyncClient
+) -> None:
+    upstream = make_upstream(double, client, status_url=status_url(double))
+    clock = FakeClock()
+    upstream.clock = clock
     double.fail_next(1, "error", code=9)
     with pytest.raises(TransientUpstreamError) as info:
         await upstream.send(sms(key="a"))
-    assert info.value.retry_after is not None and info.value.retry_after >= 60
+    assert info.value.retry_after is not None and info.value.retry_after >= REPEAT_RETRY_AFTER
+    clock.now += 30
+    with pytest.raises(TransientUpstreamError) as paused:
+        await upstream.send(sms(key="b"))  # another message: paused as well
+    assert paused.value.code == 9 and not paused.value.ambiguous
+    assert paused.value.retry_after == pytest.approx(REPEAT_RETRY_AFTER - 30)
+    assert isinstance(upstream, StatusPolling)
+    with pytest.raises(TransientUpstreamError):
+        await upstream.poll_statuses([f"{PHONE}:1"])  # status requests too
+    assert double.count() == 1
+    clock.now += REPEAT_RETRY_AFTER - 30
     await upstream.send(sms(key="b"))
-    assert len(double.requests) == 2 and len(double.accepted) == 1
+    assert double.count() == 2 and len(double.accepted) == 1
 
 
 async def test_identical_request_again_is_refused_by_the_double_with_9(
@@ -347,9 +427,6 @@ async def test_identical_request_again_is_refused_by_the_double_with_9(
 @pytest.mark.parametrize(
     ("mode", "kw", "code", "ambiguous"),
     [("http500", {}, "http_500", True), ("http429", {"retry_after": 7}, "http_429", False),
-     ("malformed", {}, "malformed", True), ("malformed", {"body": "<html>oops</html>"},
-                                            "malformed", True),
-     ("malformed", {"body": '{"cnt": "x", "id": "y"}'}, "malformed", True),
      ("drop", {}, None, True)],
 )
 async def test_http_failures_are_transient(
@@ -386,42 +463,53 @@ async def test_connection_refused_is_transient(client: httpx.AsyncClient) -> Non
 
 
 async def test_retry_after_ambiguous_failure_does_not_send_twice(
-    upstream: SmscUpstream, double: SmscDouble
+    polling: SmscUpstream, double: SmscDouble
 ) -> None:
     double.fail_next(1, "accept_then_500", path="/sys/send.php")
     with pytest.raises(TransientUpstreamError) as info:
-        await upstream.send(sms(attempt=1))
+        await polling.send(sms(attempt=1))
     assert info.value.ambiguous and len(double.accepted) == 1
-    receipt = await upstream.send(sms(attempt=2))
+    receipt = await polling.send(sms(attempt=2))
     assert receipt.provider_ids == (double.accepted[0].provider_id,)
     assert receipt.note == "accepted by an earlier attempt"
     assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/status.php"]
     assert len(double.accepted) == 1
 
 
-async def test_retry_after_lost_request_sends(upstream: SmscUpstream, double: SmscDouble) -> None:
+async def test_retry_after_lost_request_sends(polling: SmscUpstream, double: SmscDouble) -> None:
     double.fail_next(1, "drop", path="/sys/send.php")
     with pytest.raises(TransientUpstreamError):
-        await upstream.send(sms(attempt=1))
-    receipt = await upstream.send(sms(attempt=2))
+        await polling.send(sms(attempt=1))
+    receipt = await polling.send(sms(attempt=2))
     assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/status.php",
                                                  "/sys/send.php"]
     assert receipt.provider_ids == (double.accepted[0].provider_id,)
 
 
-async def test_retry_precheck_refused_still_sends(upstream: SmscUpstream,
+async def test_retry_without_status_url_sends_without_asking(
+    upstream: SmscUpstream, double: SmscDouble
+) -> None:
+    double.fail_next(1, "drop", path="/sys/send.php")
+    with pytest.raises(TransientUpstreamError):
+        await upstream.send(sms(attempt=1))
+    await upstream.send(sms(attempt=2))
+    assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/send.php"]
+    assert len(double.accepted) == 1
+
+
+async def test_retry_precheck_refused_still_sends(polling: SmscUpstream,
                                                   double: SmscDouble) -> None:
     double.fail_next(1, "error", code=1, path="/sys/status.php")
-    receipt = await upstream.send(sms(attempt=3))
+    receipt = await polling.send(sms(attempt=3))
     assert receipt.provider_ids == (double.accepted[0].provider_id,)
 
 
 async def test_retry_precheck_transient_failure_does_not_send(
-    upstream: SmscUpstream, double: SmscDouble
+    polling: SmscUpstream, double: SmscDouble
 ) -> None:
     double.fail_next(1, "http500", path="/sys/status.php")
     with pytest.raises(TransientUpstreamError):
-        await upstream.send(sms(attempt=2))
+        await polling.send(sms(attempt=2))
     assert double.accepted == []
 
 
@@ -433,12 +521,12 @@ async def test_retry_precheck_transient_failure_does_not_send(
      (22, "rejected"), (23, "rejected"), (24, "rejected"), (25, "undelivered"),
      (99, "unknown")],
 )
-async def test_status_table(upstream: SmscUpstream, double: SmscDouble, raw: int,
+async def test_status_table(polling: SmscUpstream, double: SmscDouble, raw: int,
                             status: str) -> None:
-    assert isinstance(upstream, StatusPolling)
-    [provider_id] = (await upstream.send(sms())).provider_ids
+    assert isinstance(polling, StatusPolling)
+    [provider_id] = (await polling.send(sms())).provider_ids
     double.set_status(provider_id, raw, err=0 if raw in (-1, 0, 1) else 7)
-    [report] = await upstream.poll_statuses([provider_id])
+    [report] = await polling.poll_statuses([provider_id])
     assert (report.provider_id, report.status, report.raw_status) == (provider_id, status,
                                                                       str(raw))
     assert report.error_code == (None if raw in (-1, 0, 1) else 7)
@@ -449,31 +537,43 @@ async def test_status_table(upstream: SmscUpstream, double: SmscDouble, raw: int
                              "fmt": "3", "charset": "utf-8"}
 
 
-async def test_poll_several_in_one_request(upstream: SmscUpstream, double: SmscDouble) -> None:
-    receipts = await upstream.send_batch([sms("79161234567", "x", "a"),
-                                          sms("79161234568", "x", "b"),
-                                          sms("79161234569", "y", "c")])
+async def test_poll_several_in_one_request(polling: SmscUpstream, double: SmscDouble) -> None:
+    assert isinstance(polling, StatusPolling)
+    receipts = await polling.send_batch([sms("79161234567", "x", "a"),
+                                         sms("79161234568", "x", "b"),
+                                         sms("79161234569", "y", "c")])
     ids = [r.provider_ids[0] for r in receipts if isinstance(r, SendReceipt)]
     double.set_status(ids[0], 1)
     double.set_status(ids[2], 20, err=6)
-    reports = await upstream.poll_statuses([*ids, "79160000000:42", "garbage", ids[0]])
+    reports = await polling.poll_statuses([*ids, "79160000000:42", "garbage", ids[0]])
     assert [(r.provider_id, r.status, r.error_code) for r in reports] == [
         (ids[0], "delivered", None), (ids[1], "sent", None), (ids[2], "undelivered", 6)]
     [request] = [r for r in double.requests if r.path == "/sys/status.php"]
     assert request.query["phone"] == "79161234567,79161234568,79161234569,79160000000"
 
 
-async def test_poll_unknown_single_id_is_left_out(upstream: SmscUpstream,
+async def test_poll_unknown_single_id_is_left_out(polling: SmscUpstream,
                                                   double: SmscDouble) -> None:
-    assert await upstream.poll_statuses([f"{PHONE}:42"]) == []
+    assert isinstance(polling, StatusPolling)
+    assert await polling.poll_statuses([f"{PHONE}:42"]) == []
     assert len(double.requests) == 1
 
 
-async def test_poll_error_is_raised(upstream: SmscUpstream, double: SmscDouble) -> None:
+async def test_poll_error_is_raised(polling: SmscUpstream, double: SmscDouble) -> None:
+    assert isinstance(polling, StatusPolling)
     double.fail_next(1, "error", code=4, form="plain")
     with pytest.raises(TransientUpstreamError) as info:
-        await upstream.poll_statuses([f"{PHONE}:42"])
+        await polling.poll_statuses([f"{PHONE}:42"])
     assert info.value.code == 4
+
+
+def test_status_polling_only_with_a_status_url(double: SmscDouble,
+                                               client: httpx.AsyncClient) -> None:
+    assert not isinstance(make_upstream(double, client), StatusPolling)
+    assert isinstance(make_upstream(double, client, status_url=status_url(double)),
+                      StatusPolling)
+    with pytest.raises(ValueError, match=r"upstreams\.p\.status_url"):
+        make_upstream(double, client, status_url="/sys/status.php")
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -487,9 +587,11 @@ def delivery(bridge: Bridge) -> list[tuple[str | None, str | None]]:
 async def test_end_to_end_sent_and_delivered_by_polling(
     bridge_factory: BridgeFactory, double: SmscDouble
 ) -> None:
+    double.success_form = "ids"
     bridge = await bridge_factory(
         upstreams={"p": {"kind": "smsc", "base_url": double.url, "login": "acme",
-                         "password": "s3cret", "status_poll_interval": 0.2}},
+                         "password": "s3cret", "status_poll_interval": 0.2,
+                         "status_url": status_url(double)}},
         accounts={"alerts": {"password": "pw", "upstream": "p", "originator": "ACME"}},
     )
     code, reply = await send(bridge.smtp_port, mail(f"{PHONE}.alerts@x", "", "text"))
@@ -527,3 +629,63 @@ async def test_end_to_end_bad_password_fails_fast(
     assert len(double.requests) == 1
     errors = [m.last_error or "" for m in await bridge.store.list_messages()]
     assert len(errors) == 3 and all("SMSC error 2" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("success_form", ["ok", "ids"])
+async def test_end_to_end_a_success_is_sent_once_and_never_polled_without_status_url(
+    bridge_factory: BridgeFactory, double: SmscDouble, success_form: str
+) -> None:
+    double.success_form = success_form
+    bridge = await bridge_factory(
+        upstreams={"p": {"kind": "smsc", "base_url": double.url, "login": "acme",
+                         "password": "s3cret", "status_poll_interval": 0.05}},
+        accounts={"alerts": {"password": "pw", "upstream": "p", "originator": "ACME"}},
+    )
+    code, reply = await send(bridge.smtp_port, mail(f"{PHONE}.alerts@x", "", "text"))
+    assert code == 250, reply
+    await wait_status(bridge, 1, "sent")
+    # Settled: nothing is queued, and no status poll is scheduled, now or ever.
+    assert await bridge.store.next_due_at() is None
+    assert await bridge.store.due_status_polls("p", time.time() + 10**7, 10) == []
+    assert [r.path for r in double.requests] == ["/sys/send.php"]
+    [message] = await bridge.store.list_messages()
+    expected = [] if success_form == "ok" else [double.accepted[0].provider_id]
+    assert message.upstream_ids == expected
+
+
+async def wait_events(bridge: Bridge, status: str, count: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        # Events are written by the dispatcher task; no event marks that commit.
+        while True:
+            [message] = await bridge.store.list_messages()
+            events = await bridge.store.message_events(message.id)
+            if sum(e["status"] == status for e in events) >= count:
+                return
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(("code", "pause"), [(4, IP_BLOCK_RETRY_AFTER), (9, REPEAT_RETRY_AFTER)])
+async def test_end_to_end_errors_4_and_9_pause_the_upstream_without_failing(
+    bridge_factory: BridgeFactory, double: SmscDouble, code: int, pause: float
+) -> None:
+    bridge = await bridge_factory(
+        upstreams={"p": {"kind": "smsc", "base_url": double.url, "login": "acme",
+                         "password": "s3cret"}},
+        accounts={"alerts": {"password": "pw", "upstream": "p", "originator": "ACME"}},
+    )
+    upstream = bridge.upstreams["p"]
+    assert isinstance(upstream, SmscUpstream)
+    clock = FakeClock()
+    upstream.clock = clock
+    double.fail_next(1, "error", code=code)
+    code_, reply = await send(bridge.smtp_port, mail(f"{PHONE}.alerts@x", "", "text"))
+    assert code_ == 250, reply
+    # The dispatcher retries (the test settings cap its delay at 0.2 s) while paused ...
+    await wait_events(bridge, "retry", 4)
+    assert double.count() == 1  # ... but no request goes out during the pause
+    [message] = await bridge.store.list_messages()
+    assert message.status in ("queued", "sending")
+    assert "failed" not in [e["status"] for e in await bridge.store.message_events(message.id)]
+    clock.now += pause
+    await wait_status(bridge, 1, "sent")
+    assert double.count() == 2 and len(double.accepted) == 1

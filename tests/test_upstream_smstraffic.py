@@ -19,11 +19,13 @@ from pydantic import SecretStr
 
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from bridge.parsing.text import count_segments
 from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import BatchSending, InboundPolling, OutboundSms, SendReceipt
 from bridge.upstreams.smstraffic import (
     INBOUND_OVERLAP,
     MSK,
+    InboundCursor,
     SmsTrafficV1Upstream,
     SmsTrafficV2Upstream,
     parse_v1_statuses,
@@ -111,7 +113,7 @@ async def test_v1_send_one_exact_request(double: SmsTrafficDouble,
         "POST", "/multi.php", FORM)
     assert form_of(request) == [
         ("login", LOGIN), ("password", PASSWORD), ("phones", "79161234561"),
-        ("message", "hello 1"), ("rus", "5"), ("want_sms_ids", "1"), ("max_parts", "255"),
+        ("message", "hello 1"), ("rus", "0"), ("want_sms_ids", "1"), ("max_parts", "255"),
         ("originator", "ACME"), ("flash", "1"), ("timeout", "3600"),
     ]
     assert receipt.provider_ids == (double.accepted[0].sms_id,)
@@ -125,6 +127,25 @@ async def test_v1_send_long_text_collects_every_part_id(double: SmsTrafficDouble
     assert receipt.provider_ids == tuple(accepted.part_ids)
 
 
+async def test_v1_ascii_text_goes_latin_and_the_part_count_agrees_with_the_provider(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """002 l. 811-813: rus=0 (windows-1251, 160/153) for text that Latin mode carries; rus=5
+    otherwise, 70/67 per part even for Latin-only text by the stricter reading, which the
+    double applies. The bridge's own count (``count_segments``, recorded as ``parts``) must
+    be the provider's."""
+    upstream = v1(double, client)
+    cases = [("a" * 282, "0"), ("{x}" * 60, "0"), ("é" * 100, "5"), ("Δ" + "a" * 99, "5"),
+             ("`" + "a" * 99, "5"), ("Привет " * 12, "5")]
+    for text, rus in cases:
+        receipt = await upstream.send(sms(text=text))
+        form = dict(form_of(double.requests[-1]))
+        assert form["rus"] == rus, text
+        accepted = double.accepted[-1]
+        assert accepted.message == text
+        assert len(receipt.provider_ids) == len(accepted.part_ids) == count_segments(text).parts
+
+
 # --------------------------------------------------------------------------- v1 batch
 
 async def test_v1_batch_one_request_with_push_ids_and_part_ids(
@@ -132,24 +153,28 @@ async def test_v1_batch_one_request_with_push_ids_and_part_ids(
 ) -> None:
     upstream = v1(double, client)
     assert isinstance(upstream, BatchSending) and upstream.max_batch > 1
-    batch = [sms(1, text="y" * 200), sms(2, text="two\nlines"), sms(3, text="Привет")]
+    batch = [sms(1, text="y" * 200), sms(2, text="two\nlines"), sms(3, text="Привет мир"),
+             sms(4, text="Пока")]
     results = await upstream.send_batch(batch)
-    [request] = double.requests
-    form = dict(form_of(request))
+    latin, cyrillic = double.requests  # one request per rus value (spec l. 811-813)
+    form = dict(form_of(latin))
     assert {k: form[k] for k in ("individual_messages", "with_push_id", "want_sms_ids", "rus")} \
-        == {"individual_messages": "1", "with_push_id": "1", "want_sms_ids": "1", "rus": "5"}
+        == {"individual_messages": "1", "with_push_id": "1", "want_sms_ids": "1", "rus": "0"}
     assert "message" not in form
     delimiter = form["delimiter"]  # a text holds a line break (spec l. 829)
     assert form["phones"].split(delimiter) == [
-        f"b1d9-1:79161234561 {'y' * 200}", "b1d9-2:79161234562 two\nlines",
-        "b1d9-3:79161234563 Привет"]
+        f"b1d9-1:79161234561 {'y' * 200}", "b1d9-2:79161234562 two\nlines"]
+    form = dict(form_of(cyrillic))
+    assert (form["rus"], form["individual_messages"]) == ("5", "1")
+    assert "delimiter" not in form
+    assert form["phones"] == "b1d9-3:79161234563 Привет мир\nb1d9-4:79161234564 Пока"
     assert [(a.phone, a.message, a.params["push_id"]) for a in double.accepted] == [
         ("79161234561", "y" * 200, "b1d9-1"), ("79161234562", "two\nlines", "b1d9-2"),
-        ("79161234563", "Привет", "b1d9-3")]
+        ("79161234563", "Привет мир", "b1d9-3"), ("79161234564", "Пока", "b1d9-4")]
     assert all(isinstance(r, SendReceipt) for r in results)
     ids = [r.provider_ids for r in results if isinstance(r, SendReceipt)]
     assert ids == [tuple(a.part_ids) for a in double.accepted]
-    assert [len(i) for i in ids] == [2, 1, 1]
+    assert [len(i) for i in ids] == [2, 1, 1, 1]
 
 
 async def test_v1_batch_without_line_breaks_uses_the_default_separator(
@@ -371,6 +396,139 @@ async def test_v2_poll_statuses_errors(double: SmsTrafficDouble,
     assert denied.value.code == "http_403"
 
 
+# --------------------------------------------------------------------------- v2 retries
+
+def clocks(double: SmsTrafficDouble, upstream: SmsTrafficV2Upstream) -> list[float]:
+    """One controllable clock for the double's restrictiveId window and the upstream's."""
+    now = [1000.0]
+    double.clock = lambda: now[0]
+    upstream.clock = lambda: now[0]
+    return now
+
+
+@pytest.mark.parametrize("lost", ["accept_then_drop", "accept_then_500"])
+async def test_v2_retry_refused_as_duplicate_recovers_the_provider_id(
+    double: SmsTrafficDouble, client: httpx.AsyncClient, lost: str
+) -> None:
+    """The first send is accepted but its answer lost; the retry (same restrictiveId) gets 105
+    (002 l. 163): the id comes from ``/v2/statuses/list`` by ``trackingData`` (l. 160, 314)."""
+    upstream = v2(double, client)
+    double.fail_next(1, lost)
+    with pytest.raises(TransientUpstreamError) as info:
+        await upstream.send(sms(1))
+    assert info.value.ambiguous
+    receipt = await upstream.send(sms(1, attempt=2))
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.sms_id,)
+    assert [r.path for r in double.requests] == ["/v2/send", "/v2/send", "/v2/statuses/list"]
+    first, second, lookup = (r.json for r in double.requests)
+    assert first == second
+    assert first["restrictiveId"] == "b1d9-1"
+    assert first["destinations"] == [{"to": 79161234561, "trackingData": "b1d9-1"}]
+    assert lookup == {"trackingData": ["b1d9-1"]}
+    assert accepted.params["trackingData"] == "b1d9-1"
+
+
+async def test_v2_retry_after_the_restrictive_window_looks_up_and_does_not_resend(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """restrictiveId refuses repeats for an hour only (002 l. 163): a later retry looks the
+    message up by trackingData first and, finding it, sends nothing."""
+    upstream = v2(double, client)
+    now = clocks(double, upstream)
+    double.fail_next(1, "accept_then_500")
+    with pytest.raises(TransientUpstreamError):
+        await upstream.send(sms(1))
+    now[0] += 3601  # the double would now accept the same restrictiveId again
+    receipt = await upstream.send(sms(1, attempt=2))
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.sms_id,)
+    assert [r.path for r in double.requests] == ["/v2/send", "/v2/statuses/list"]
+
+
+async def test_v2_retry_after_the_window_sends_when_the_lookup_finds_nothing(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    upstream = v2(double, client)
+    now = clocks(double, upstream)
+    double.fail_next(1, "drop")  # closed before processing: nothing was sent
+    with pytest.raises(TransientUpstreamError):
+        await upstream.send(sms(1))
+    now[0] += 3601
+    receipt = await upstream.send(sms(1, attempt=2))
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.sms_id,)
+    assert [r.path for r in double.requests] == ["/v2/send", "/v2/statuses/list", "/v2/send"]
+
+
+async def test_v2_retry_by_a_process_that_did_not_see_the_first_attempt_looks_up_first(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """After a restart (or on another instance) the time of the first attempt is unknown: it
+    may be more than an hour ago, so the retry looks up before sending."""
+    double.fail_next(1, "accept_then_500")
+    with pytest.raises(TransientUpstreamError):
+        await v2(double, client).send(sms(1))
+    receipt = await v2(double, client).send(sms(1, attempt=3))
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.sms_id,)
+    assert [r.path for r in double.requests] == ["/v2/send", "/v2/statuses/list"]
+
+
+@pytest.mark.parametrize(("mode", "kw"), [("http429", {"retry_after": 0}), ("drop", {}),
+                                        ("error", {"code": 1000})])
+async def test_v2_retry_after_a_failure_that_sent_nothing_does_not_look_up(
+    double: SmsTrafficDouble, client: httpx.AsyncClient, mode: str, kw: dict[str, Any]
+) -> None:
+    """A 429, a connection closed before the answer, an error answer: the retry sends at
+    once (within the hour restrictiveId still guards it) without a lookup first."""
+    upstream = v2(double, client)
+    double.fail_next(1, mode, **kw)
+    with pytest.raises(TransientUpstreamError):
+        await upstream.send(sms(1))
+    receipt = await upstream.send(sms(1, attempt=2))
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.sms_id,)
+    assert [r.path for r in double.requests] == ["/v2/send", "/v2/send"]
+
+
+async def test_v2_duplicate_refusal_with_a_failed_lookup_never_sends_again(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """105, then the lookup fails (HTTP 500): the attempt fails for now; the next one only
+    looks up — the provider already holds the SMS."""
+    upstream = v2(double, client)
+    double.fail_next(1, "accept_then_500")
+    with pytest.raises(TransientUpstreamError):
+        await upstream.send(sms(1))
+    double.fail_next(1, "http500", on="status")
+    with pytest.raises(TransientUpstreamError) as info:
+        await upstream.send(sms(1, attempt=2))
+    assert not info.value.ambiguous and "earlier attempt" in info.value.text
+    receipt = await upstream.send(sms(1, attempt=3))
+    [accepted] = double.accepted
+    assert receipt.provider_ids == (accepted.sms_id,)
+    assert [r.path for r in double.requests] == [
+        "/v2/send", "/v2/send", "/v2/statuses/list", "/v2/statuses/list"]
+
+
+async def test_v2_duplicate_refusal_without_a_listed_message_is_still_sent(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """105 on a retry proves an earlier attempt was accepted: never resend, even if the
+    lookup does not list it (yet); the receipt says why it has no id."""
+    upstream = v2(double, client)
+    double.fail_next(1, "http500")
+    with pytest.raises(TransientUpstreamError):
+        await upstream.send(sms(1))
+    double.fail_next(1, "error", code=105, text="Duplicated request")
+    receipt = await upstream.send(sms(1, attempt=2))
+    assert receipt.provider_ids == ()
+    assert "restrictiveId" in receipt.note
+    assert double.accepted == []
+    assert [r.path for r in double.requests] == ["/v2/send", "/v2/send", "/v2/statuses/list"]
+
+
 # --------------------------------------------------------------------------- set_checked
 
 async def test_v1_set_checked(double: SmsTrafficDouble, client: httpx.AsyncClient) -> None:
@@ -421,16 +579,72 @@ async def test_v1_poll_inbound_request_cursor_and_overlap(
         ("2", "79031234567", "first", "st", "mo", "utf-8"),
         ("3", "79037654321", "second", "st", "mo", "utf-8")]
     assert json.loads(messages[0].raw)["from_phone"] == "79031234567"
-    assert cursor == now.strftime("%Y-%m-%d %H:%M:%S")
-    # The next poll starts INBOUND_OVERLAP before the newest date seen; the cursor holds.
+    assert cursor is not None
+    # The next poll starts INBOUND_OVERLAP before the newest date seen; "3" is listed again
+    # but not handed out again, and the cursor holds.
     again, same = await upstream.poll_inbound(cursor)
     assert dict(form_of(double.requests[-1]))["from_date"] == (
         now - INBOUND_OVERLAP).strftime("%Y-%m-%d %H:%M:%S")
-    assert [m.sms_id for m in again] == ["3"] and same == cursor
+    assert again == [] and same == cursor
     double.add_incoming("79031234567", "third", sms_id="4", delivery_date=now + timedelta(1 / 24))
     newer, moved = await upstream.poll_inbound(cursor)
-    assert [m.sms_id for m in newer] == ["3", "4"]
-    assert moved == (now + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    assert [m.sms_id for m in newer] == ["4"]
+    assert dict(form_of(double.requests[-1]))["from_date"] == (
+        now - INBOUND_OVERLAP).strftime("%Y-%m-%d %H:%M:%S")
+    _, after = await upstream.poll_inbound(moved)
+    assert dict(form_of(double.requests[-1]))["from_date"] == (
+        now + timedelta(hours=1) - INBOUND_OVERLAP).strftime("%Y-%m-%d %H:%M:%S")
+    # The ids kept are those of the overlap before the newest date: "3" aged out.
+    assert InboundCursor.load(after).seen.keys() == {"4"}
+
+
+async def test_v1_poll_inbound_reads_a_cursor_of_the_earlier_format(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    now = datetime.now(MSK).replace(microsecond=0)
+    double.add_incoming("79031234567", "first", sms_id="2", delivery_date=now)
+    messages, _ = await v1(double, client).poll_inbound(now.strftime("%Y-%m-%d %H:%M:%S"))
+    assert [m.sms_id for m in messages] == ["2"]
+    assert dict(form_of(double.requests[-1]))["from_date"] == (
+        now - INBOUND_OVERLAP).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def test_v1_poll_inbound_pages_through_a_backlog(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """A full page (``count``) is followed by one from its last date; nothing is handed out
+    twice although the pages overlap in that second."""
+    upstream = v1(double, client)
+    upstream.inbound_page = 4  # type: ignore[misc]
+    start = datetime.now(MSK).replace(microsecond=0) - timedelta(hours=1)
+    for n in range(10):
+        double.add_incoming("79031234567", f"m{n}", sms_id=str(n),
+                            delivery_date=start + timedelta(seconds=n // 2))
+    messages, cursor = await upstream.poll_inbound(None)
+    assert [m.sms_id for m in messages] == [str(n) for n in range(10)]
+    assert len(double.requests) >= 3
+    again, _ = await upstream.poll_inbound(cursor)
+    assert again == []
+
+
+async def test_v1_poll_inbound_fetches_a_message_listed_30_minutes_late_once(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """A message dated ~28 min back that the provider lists only after a poll moved past
+    it is fetched by the next poll, and handed out once however often it is listed again."""
+    upstream = v1(double, client)
+    now = datetime.now(MSK).replace(microsecond=0)
+    double.add_incoming("79031234567", "on time", sms_id="1", delivery_date=now)
+    messages, cursor = await upstream.poll_inbound(None)
+    assert [m.sms_id for m in messages] == ["1"]
+    double.add_incoming("79035550000", "late", sms_id="2",
+                        delivery_date=now - timedelta(minutes=28))
+    handed_out: list[str] = []
+    for _ in range(4):
+        messages, cursor = await upstream.poll_inbound(cursor)
+        handed_out.extend(m.sms_id or "" for m in messages)
+    assert handed_out == ["2"]
+    assert cursor is not None
 
 
 async def test_v1_poll_inbound_errors(double: SmsTrafficDouble,
@@ -609,7 +823,8 @@ async def test_end_to_end_status_delivered_by_polling(
         assert send_request.headers["content-type"] == FORM
     elif kind == "smstraffic_v2":
         assert send_request.path == "/v2/send"
-        assert send_request.json["destinations"] == [{"to": 79161234567}]
+        assert send_request.json["destinations"] == [
+            {"to": 79161234567, "trackingData": send_request.json["restrictiveId"]}]
     else:
         assert send_request.path == "/soap.php"
         assert b"79161234567" in send_request.raw_body
@@ -643,9 +858,10 @@ async def test_end_to_end_inbound_polled_mailed_once_across_restart(
         await box.wait_for(2)
         await bridge.stop()
         # Listed again by the provider for the date range, and new ones, one of them
-        # listed late with a date before the newest seen.
+        # listed 28 minutes late: dated well before the newest date seen.
         double.add_incoming("79031234567", "inbound-three", delivery_date=now + timedelta(1e-5))
-        double.add_incoming("79035550000", "inbound-late", delivery_date=now - timedelta(seconds=5))
+        double.add_incoming("79035550000", "inbound-late",
+                            delivery_date=now - timedelta(minutes=28))
         polls = len([r for r in double.requests if r.form.get("operation") == "incoming"])
         await bridge_factory(**settings)
         await box.wait_for(4)

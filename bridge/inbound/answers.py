@@ -7,13 +7,20 @@ the store. A provider's retry that reaches the process which answered first is t
 without a store read; one that reaches another instance, or comes after eviction, reads the
 store as before. Only committed, final answers go in.
 
-Each answer is kept with the raw parameters of its request: a retry carries the same bytes
-(002 line 1897's template: ``message``, ``phone``, ``sms_id``). A repeat with other bytes is
-not answered from here but goes the store's way, where a repeat with other content is
-noticed (and still gets the first answer).
+Each answer is kept with a digest of the raw parameters of its request: a retry carries the
+same bytes (002 line 1897's template: ``message``, ``phone``, ``sms_id``). A repeat with other
+bytes is not answered from here but goes the store's way, where a repeat with other content
+is noticed (and still gets the first answer). The digest is keyed (BLAKE2b in keyed mode, a
+MAC like HMAC, three times faster on these short inputs) with a key of this process that is
+never stored: the parameters of a short-code hit hold its ``password``, which is thus
+neither kept in memory nor open to a dictionary attack on a digest.
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
 
 from bridge.models import StoredResponse
 
@@ -25,6 +32,11 @@ class AnswerCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._answers: dict[tuple[str, str], tuple[StoredResponse, bytes]] = {}
+        self._key = secrets.token_bytes(32)
+
+    def digest(self, raw: bytes) -> bytes:
+        """The keyed digest requests are compared by."""
+        return hashlib.blake2b(raw, key=self._key, digest_size=16).digest()
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -32,13 +44,15 @@ class AnswerCache:
     def get(self, source: str, sms_id: str, raw: bytes) -> StoredResponse | None:
         """The first answer to ``sms_id``, if this is a retry of the very same request."""
         kept = self._answers.get((source, sms_id))
-        return kept[0] if kept is not None and kept[1] == raw else None
+        if kept is None or not hmac.compare_digest(kept[1], self.digest(raw)):
+            return None
+        return kept[0]
 
     def put(self, source: str, sms_id: str | None, answer: StoredResponse | None,
             raw: bytes) -> None:
         if sms_id is None or answer is None or self.size == 0:
             return
         answers = self._answers
-        answers[(source, sms_id)] = (answer, raw)
+        answers[(source, sms_id)] = (answer, self.digest(raw))
         if len(answers) > self.size:
             del answers[next(iter(answers))]

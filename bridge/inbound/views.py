@@ -19,13 +19,14 @@ import hmac
 import ipaddress
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
 from bridge import metrics
@@ -42,6 +43,7 @@ from bridge.inbound.parsing import (
 )
 from bridge.inbound.routing import ReplyScript, select_script
 from bridge.models import ForwardJob, InboundMessage, InboundRecord, StoredResponse
+from bridge.redact import redact_params, redact_path, redact_text
 from bridge.relays.egress import EgressPolicy, EgressRefused
 from bridge.relays.forward import plan_forwarding
 from bridge.relays.replies import call_reply_script
@@ -53,6 +55,9 @@ from bridge.upstreams.registry import dlr_parser
 log = logging.getLogger(__name__)
 
 OK_RESPONSE = StoredResponse(200, b"OK", "text/plain; charset=utf-8")
+# Seconds a client is asked to wait after a 503 (store unavailable): nothing was committed,
+# and a provider's retry is answered as the first request would have been.
+RETRY_AFTER = "5"
 DUPLICATE_MO = metrics.INBOUND_DUPLICATES.labels(kind="mo")  # resolved once, not per request
 
 
@@ -76,7 +81,8 @@ class InboundService:
         self.store = store
         self.client = client
         self.on_forward = on_forward
-        self.egress = EgressPolicy(settings.inbound.egress_allowed_networks)
+        self.egress = EgressPolicy(settings.inbound.egress_allowed_networks,
+                                   settings.inbound.egress_allowed_ports)
         # Short-code hits being answered in this process, so that concurrent repeats wait
         # for the one script call instead of making their own.
         self._inflight: dict[tuple[str, str], asyncio.Future[StoredResponse]] = {}
@@ -106,9 +112,11 @@ class InboundService:
         return name, source
 
     async def read_raw(self, request: web.Request) -> bytes:
-        """Query string and form body as received (one ``a=b&c=d`` byte string)."""
+        """Query string and form body as received (one ``a=b&c=d`` byte string). The
+        server escapes raw 8-bit bytes of the request line as ``%XX`` (see
+        :mod:`bridge.inbound.app`), which decodes to the same bytes."""
         body = await read_body(request, self.settings.http.max_body_bytes)
-        query = request.raw_path.partition("?")[2].encode("ascii", "surrogateescape")
+        query = raw_query(request)
         return query + (b"&" if query and body else b"") + body
 
     async def read_params(
@@ -116,8 +124,7 @@ class InboundService:
     ) -> tuple[DecodedParams, bytes]:
         """Query string and form body, decoded from raw bytes with the right charset."""
         raw = await self.read_raw(request)
-        charset = declared_charset(request.headers.get("Content-Type")) or source.charset
-        return decode_params(raw, charset), raw
+        return decode_request(request, source, raw), raw
 
     # -- MO SMS -------------------------------------------------------------------------------
 
@@ -134,8 +141,8 @@ class InboundService:
             if answer is not None:
                 DUPLICATE_MO.inc()
                 return stored(answer)
-        charset = declared_charset(request.headers.get("Content-Type")) or source.charset
-        message = parse_mo(name, decode_params(raw, charset), raw)
+        # The stored request keeps no secret a provider may add (``password=``).
+        message = parse_mo(name, decode_request(request, source, raw), redact_params(raw))
         record = await self._record(message, "routed", OK_RESPONSE, looked_up=True)
         answer = record.response or OK_RESPONSE
         self.answers.put(name, message.sms_id, answer, raw)
@@ -194,44 +201,62 @@ class InboundService:
     async def shortcode(self, request: web.Request) -> web.Response:
         name, source = self.authenticate(request)
         params, raw = await self.read_params(request, source)
-        message, password = parse_shortcode(name, params, raw)
+        # The stored request keeps no ``password``; repeats are recognised by a keyed
+        # digest of the request as received (see AnswerCache).
+        message, password = parse_shortcode(name, params, redact_params(raw))
         assert message.recipient is not None
         code = self.settings.inbound.shortcodes.get(message.recipient)
         expected = code.password.get_secret_value().encode() if code else b"\0none"
         if not hmac.compare_digest(password.encode("utf-8", "surrogateescape"), expected) \
                 or code is None:
             raise InboundError(403, "wrong short code or password", field="password")
-        budget = self.settings.inbound.reply_budget
-        try:
-            async with asyncio.timeout(budget):
-                response = await self._answer(message, source)
-        except TimeoutError:
-            # Waiting on another request's script call took the whole budget.
-            response = self._reply_response(code.fallback_reply, source.charset)
-        return stored(response)
+        deadline = asyncio.get_running_loop().time() + self.settings.inbound.reply_budget
+        return stored(await self._answer(message, source, raw, deadline))
 
-    async def _answer(
-        self, message: InboundMessage, source: InboundSourceSettings
-    ) -> StoredResponse:
+    # Short-code answers (002 line 1976: "В случае повторного поступления запроса с одним и
+    # тем же sms_id необходимо дать абоненту точно такой же ответ"). The request that
+    # records the sms_id first (the store's insert-or-fetch decides, across processes and
+    # instances) calls the reply script; every other one waits for the answer it stores.
+    # Every answer, a fallback too, is stored before it is given, and the first one stored
+    # stands: a retry always gets the first answer's bytes.
+
+    # Part of the reply budget kept for storing the answer after the script call.
+    COMMIT_RESERVE = 0.2
+    # How long the caller of a script holds the call, in reply budgets: a pending hit whose
+    # caller held it longer (it died mid-call) is taken over by a repeat, once per hold.
+    # Two budgets, so that a caller that is slow to store its answer is not replaced.
+    ANSWER_HOLD = 2.0
+    # Waiting for another process's answer: store reads at growing intervals.
+    POLL_FIRST = 0.005
+    POLL_MAX = 0.1
+
+    async def _answer(self, message: InboundMessage, source: InboundSourceSettings,
+                      raw: bytes, deadline: float) -> StoredResponse:
+        """The answer to a short-code hit, stored before it is returned; ``deadline`` (event
+        loop time) ends the reply budget."""
         key = (message.source, message.sms_id or "")
         if message.sms_id is not None:
-            answer = self.answers.get(*key, message.raw)
+            answer = self.answers.get(*key, raw)
             if answer is not None:
                 metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
                 return answer
-        if message.sms_id is not None and key in self._inflight:
-            metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
-            return await asyncio.shield(self._inflight[key])
+            inflight = self._inflight.get(key)
+            if inflight is not None:
+                # A request of this process is answering this sms_id: its answer is stored
+                # before its deadline, which comes before this one's. Should the store be
+                # too slow for that, this request asks the store itself, below.
+                metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        return await asyncio.shield(inflight)
+                except TimeoutError:
+                    pass
         future: asyncio.Future[StoredResponse] = asyncio.get_running_loop().create_future()
-        if message.sms_id is not None:
+        if message.sms_id is not None and key not in self._inflight:
             self._inflight[key] = future
         try:
-            record = await self._record(message, "pending", None)
-            if record.response is not None:
-                result = record.response
-            else:
-                result = await self._run_script(record, message, source)
-            self.answers.put(message.source, message.sms_id, result, message.raw)
+            result = await self._settle(message, source, deadline)
+            self.answers.put(message.source, message.sms_id, result, raw)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -243,24 +268,74 @@ class InboundService:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
 
+    async def _settle(self, message: InboundMessage, source: InboundSourceSettings,
+                      deadline: float) -> StoredResponse:
+        record = await self._record(message, "pending", None)
+        if record.response is not None:
+            return record.response
+        if not record.duplicate:
+            return await self._run_script(record, message, source, deadline)
+        return await self._await_answer(record, message, source, deadline)
+
+    async def _await_answer(self, record: InboundRecord, message: InboundMessage,
+                            source: InboundSourceSettings, deadline: float) -> StoredResponse:
+        """A repeat of a pending hit: another request (in any process or instance) calls the
+        script, and its stored answer is awaited. If that caller's hold ran out (it died
+        mid-call) this request takes the call over; at the deadline, the fallback is stored
+        (unless an answer was stored first) and the answer that stands is returned."""
+        loop = asyncio.get_running_loop()
+        hold = self.settings.inbound.reply_budget * self.ANSWER_HOLD
+        delay = self.POLL_FIRST
+        while True:
+            answer = await self.store.inbound_answer(record.id)
+            if answer is not None:
+                return answer
+            now = time.time()
+            if now >= record.received_at + hold \
+                    and await self.store.claim_inbound_answer(record.id, now, hold):
+                log.warning("reply script call taken over from a caller that did not answer",
+                            extra={"inbound_id": record.id})
+                return await self._run_script(record, message, source, deadline)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, self.POLL_MAX)
+        return await self._store_fallback(
+            record, message, source, "no answer within the reply budget: another request "
+            "was calling the reply script")
+
+    async def _store_fallback(self, record: InboundRecord, message: InboundMessage,
+                              source: InboundSourceSettings, error: str) -> StoredResponse:
+        assert message.recipient is not None
+        code = self.settings.inbound.shortcodes[message.recipient]
+        response = self._reply_response(code.fallback_reply, source.charset)
+        return await self.store.complete_inbound(record.id, response, error)
+
     async def _run_script(self, record: InboundRecord, message: InboundMessage,
-                          source: InboundSourceSettings) -> StoredResponse:
+                          source: InboundSourceSettings, deadline: float) -> StoredResponse:
+        """Call the reply script within what is left of the budget (less the time kept for
+        storing the answer) and store its cleaned answer, or the fallback; return the answer
+        that stands (one stored first by a repeat that gave up waiting wins)."""
         assert message.recipient is not None
         code = self.settings.inbound.shortcodes[message.recipient]
         script = select_script(await self.scripts(), message.recipient, message.keyword)
+        budget = self.settings.inbound.reply_budget
+        timeout = deadline - asyncio.get_running_loop().time() - budget * self.COMMIT_RESERVE
         error: str | None = None
         if script is None:
             text, error = code.fallback_reply, "no reply script registered"
+        elif timeout <= 0:
+            text, error = code.fallback_reply, "reply budget spent before the script was called"
         else:
-            # Leave a little of the budget for the commit after the call.
-            timeout = min(script.timeout, self.settings.inbound.reply_budget * 0.8)
             try:
                 answer = await call_reply_script(self.client, self.egress, script, message,
-                                                 timeout=timeout)
+                                                 timeout=min(script.timeout, timeout))
                 text = clean_reply(answer, code.max_parts)
                 metrics.REPLY_SCRIPTS.labels(outcome="ok").inc()
             except Exception as exc:  # any failure yields the fallback and is recorded
-                text, error = code.fallback_reply, f"{type(exc).__name__}: {exc}"[:300]
+                text = code.fallback_reply
+                error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
                 metrics.REPLY_SCRIPTS.labels(outcome="failed").inc()
                 log.warning("reply script failed", extra={"inbound_id": record.id,
                                                           "script": script.id, "error": error})
@@ -295,7 +370,7 @@ class InboundService:
         name, source = self.authenticate(request)
         content_type = request.headers.get("Content-Type", "")
         body = await read_body(request, self.settings.http.max_body_bytes)
-        query = request.raw_path.partition("?")[2].encode("ascii", "surrogateescape")
+        query = raw_query(request)
         charset = declared_charset(content_type) or source.charset
         reports = dlr_parser(source.dlr_format)(content_type, query, body, charset)
         matched = await self.store.record_delivery_reports(name, reports, time.time())
@@ -380,12 +455,18 @@ class InboundService:
         return web.Response(status=204)
 
 
-_SECRET_SEGMENT = re.compile(r"^(/in/[^/]+/)[^/]+(/(?:mo|shortcode|dlr))$")
+def raw_query(request: web.Request) -> bytes:
+    """The query string as the client sent it (8-bit bytes arrive escaped as ``%XX``)."""
+    return request.raw_path.partition("?")[2].encode("utf-8", "surrogateescape")
 
 
-def redacted_path(path: str) -> str:
-    """The request path without the query string and without a source's secret."""
-    return _SECRET_SEGMENT.sub(r"\1***\2", path.partition("?")[0])
+def decode_request(request: web.Request, source: InboundSourceSettings,
+                   raw: bytes) -> DecodedParams:
+    """Parameters decoded with the request's declared charset, else the source's; only the
+    source's default is second-guessed when the bytes are valid UTF-8 (see
+    :func:`decode_params`)."""
+    declared = declared_charset(request.headers.get("Content-Type"))
+    return decode_params(raw, declared or source.charset, sniff_utf8=declared is None)
 
 
 def _script_id(request: web.Request) -> int:
@@ -415,15 +496,27 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise InboundError(413, f"body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise InboundError(413, f"body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise InboundError(413, f"body larger than {limit} bytes")
+            chunks.append(chunk)
+    except (RequestPayloadError, HttpProcessingError):
+        # Broken chunked framing, a body shorter than its Content-Length, bad compression.
+        raise InboundError(400, "malformed request body") from None
     return b"".join(chunks)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def refused(request: web.Request, status: int, error: str) -> None:
+    """Count and log a refusal: the path only through the redactor, never the query."""
+    metrics.INBOUND_REJECTED.labels(reason=str(status)).inc()
+    log.info("http request refused",
+             extra={"status": status, "error": error, "method": request.method,
+                    "path": redact_path(request.raw_path), "remote": request.remote})
 
 
 @web.middleware
@@ -432,19 +525,23 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except InboundError as exc:
-        metrics.INBOUND_REJECTED.labels(reason=str(exc.status)).inc()
-        log.info("http request refused",
-                 extra={"status": exc.status, "error": exc.message, "method": request.method,
-                        "path": redacted_path(request.path), "remote": request.remote})
+        refused(request, exc.status, exc.message)
         return web.json_response(exc.body(), status=exc.status)
     except StoreUnavailable:
         metrics.INBOUND_REJECTED.labels(reason="store").inc()
         # Nothing was committed: the provider's retry is safe and will be answered.
-        return json_error(503, "store unavailable, retry later")
+        response = json_error(503, "store unavailable, retry later")
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
     except web.HTTPException as exc:
-        if exc.status >= 400:
-            return json_error(exc.status, exc.reason)
-        raise
+        # aiohttp's own refusals (404, 405, 413 …) as JSON, keeping what the client needs.
+        if exc.status < 400:
+            raise
+        refused(request, exc.status, exc.reason.lower())
+        response = json_error(exc.status, exc.reason.lower())
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path.split("/")[1])
         return json_error(500, "internal error")

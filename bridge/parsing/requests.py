@@ -10,11 +10,19 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+import phonenumbers
+
 from bridge.errors import IntakeError
 from bridge.models import SendRequest
-from bridge.parsing.mail import ParsedMail, Recipient
+from bridge.parsing.mail import ParsedMail, Recipient, receiver_tag
 from bridge.parsing.phones import normalize_phone, split_phone_list, validate_originator
-from bridge.parsing.text import count_segments, transliterate, trim_quoted, trim_signature
+from bridge.parsing.replies import (
+    ReplyTrimming,
+    empty_reply_message,
+    extract_reply,
+    html_reply_text,
+)
+from bridge.parsing.text import count_segments, strip_controls, transliterate
 from bridge.settings import AccountSettings, Settings
 
 # 002, HTTP API v1 ``start_date``: "ГГГГ-ММ-ДД ЧЧ:ММ:СС", time zone UTC+3.
@@ -84,18 +92,72 @@ def make_request(
     )
 
 
-def clean_text(text: str, account: AccountSettings) -> str:
-    if account.trim_quoted:
-        text = trim_quoted(text)
-    if account.trim_signature:
-        text = trim_signature(text)
-    return text.strip("\n").rstrip()
+def clean_text(mail: ParsedMail, account: AccountSettings) -> str:
+    """The mail's text as an SMS: with the account's trimming, only the agent's own words
+    (:func:`bridge.parsing.replies.extract_reply`)."""
+    trimming = ReplyTrimming(account.trim_quoted, account.trim_signature,
+                             tuple(s for s in account.signature_starts if s.strip()))
+    text = mail.text
+    if trimming.quoted and mail.html is not None:
+        text = strip_controls(html_reply_text(mail.html))  # its <blockquote>s marked as quotes
+    return extract_reply(text, trimming).strip("\n").rstrip()
+
+
+# The longest numeric sender a provider kind takes: 15 digits by 002 line 69 ("максимальная
+# длина числового отправителя ограничена 15 цифрами"), Devino's SourceAddress ("не более 11
+# латинских символов или 15 цифр", 003 and 001); Kcell's ``alpha_name`` has "Максимальная
+# длина – 11 символов, может начинаться с цифры" whatever they are (000, table 5).
+NUMERIC_SENDER_DIGITS = 15
+_NUMERIC_SENDER_DIGITS_BY_KIND = {"kcell": 11}
+
+
+def numeric_originator_max(settings: Settings, account: AccountSettings) -> int:
+    """The longest numeric originator every upstream the account may send through (its own
+    and its fallbacks) takes: an answer must not fail on the fallback it is moved to."""
+    names = [account.upstream, *account.fallback_upstreams]
+    kinds = [settings.upstreams[name].kind for name in names if name in settings.upstreams]
+    return min((_NUMERIC_SENDER_DIGITS_BY_KIND.get(kind, NUMERIC_SENDER_DIGITS)
+                for kind in kinds), default=NUMERIC_SENDER_DIGITS)
+
+
+def reply_originator(receiver: str | None, phone: str, longest: int, *,
+                     tag: str | None = None, key: str | None = None,
+                     login: str = "") -> str | None:
+    """The number the customer texted, as the sender of the answer, when it may be one.
+
+    002 line 817: "Если указан цифровой отправитель, абонент может отправить ответное
+    сообщение" - only a numeric sender lets the customer reply. 002 line 69: a numeric
+    sender has at most 15 digits (``longest``: fewer for some upstreams), and "На российские
+    номера телефонов запрещена отправка сообщений с цифровым отправителем": to a Russian
+    phone the account's (alphanumeric) originator is kept, or the answer would be refused.
+
+    Only an address the bridge wrote counts: ``tag`` must be :func:`receiver_tag` of the
+    reply account's ``key``, or anyone who may mail that account could pick any sender."""
+    if receiver is None or not receiver.isascii() or not receiver.isdigit():
+        return None
+    if tag is None or key is None or not hmac.compare_digest(
+            tag, receiver_tag(key, login, phone, receiver)):
+        return None
+    if len(receiver) > longest:
+        return None
+    try:
+        number = phonenumbers.parse("+" + phone, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if phonenumbers.region_code_for_number(number) == "RU":
+        return None
+    return receiver
 
 
 def build_v1_requests(
-    login: str, account: AccountSettings, recipient: Recipient, mail: ParsedMail
+    login: str, account: AccountSettings, recipient: Recipient, mail: ParsedMail, *,
+    numeric_originator_max: int = NUMERIC_SENDER_DIGITS,
 ) -> list[SendRequest]:
-    """002 line 1768: phone in the address (Subject ignored) or in the Subject; body = text."""
+    """002 line 1768: phone in the address (Subject ignored) or in the Subject; body = text.
+
+    An address that names the number the customer texted (``PHONE.login+NUMBER@``, the
+    Reply-To of a forwarded SMS) answers from that number where :func:`reply_originator`
+    allows it; otherwise the account's originator is the sender, as for any v1 mail."""
     if recipient.phone is not None:
         phones = [normalize_phone(recipient.phone)]
     else:
@@ -104,7 +166,10 @@ def build_v1_requests(
         phones = split_phone_list(mail.subject)
         if not phones:
             raise IntakeError(550, "5.1.3", "No phone number in the Subject", 403)
-    text = clean_text(mail.text, account)
+    text = clean_text(mail, account)
+    if not text and mail.text.strip():
+        # Quotes and signatures only: say so, and show what came, for the bounce the agent reads.
+        raise IntakeError(550, "5.6.0", empty_reply_message(mail.text), 405)
     if not text:
         raise IntakeError(550, "5.6.0", "No message text", 405)
     originator = validate_originator(account.originator) if account.originator else None
@@ -115,7 +180,10 @@ def build_v1_requests(
             account,
             phone,
             text,
-            originator=originator,
+            originator=reply_originator(
+                recipient.receiver, phone, numeric_originator_max, tag=recipient.receiver_tag,
+                key=account.password.get_secret_value(), login=login)
+            or originator,
             transliterated=transliterated,
             max_parts=account.max_parts,
         )
@@ -171,7 +239,7 @@ def authenticate_v2(settings: Settings, fields: dict[str, str]) -> tuple[str, Ac
     if not password:
         raise IntakeError(550, "5.7.8", "password param is missing", 402)
     account = settings.account(login)
-    # Compare bytes: hmac.compare_digest raises TypeError on non-ASCII str (pitfalls.md).
+    # Compare bytes: hmac.compare_digest raises TypeError on non-ASCII str.
     expected = account.password.get_secret_value().encode() if account else b"\0invalid"
     if not hmac.compare_digest(password.encode(), expected) or account is None:
         raise IntakeError(550, "5.7.8", "Authentication failed: wrong login or password", 411)

@@ -3,10 +3,17 @@
 Segment sizes come from 002, "Кодировки" (line 1441, the GSM 03.38 table) and "UDH-склейка"
 (line 1491): a GSM 7-bit text fits 160 characters in one SMS and 153 per part when
 concatenated (152 with a 2-byte reference); UCS-2 fits 70 and 67 (66). Characters of the
-GSM extension table (``^{}\\[~]|€`` and form feed) take two septets.
+GSM extension table (``^{}\\[~]|``) take two septets.
 
-The spec reads ``rus=1/5`` two ways for Latin-only text (see specs/README.md); we count a
-text that fits GSM 03.38 as GSM whatever ``rus`` says, which matches what a handset shows.
+Which texts count as 7-bit: only those SMS Traffic HTTP API v1 can send in its Latin mode,
+``rus=0`` — "Сообщение передано в кодировке Windows-1251 … 160 (153 для склеенного
+сообщения)" (002 line 811) — and that a 7-bit SMS carries: the ASCII characters of GSM 03.38
+(:func:`fits_latin_mode`). Anything else (é, ü, Δ, £, €, the backtick, Cyrillic …) goes
+``rus=5``, where 002 line 812-813 reads two ways for Latin-only text: "Максимальное количество
+символов в одном СМС-сообщении — 70 (67 для склеенного сообщения). Если сообщение состоит
+исключительно из латинских символов, максимальное количество символов не изменяется" (70, or
+160?). The stricter reading is counted: 70/67. The count is an upper bound for the other
+providers too (UCS-2 never takes fewer parts than GSM 7-bit for the same text).
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ GSM_BASIC = set(
 )
 GSM_EXTENDED = set("\f^{}\\[~]|€")
 _GSM_ALL = frozenset(GSM_BASIC | GSM_EXTENDED)
+# What a 7-bit (Latin mode) SMS carries as it is: ASCII (so windows-1251 and any other
+# charset a provider's Latin mode takes encode it unchanged) and in GSM 03.38; not the
+# escape and form feed controls, which the GSM alphabet uses for its own purposes.
+LATIN_MODE = frozenset(ch for ch in _GSM_ALL if ord(ch) < 128) - {"\x1b", "\f"}
 
 
 @dataclass(frozen=True)
@@ -32,10 +43,21 @@ class Segments:
     per_part: int
 
 
-def count_segments(text: str, *, two_byte_concat: bool = False) -> Segments:
-    """How many SMS parts ``text`` takes, and in which encoding."""
+def fits_latin_mode(text: str) -> bool:
+    """Whether ``text`` goes as a 7-bit (Latin) SMS: SMS Traffic v1 ``rus=0``, SOAP
+    ``LatinEncoding``. Only ASCII characters of GSM 03.38 (see the module docstring)."""
+    return set(text) <= LATIN_MODE
+
+
+def count_segments(text: str, *, two_byte_concat: bool = False,
+                   whole_gsm_alphabet: bool = False) -> Segments:
+    """How many SMS parts ``text`` takes, and in which encoding (module docstring).
+
+    ``whole_gsm_alphabet``: count every character of GSM 03.38 (é, ü, Δ, £ …) as 7-bit, as
+    a provider that encodes GSM 03.38 itself does (Devino: its answer carries one id per
+    part it made, so matching ids to phones needs its own count, not the upper bound)."""
     chars = set(text)  # set operations rather than a Python step per character
-    if chars <= _GSM_ALL:
+    if chars <= (_GSM_ALL if whole_gsm_alphabet else LATIN_MODE):
         units = len(text) + sum(text.count(ch) for ch in chars & GSM_EXTENDED)
         single, multi, encoding = 160, 153, "gsm7"
     else:
@@ -91,35 +113,6 @@ def trim_blank_lines(text: str) -> str:
     while lines and not lines[-1]:
         lines.pop()
     return "\n".join(lines)
-
-
-_QUOTE_HEADER = re.compile(
-    r"^(On .+ wrote:|.+ писал\(а\):|.+ написал\(а\):|-----\s*Original Message\s*-----|"
-    r"-----\s*Исходное сообщение\s*-----|From: .+)$",
-    re.IGNORECASE,
-)
-
-
-def trim_signature(text: str) -> str:
-    """Cut at the usenet signature separator ``-- `` (RFC 3676 §4.3), and at a bare ``--``."""
-    lines = text.split("\n")
-    for index, line in enumerate(lines):
-        if line in ("-- ", "--"):
-            return "\n".join(lines[:index])
-    return text
-
-
-def trim_quoted(text: str) -> str:
-    """Drop a quoted reply: ``>`` lines and everything after an attribution line."""
-    kept: list[str] = []
-    for line in text.split("\n"):
-        stripped = line.strip()
-        if _QUOTE_HEADER.match(stripped):
-            break
-        if stripped.startswith(">"):
-            continue
-        kept.append(line)
-    return "\n".join(kept)
 
 
 class _HtmlText(HTMLParser):

@@ -21,6 +21,10 @@ network: the loopback admin endpoints, the store, the cloud metadata service at
   call runs under one ``asyncio.timeout``.
 * httpx honours ``HTTPS_PROXY``/``ALL_PROXY`` unless ``trust_env=False``: a proxy would connect
   on our behalf to whatever it resolves. Callers create the client with ``trust_env=False``.
+* An allowed network (a reply script on 127.0.0.1) also opens that host's other services:
+  a URL naming the port of Redis, PostgreSQL or an SMTP server would make the bridge speak
+  HTTP to them. Well-known non-HTTP ports are refused unless opened explicitly.
+* Answers are read with a cap on the bytes received and decoded (:mod:`bridge.bounded_http`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from bridge.bounded_http import DEFAULT_MAX_ANSWER_BYTES, identity_headers, send_bounded
 from bridge.errors import BridgeError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -78,9 +83,54 @@ _SPECIAL_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
+# Ports of services that do not speak HTTP, refused unless opened with ``allowed_ports``:
+# the "bad ports" browsers never connect to (WHATWG Fetch, "port blocking"), plus the
+# databases, caches and queues a bridge's own network typically runs.
+BLOCKED_PORTS: dict[int, str] = {
+    1: "tcpmux", 7: "echo", 9: "discard", 11: "systat", 13: "daytime", 15: "netstat",
+    17: "qotd", 19: "chargen", 20: "ftp-data", 21: "ftp", 22: "ssh", 23: "telnet",
+    25: "smtp", 37: "time", 42: "name", 43: "nicname", 53: "domain", 69: "tftp",
+    77: "priv-rjs", 79: "finger", 87: "ttylink", 95: "supdup", 101: "hostname",
+    102: "iso-tsap", 103: "gppitnp", 104: "acr-nema", 109: "pop2", 110: "pop3",
+    111: "sunrpc", 113: "auth", 115: "sftp", 117: "uucp-path", 119: "nntp", 123: "ntp",
+    135: "loc-srv", 137: "netbios-ns", 139: "netbios-ssn", 143: "imap", 161: "snmp",
+    179: "bgp", 389: "ldap", 427: "slp", 465: "smtps", 512: "exec", 513: "login",
+    514: "shell", 515: "printer", 526: "tempo", 530: "courier", 531: "chat",
+    532: "netnews", 540: "uucp", 548: "afp", 554: "rtsp", 556: "remotefs", 563: "nntps",
+    587: "submission", 601: "syslog-conn", 636: "ldaps", 989: "ftps-data", 990: "ftps",
+    993: "imaps", 995: "pop3s", 1433: "mssql", 1521: "oracle", 1719: "h323gatestat",
+    1720: "h323hostcall", 1723: "pptp", 2049: "nfs", 2375: "docker", 2376: "docker-tls",
+    2379: "etcd", 2380: "etcd-peer", 3306: "mysql", 3659: "apple-sasl", 4045: "npp",
+    4190: "sieve", 5060: "sip", 5061: "sips", 5432: "postgresql", 5672: "amqp",
+    6000: "x11", 6379: "redis", 6566: "sane-port", 6665: "ircu", 6666: "ircu",
+    6667: "ircu", 6668: "ircu", 6669: "ircu", 6679: "osaut", 6697: "ircs-u",
+    9042: "cassandra", 9092: "kafka", 10080: "amanda", 11211: "memcached",
+    27017: "mongodb",
+}
+
 
 class EgressRefused(BridgeError):
     """An outgoing call was refused: the target address (or URL) is not one we may reach."""
+
+
+class ResolutionFailed(EgressRefused):
+    """The target's name did not resolve (now): a resolver hiccup is temporary, so a
+    forward retries it, while the admin API refuses a URL whose host does not resolve."""
+
+
+def parse_network(text: str) -> IPNetwork:
+    """An allowed network from its CIDR text, strictly: ``127.0.0.1/8`` has host bits set
+    and is refused with the network it most likely means, rather than silently widened or
+    narrowed. The settings and :class:`EgressPolicy` both parse with this function, so
+    ``check-config`` refuses what ``serve`` would."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            meant = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP network in CIDR form ({exc})") from None
+        raise ValueError(f"{text!r} has host bits set: write {str(meant)!r}") from None
 
 
 class EgressPolicy:
@@ -91,12 +141,21 @@ class EgressPolicy:
     loopback (``"127.0.0.0/8"`` for a reply script running next to the bridge).
     """
 
-    def __init__(self, allowed_networks: Sequence[str] = ()) -> None:
+    def __init__(self, allowed_networks: Sequence[str] = (),
+                 allowed_ports: Sequence[int] = ()) -> None:
         if isinstance(allowed_networks, str):  # a lone "10.0.0.0/8" would iterate characters
             raise TypeError("allowed_networks must be a sequence of CIDR strings")
         self.allowed_networks: tuple[IPNetwork, ...] = tuple(
-            ipaddress.ip_network(cidr, strict=True) for cidr in allowed_networks
+            parse_network(cidr) for cidr in allowed_networks
         )
+        self.allowed_ports = frozenset(allowed_ports)
+
+    def check_port(self, port: int) -> None:
+        """Raise :class:`EgressRefused` for a well-known non-HTTP port not opened."""
+        service = BLOCKED_PORTS.get(port)
+        if service is not None and port not in self.allowed_ports:
+            raise EgressRefused(f"port {port} ({service}) is not an HTTP port; open it with "
+                                "inbound.egress_allowed_ports if it really is one")
 
     def check_address(self, address: str) -> None:
         """Raise :class:`EgressRefused` unless ``address`` (an IP literal) may be connected to.
@@ -130,17 +189,21 @@ class EgressPolicy:
 
         Every address is checked, not only the first: a name resolving to one public and one
         private address is refused, since we cannot know which one a later connect would use.
-        Raises :class:`EgressRefused` when the name does not resolve or any address is refused;
+        Raises :class:`EgressRefused` when the port or any address is refused, or the name
+        is not a valid host name, and :class:`ResolutionFailed` when it does not resolve;
         returns the addresses in resolver order, without duplicates.
         """
+        self.check_port(port)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(
                 host, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
                 proto=socket.IPPROTO_TCP,
             )
-        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        except UnicodeError as exc:  # not IDNA-encodable: no retry will help
             raise EgressRefused(f"cannot resolve {host!r}: {exc}") from exc
+        except OSError as exc:  # socket.gaierror is an OSError
+            raise ResolutionFailed(f"cannot resolve {host!r}: {exc}") from exc
         addresses: list[str] = []
         for family, _type, _proto, _canon, sockaddr in infos:
             if family not in (socket.AF_INET, socket.AF_INET6):
@@ -149,7 +212,7 @@ class EgressPolicy:
             if address not in addresses:
                 addresses.append(address)
         if not addresses:
-            raise EgressRefused(f"{host!r} resolves to no IP address")
+            raise ResolutionFailed(f"{host!r} resolves to no IP address")
         for address in addresses:
             try:
                 self.check_address(address)
@@ -201,6 +264,8 @@ async def guarded_request(
     url: str,
     *,
     timeout: float,
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    truncate_answer: bool = False,
     **kwargs: Any,
 ) -> httpx.Response:
     """Send one request to a user-registered ``url``, connecting only to checked addresses.
@@ -215,8 +280,15 @@ async def guarded_request(
     Redirects are never followed: a 3xx is returned as is, since its target was never
     checked. ``timeout`` bounds the whole call, resolution and body included, because httpx
     timeouts are per operation and a dripping server would outlive them; on expiry
-    :class:`TimeoutError` is raised. ``kwargs`` go to :meth:`httpx.AsyncClient.request`
-    (``headers``, ``content``, ``json`` …).
+    :class:`TimeoutError` is raised. It is also given to httpx for every phase, or the
+    client's default (5 s) would cut a call allowed 10 s. ``kwargs`` go to
+    :meth:`httpx.AsyncClient.build_request` (``headers``, ``content``, ``json`` …).
+
+    The answer is read with :func:`bridge.bounded_http.read_bounded`: ``Accept-Encoding:
+    identity`` is asked for, and at most ``max_answer_bytes`` are read and decoded; a longer
+    answer raises :class:`bridge.bounded_http.AnswerTooLarge`, or is cut there with
+    ``truncate_answer`` (for a caller that only needs the status). The response returned
+    holds the body already read.
 
     https requests are sent with ``Connection: close``: httpcore pools connections by origin,
     here the IP, so a kept-alive connection verified for one name could otherwise carry a
@@ -238,7 +310,7 @@ async def guarded_request(
         raise EgressRefused("URL has no host")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
 
-    headers = httpx.Headers(kwargs.pop("headers", None))
+    headers = identity_headers(kwargs.pop("headers", None))
     headers["Host"] = parsed.netloc.decode("ascii")  # host[:port], brackets for IPv6
     extensions = dict(kwargs.pop("extensions", None) or {})
     if parsed.scheme == "https":
@@ -250,15 +322,12 @@ async def guarded_request(
         last: httpx.TransportError | None = None
         for address in addresses:
             target = parsed.copy_with(host=address, port=parsed.port)
+            request = client.build_request(method, target, headers=headers,
+                                           extensions=extensions,
+                                           timeout=httpx.Timeout(timeout), **kwargs)
             try:
-                return await client.request(
-                    method,
-                    target,
-                    headers=headers,
-                    extensions=extensions,
-                    follow_redirects=False,
-                    **kwargs,
-                )
+                return await send_bounded(client, request, max_answer_bytes,
+                                          truncate=truncate_answer)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 last = exc  # nothing was sent: the next checked address may answer
         assert last is not None  # resolve() returns at least one address

@@ -6,8 +6,11 @@ They are built while the decision is committed (so none is lost) and sent later 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import quopri
+import re
 import time
 from collections.abc import Sequence
 from datetime import UTC
@@ -23,6 +26,8 @@ from bridge import metrics
 from bridge.errors import StoreUnavailable
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.retry import RetryPolicy
+from bridge.parsing.mail import raw_headers_map
+from bridge.redact import redact_text
 from bridge.relays.worker import ClaimLoop
 from bridge.settings import MailSettings
 from bridge.store.base import OutboxStore
@@ -72,23 +77,72 @@ def format_datetime_now() -> str:
     return format_datetime(datetime.now(UTC))
 
 
+_MSG_ID = re.compile(r"<[^<>\s]+>")
+_MAX_REFERENCES = 10  # RFC 5322 §3.6.4 lets a long References list be shortened
+
+
+def thread_headers(message_id: str | None, references: str | None) -> dict[str, str]:
+    """``In-Reply-To`` and ``References`` of an answer to the mail with these headers.
+
+    RFC 5322 §3.6.4: In-Reply-To is the parent's Message-ID; References is the parent's
+    References (or In-Reply-To) followed by its Message-ID. Only well-formed ``<id>`` tokens
+    are copied, so nothing else of the incoming header reaches ours.
+    """
+    parent = _MSG_ID.findall(message_id or "")
+    if len(parent) != 1:
+        return {}
+    chain = [ref for ref in _MSG_ID.findall(references or "") if ref != parent[0]]
+    chain = [*chain[-(_MAX_REFERENCES - 1):], parent[0]]
+    return {"In-Reply-To": parent[0], "References": " ".join(chain)}
+
+
 def build_v2_reply(
-    settings: MailSettings, to: str, xml: bytes, original_subject: str
+    settings: MailSettings, to: str, xml: bytes, original_subject: str, *,
+    message_id: str | None = None, references: str | None = None,
 ) -> OutboundMail:
+    """The ``reply_to_email`` answer, threaded to the request mail (``message_id`` and
+    ``references`` are that mail's headers)."""
     message = _base_message(settings, to, f"Re: {original_subject}".strip()[:200])
+    for name, value in thread_headers(message_id, references).items():
+        message[name] = value
     message.set_content(xml.decode("utf-8"), subtype="xml", charset="utf-8")
     return OutboundMail("v2_reply", to, message.as_bytes())
 
 
+def _original_headers_part(block: bytes) -> Message:
+    """The failed mail's header block as ``text/rfc822-headers`` (RFC 6522 §3.3, the
+    optional third part of a report, RFC 3464 §2). As received, in 7bit when it is ASCII
+    in lines SMTP can carry (RFC 5321 §4.5.3.1.6: 998 octets), else quoted-printable."""
+    part = Message()
+    part.set_type("text/rfc822-headers")
+    del part["MIME-Version"]
+    text = block.replace(b"\r\n", b"\n")
+    if text.isascii() and all(len(line) <= 998 for line in text.split(b"\n")):
+        part.set_payload(text.decode("ascii"))
+        part["Content-Transfer-Encoding"] = "7bit"
+    else:
+        part.set_payload(quopri.encodestring(text).decode("ascii"))
+        part["Content-Transfer-Encoding"] = "quoted-printable"
+    return part
+
+
 def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
                  error: str) -> OutboundMail | None:
-    """A delivery status notification (RFC 3464) to the envelope sender of a failed SMS."""
+    """A delivery status notification (RFC 3464) to the envelope sender of a failed SMS,
+    threaded to the mail the SMS came from (``In-Reply-To``, ``References``: RFC 5322
+    §3.6.4) and carrying that mail's stored header block."""
     to = message.mail_from
     if not settings.bounces or not to or to == "<>":
         return None  # a null sender must never get a bounce (RFC 5321 §4.5.5)
-    reason = " ".join(error.split())[:300]
+    reason = " ".join(redact_text(error).split())[:300]  # the sender sees no secret
+    original = message.mail_headers.encode("utf-8", "surrogateescape")
+    references = raw_headers_map(original).get(b"references")
     report = MIMEMultipart("report", report_type="delivery-status")
     for key, value in _base_message(settings, to, f"Undelivered SMS to +{message.phone}").items():
+        report[key] = value
+    for key, value in thread_headers(
+            message.mail_message_id,
+            references.decode("ascii", "replace") if references else None).items():
         report[key] = value
     report.attach(MIMEText(
         f"Your message to {message.phone} could not be sent as an SMS.\n\n"
@@ -100,7 +154,10 @@ def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
     per_message = Message()
     per_message["Reporting-MTA"] = f"dns; {hostname}"
     per_recipient = Message()
-    per_recipient["Final-Recipient"] = f"rfc822; {message.phone}"
+    # RFC 3464 §2.3.2 wants an address of the named type, and a bare phone number is no
+    # rfc822 address: the bridge's own v1 address for this SMS is given, PHONE.login@host
+    # (002 line 1768), which names both the number and the account.
+    per_recipient["Final-Recipient"] = f"rfc822; {message.phone}.{message.account}@{hostname}"
     per_recipient["Action"] = "failed"
     per_recipient["Status"] = "5.0.0"
     per_recipient["Diagnostic-Code"] = f"x-sms; {reason.encode('ascii', 'replace').decode()}"
@@ -109,6 +166,8 @@ def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
     del status["MIME-Version"]
     status.set_payload([per_message, per_recipient])
     report.attach(status)
+    if original:
+        report.attach(_original_headers_part(original))
     return OutboundMail("bounce", to, report.as_bytes())
 
 
@@ -126,13 +185,39 @@ async def send_via_smarthost(
         start_tls=settings.starttls,
         username=settings.username,
         password=password,
-        timeout=settings.timeout,
+        timeout=settings.command_timeout,
     )
-    async with client:
-        await client.sendmail(sender, [to], content)
+    # Everything up to the data within command_timeout; then up to mail.timeout for the
+    # reply to the data (RFC 5321 §4.5.3.2.6: 10 minutes). The commands are sent one by
+    # one, so each refusal comes with its own reply code (see is_permanent_smtp_error).
+    try:
+        async with asyncio.timeout(settings.command_timeout):
+            await client.connect()  # greeting, EHLO, STARTTLS, AUTH
+            await client.mail(sender)
+            await client.rcpt(to)
+        # aiosmtplib's timeout is per read or write: the whole DATA phase gets one deadline.
+        async with asyncio.timeout(settings.timeout):
+            await client.data(content, timeout=settings.timeout)
+    except BaseException:
+        client.close()
+        raise
+    # The mail is taken: a QUIT that fails or hangs changes nothing and is not an error.
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+        async with asyncio.timeout(settings.command_timeout):
+            await client.quit()
+    client.close()
 
 
 def is_permanent_smtp_error(exc: BaseException) -> bool:
+    """A 5yz reply at any stage (RFC 5321 §4.2.1: "permanent negative completion"):
+    connecting, EHLO, AUTH, MAIL, RCPT or DATA. aiosmtplib raises a different class at each
+    (``SMTPConnectResponseError``, ``SMTPHeloError``, ``SMTPAuthenticationError``,
+    ``SMTPSenderRefused``, ``SMTPRecipientRefused``, ``SMTPDataError``, all
+    ``SMTPResponseException`` with a ``code``; and ``sendmail`` wraps refused recipients
+    in ``SMTPRecipientsRefused``, which has none): the reply code decides, not the class.
+    4yz, timeouts and dropped connections are transient."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return bool(exc.recipients) and all(is_permanent_smtp_error(r) for r in exc.recipients)
     return isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600
 
 

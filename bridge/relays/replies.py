@@ -5,6 +5,10 @@ or sends the same fields as a POST form, UTF-8 encoded. It is signed like a Stan
 (``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` over the query string or the
 form body) with the script's shared secret, so the script can check the caller. Outgoing
 calls pass the SSRF guard of :mod:`bridge.relays.egress`.
+
+The answer is SMS text, at most 255 parts of a few hundred bytes: more than
+:data:`MAX_REPLY_ANSWER_BYTES` on the wire or decoded is refused (the fallback reply is
+sent), so a hostile script cannot make the bridge inflate or clean megabytes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from bridge.parsing.mail import resolve_charset
 from bridge.relays.egress import EgressPolicy, guarded_request
 from bridge.relays.signing import signature_headers
 
+MAX_REPLY_ANSWER_BYTES = 64 * 1024
+
 
 class ReplyScriptFailed(BridgeError):
     """The script answered something other than 2xx."""
@@ -34,7 +40,8 @@ async def call_reply_script(
     *,
     timeout: float,
 ) -> str:
-    """The script's answer text; raises on refusal, timeout, or a non-2xx answer."""
+    """The script's answer text; raises on refusal, timeout, a non-2xx answer, or an
+    answer larger than :data:`MAX_REPLY_ANSWER_BYTES` (``AnswerTooLarge``)."""
     fields = urlencode(
         {
             "message": message.text,
@@ -52,12 +59,14 @@ async def call_reply_script(
     if script.method == "POST":
         headers["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8"
         response = await guarded_request(client, egress, "POST", script.url, timeout=timeout,
-                                         content=fields, headers=headers)
+                                         content=fields, headers=headers,
+                                         max_answer_bytes=MAX_REPLY_ANSWER_BYTES)
     else:
         separator = "&" if "?" in script.url else "?"
         url = script.url + separator + fields.decode("ascii")
         response = await guarded_request(client, egress, "GET", url, timeout=timeout,
-                                         headers=headers)
+                                         headers=headers,
+                                         max_answer_bytes=MAX_REPLY_ANSWER_BYTES)
     if not 200 <= response.status_code < 300:
         raise ReplyScriptFailed(f"reply script answered HTTP {response.status_code}")
     charset = resolve_charset(response.charset_encoding) or "utf-8"

@@ -29,13 +29,27 @@ _TIMESTAMP = re.compile(r"[0-9]{1,15}")  # ASCII digits only: int() would accept
 
 
 def _key(secret: str) -> bytes:
-    """The HMAC key of ``secret``; a ``whsec_`` secret with bad base64 is a ValueError."""
+    """The HMAC key of ``secret``; a ``whsec_`` secret with bad base64 or no key after the
+    prefix is a ValueError (an empty HMAC key would sign with nothing secret at all)."""
     if secret.startswith(SECRET_PREFIX):
         try:
-            return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+            key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ValueError("webhook secret after 'whsec_' is not valid base64") from exc
+            raise ValueError("a 'whsec_' secret must go on with the base64 of the key; "
+                             f"this one does not ({exc})") from None
+        if not key:
+            raise ValueError("a 'whsec_' secret must go on with the base64 of the key; "
+                             "this one is empty")
+        return key
+    if not secret:
+        raise ValueError("the secret is empty")
     return secret.encode("utf-8")
+
+
+def check_secret(secret: str) -> str:
+    """``secret`` if it can sign (the settings refuse a malformed one at start)."""
+    _key(secret)
+    return secret
 
 
 def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:

@@ -27,6 +27,10 @@ class ClaimLoop:
         """Claim due work and handle it; False when there was none."""
         raise NotImplementedError
 
+    def idle_timeout(self) -> float:
+        """How long to wait for a wake-up when there was nothing to claim."""
+        return self.poll_interval
+
     async def run(self) -> None:
         while not self._stopping:
             try:
@@ -36,6 +40,6 @@ class ClaimLoop:
             if busy:
                 continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
+                async with asyncio.timeout(self.idle_timeout()):
                     await self._wake.wait()
             self._wake.clear()

@@ -8,26 +8,36 @@ content), with a standard reply code and the spec's API error code in the text
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
+import hashlib
 import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bridge import metrics
 from bridge.errors import IntakeError, StoreUnavailable
-from bridge.models import MailEnvelope, OutboundMail, SendRequest
+from bridge.models import EnqueueResult, MailEnvelope, OutboundMail, SendRequest
 from bridge.outbox.ratelimit import SlidingWindowCounter
-from bridge.parsing.mail import ParsedMail, Recipient, parse_mail, parse_recipient, parse_v2_body
+from bridge.parsing.mail import (
+    ParsedMail,
+    Recipient,
+    capped_header_block,
+    parse_mail,
+    parse_recipient,
+    parse_v2_body,
+)
 from bridge.parsing.phones import normalize_phone
 from bridge.parsing.requests import (
     authenticate_v2,
     build_v1_requests,
     build_v2_requests,
     check_phone_allowed,
+    numeric_originator_max,
 )
 from bridge.relays.email import build_v2_reply, render_reply_xml
 from bridge.settings import AccountSettings, Settings
@@ -43,11 +53,32 @@ TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
 _SMUGGLED_END = re.compile(rb"(?<!\r)\n\.(?:\r?\n|\r)|\r\n\.(?:\n|\r(?!\n))|\r(?!\n)\.(?:\r?\n)")
 
 
+_UNANSWERED_MAX = 10_000
+
+# The most of a mail's header block the store keeps, for the bounce (whole fields).
+MAX_STORED_HEADERS = 16 * 1024
+
+
+@dataclass
+class _Unanswered:
+    task: asyncio.Future[EnqueueResult]
+    since: float  # time.monotonic() when the client was answered without the outcome
+
+
 @dataclass
 class _Rcpt:
     recipient: Recipient
     login: str | None
     account: AccountSettings | None
+
+
+def in_networks(peer_ip: str | None, networks: list[str]) -> bool:
+    """Whether the client address lies in one of ``networks`` (none given: no)."""
+    try:
+        address = ipaddress.ip_address(peer_ip or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 def sender_allowed(account: AccountSettings, mail_from: str, peer_ip: str | None) -> bool:
@@ -56,16 +87,7 @@ def sender_allowed(account: AccountSettings, mail_from: str, peer_ip: str | None
         sender = mail_from.lower()
         if not any(fnmatch.fnmatchcase(sender, p.lower()) for p in account.allowed_senders):
             return False
-    if account.allowed_networks:
-        try:
-            address = ipaddress.ip_address(peer_ip or "")
-        except ValueError:
-            return False
-        if not any(
-            address in ipaddress.ip_network(net, strict=False) for net in account.allowed_networks
-        ):
-            return False
-    return True
+    return not account.allowed_networks or in_networks(peer_ip, account.allowed_networks)
 
 
 class IntakeHandler:
@@ -88,6 +110,11 @@ class IntakeHandler:
         # mail rate, so the limit holds for the cluster as a whole.
         self.cluster_size = 1
         self.domains = {d.lower() for d in settings.smtp.accepted_domains}
+        # Enqueues that outlived ``store_deadline`` (answered 451) or their connection, by a
+        # digest of the mail and its envelope. They are not cancelled - a store call given
+        # up may still commit - so the client's retry is matched with its earlier attempt:
+        # the mail is queued once, with or without a Message-ID for the store to dedup on.
+        self._unanswered: dict[bytes, _Unanswered] = {}
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -161,9 +188,10 @@ class IntakeHandler:
                                             "reply": exc.smtp_reply()})
             if exc.reply is not None:
                 try:
-                    await self.store.queue_mail(exc.reply, self.clock())
+                    async with asyncio.timeout(self.settings.smtp.store_deadline):
+                        await self.store.queue_mail(exc.reply, self.clock())
                     self.on_mail_queued()
-                except StoreUnavailable:
+                except (StoreUnavailable, TimeoutError):
                     log.warning("could not queue the v2 error reply")
             return exc.smtp_reply()
         except StoreUnavailable as exc:
@@ -194,7 +222,9 @@ class IntakeHandler:
                 requests, reply = self._v2(session, envelope, mail, now)
             else:
                 assert rcpt.login is not None and rcpt.account is not None
-                requests = build_v1_requests(rcpt.login, rcpt.account, rcpt.recipient, mail)
+                requests = build_v1_requests(
+                    rcpt.login, rcpt.account, rcpt.recipient, mail,
+                    numeric_originator_max=numeric_originator_max(self.settings, rcpt.account))
             key = None
             if mail.message_id:
                 key = f"{mail.message_id}\0{rcpt.recipient.address.lower()}"
@@ -206,11 +236,26 @@ class IntakeHandler:
             message_id=mail.message_id,
             peer=peer,
             format=fmt,
+            headers=capped_header_block(raw, MAX_STORED_HEADERS),
         )
-        result = await self.store.enqueue(
-            envelope_info, batches, now=now, dedup_window=self.settings.smtp.duplicate_window,
-            reply=reply,
-        )
+        digest = hashlib.sha256(b"\0".join(
+            [mail_from.encode("utf-8", "surrogateescape"),
+             *(r.encode("utf-8", "surrogateescape") for r in envelope.rcpt_tos), raw]
+        )).digest()
+
+        def enqueue() -> Awaitable[EnqueueResult]:
+            return self.store.enqueue(
+                envelope_info, batches, now=now,
+                dedup_window=self.settings.smtp.duplicate_window, reply=reply,
+            )
+
+        result, earlier = await self._enqueue_within_deadline(
+            digest, enqueue, fmt=fmt, replies=reply is not None)
+        if earlier and not result.duplicate:
+            log.info("retry of a mail queued after its attempt was answered 451",
+                     extra={"messages": list(result.message_ids), "mail_from": mail_from})
+            return (f"250 2.0.0 Queued by an earlier attempt ({len(result.message_ids)} "
+                    "messages), not sent twice")
         if result.duplicate:
             metrics.MAILS_DUPLICATE.inc()
             log.info("duplicate mail recognised", extra={"message_id_hdr": mail.message_id})
@@ -226,6 +271,72 @@ class IntakeHandler:
             log.info("mail queued", extra={"format": fmt, "messages": list(result.message_ids),
                                            "mail_from": mail_from})
         return f"250 2.0.0 Queued {len(result.message_ids)} messages: {ids}{more}"
+
+    async def _enqueue_within_deadline(
+        self, digest: bytes, enqueue: Callable[[], Awaitable[EnqueueResult]], *, fmt: str,
+        replies: bool,
+    ) -> tuple[EnqueueResult, bool]:
+        """The store's answer within ``store_deadline``, else StoreUnavailable (451 4.3.0):
+        a store stuck on a lock (another process's transaction, a PostgreSQL table lock)
+        would otherwise keep the client waiting as long as the lock is held.
+
+        Returns the result and whether it belongs to an earlier attempt of the same mail
+        (one that was answered 451, or lost its connection, and committed afterwards)."""
+        earlier = self._unanswered.get(digest)
+        if earlier is not None and earlier.task.done() and (
+            earlier.task.cancelled() or earlier.task.exception() is not None
+        ):
+            del self._unanswered[digest]  # it failed: this attempt starts afresh
+            earlier = None
+        task = earlier.task if earlier is not None else asyncio.ensure_future(enqueue())
+        try:
+            async with asyncio.timeout(self.settings.smtp.store_deadline):
+                result = await asyncio.shield(task)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if earlier is None:
+                self._remember_unanswered(digest, task, fmt, replies)
+            if isinstance(exc, asyncio.CancelledError):
+                raise  # the connection is gone; the retry will find the attempt
+            log.warning("store did not answer within store_deadline: mail deferred",
+                        extra={"deadline": self.settings.smtp.store_deadline})
+            raise StoreUnavailable("store did not answer in time") from None
+        except StoreUnavailable:
+            if earlier is not None:
+                self._unanswered.pop(digest, None)
+            raise
+        return result, earlier is not None
+
+    def _remember_unanswered(self, digest: bytes, task: asyncio.Future[EnqueueResult],
+                             fmt: str, replies: bool) -> None:
+        unanswered = self._unanswered
+        unanswered[digest] = _Unanswered(task, time.monotonic())
+        # Kept as long as a resent Message-ID is recognised; the oldest go first past a cap
+        # (each entry holds one small result once its store call has ended).
+        horizon = time.monotonic() - self.settings.smtp.duplicate_window
+        while unanswered:
+            oldest_key = next(iter(unanswered))
+            oldest = unanswered[oldest_key]
+            if oldest.since > horizon and len(unanswered) <= _UNANSWERED_MAX:
+                break
+            del unanswered[oldest_key]
+
+        def committed(done: asyncio.Future[EnqueueResult]) -> None:
+            # What the SMTP transaction would have done after a timely commit.
+            if done.cancelled() or done.exception() is not None:
+                log.warning("a mail answered 451 was not queued; the client's retry will be")
+                return
+            result = done.result()
+            if result.duplicate:
+                return
+            log.info("mail queued after its attempt was answered",
+                     extra={"format": fmt, "messages": list(result.message_ids)})
+            metrics.MAILS_ACCEPTED.labels(format=fmt).inc()
+            metrics.MESSAGES_QUEUED.inc(len(result.message_ids))
+            self.on_enqueued()
+            if replies:
+                self.on_mail_queued()
+
+        task.add_done_callback(committed)
 
     def _v2(
         self, session: Any, envelope: Any, mail: ParsedMail, now: float
@@ -243,7 +354,9 @@ class IntakeHandler:
                 # The XML error goes back too (002 line 1811), but only once the sender has
                 # authenticated: answering anyone would make the bridge a backscatter source.
                 xml = render_reply_xml(exc.api_code or 0, exc.text, ok=False)
-                exc.reply = build_v2_reply(self.settings.mail, mail_from, xml, mail.subject)
+                exc.reply = build_v2_reply(self.settings.mail, mail_from, xml, mail.subject,
+                                           message_id=mail.message_id,
+                                           references=mail.references)
             raise
         if not v2.reply_to_email or not mail_from:
             return v2.requests, None
@@ -254,6 +367,7 @@ class IntakeHandler:
         def reply(ids: Any) -> OutboundMail:
             infos = list(zip(phones, [str(i) for i in ids], strict=True)) if want_ids else []
             xml = render_reply_xml(0, f"queued {len(ids)} messages", infos, ok=True)
-            return build_v2_reply(mail_settings, mail_from, xml, mail.subject)
+            return build_v2_reply(mail_settings, mail_from, xml, mail.subject,
+                                  message_id=mail.message_id, references=mail.references)
 
         return v2.requests, reply

@@ -39,7 +39,8 @@ class OutboxStore(Protocol):
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` unless the store answers now (``/readyz``)."""
+        """Raise ``StoreUnavailable`` unless the store can commit a write now (``/readyz``):
+        answering reads is not enough (a full disk, a read-only database)."""
 
     async def enqueue(
         self,
@@ -163,12 +164,28 @@ class OutboxStore(Protocol):
         """Store a short-code answer unless one was stored first; return the one that stands."""
         ...
 
+    async def inbound_answer(self, inbound_id: int) -> StoredResponse | None:
+        """The stored answer of a short-code hit; None while it is pending (polled by the
+        repeats that wait for the caller of its reply script)."""
+        ...
+
+    async def claim_inbound_answer(self, inbound_id: int, now: float, lease: float) -> bool:
+        """Take over the reply-script call of a pending short-code hit whose caller's hold
+        ran out: the hold lasts ``lease`` seconds from the hit (``received_at``) or from the
+        last take-over. True for the one caller that got it: a caller that died mid-call is
+        replaced once per hold, never by two at once."""
+        ...
+
     async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
 
     async def claim_forward_jobs(
         self, owner: str, now: float, limit: int, lease_seconds: float,
         kinds: Sequence[str] = ("email", "webhook"),
-    ) -> list[ClaimedForward]: ...
+        exclude_targets: Sequence[tuple[str, str]] = (),
+    ) -> list[ClaimedForward]:
+        """Due jobs of ``kinds``, leased to ``owner``; none for the ``(kind, target)`` pairs
+        of ``exclude_targets`` (targets the caller has enough of in flight already)."""
+        ...
 
     async def forward_done(self, job_id: int, owner: str, now: float) -> None:
         """Record an outcome; only the current lease holder's outcome is recorded."""
@@ -179,6 +196,16 @@ class OutboxStore(Protocol):
     ) -> None: ...
 
     async def forward_dead(self, job_id: int, owner: str, error: str) -> None: ...
+
+    async def assign_thread(
+        self, job_id: int, thread_key: str, message_id: str, at: float, idle: float
+    ) -> str:
+        """The Message-ID of the first mail of the thread the mail of forwarding job
+        ``job_id`` (Message-ID ``message_id``, for an SMS received ``at``) belongs to;
+        ``message_id`` itself when it starts one. The thread of ``thread_key`` goes on while
+        its last SMS is less than ``idle`` seconds older than this one, else this mail starts
+        a new one. Decided once per job: every later call for it returns the same answer."""
+        ...
 
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100

@@ -6,7 +6,7 @@ Same behaviour as :class:`bridge.store.sqlite.SqliteStore`, made safe across ins
 * claims lock their rows with ``FOR UPDATE SKIP LOCKED`` and lease them to an owner, so two
   instances never claim the same row, and outcomes are recorded only by the lease holder;
 * deduplication (Message-ID keys, ``(source, sms_id)``) is ``INSERT … ON CONFLICT``: a
-  concurrent second inserter waits for the first and then sees its row (notes/pitfalls.md);
+  concurrent second inserter waits for the first and then sees its row;
   checks that have no unique key to conflict on (the content window of inbound messages
   without ``sms_id``, delivery reports racing ``mark_sent``) hold a transaction-scoped
   advisory lock on what they check;
@@ -46,9 +46,10 @@ from bridge.models import (
     StoredMessage,
     StoredResponse,
 )
-from bridge.settings import redact_url
+from bridge.redact import redact_text, redact_url
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
+    CLAIM_COLUMNS,
     DELIVERY_STATUSES,
     FINAL_STATUSES,
     INBOUND_COLUMNS,
@@ -56,12 +57,14 @@ from bridge.store.common import (
     REPORT_COLUMNS,
     REPORT_KEYS,
     SCRIPT_COLUMNS,
-    aggregate_status,
+    PartReport,
     inbound_content_hash,
     options_json,
+    report_time,
     row_to_inbound,
     row_to_message,
     row_to_script,
+    settle_delivery,
 )
 
 log = logging.getLogger(__name__)
@@ -220,6 +223,27 @@ MIGRATIONS: list[str] = [
     DROP INDEX inbound_hash;
     CREATE INDEX inbound_hash_noid ON inbound(source, content_hash, received_at)
         WHERE sms_id IS NULL;
+    """,
+    # Threads of forwarded SMS mails (per conversation and mailbox: the first mail's
+    # Message-ID, the last SMS's time), the thread each e-mail forward joined (decided once,
+    # so every retry carries the same headers), and each mail's header block (capped) for
+    # the text/rfc822-headers part of its bounce.
+    """
+    CREATE TABLE mail_threads (
+        thread_key TEXT PRIMARY KEY,
+        root_message_id TEXT NOT NULL,
+        last_activity DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE forward_jobs ADD COLUMN thread_root TEXT;
+    ALTER TABLE mails ADD COLUMN headers BYTEA;
+    """,
+    # The provider's time of each delivery report (a late or repeated report never takes
+    # a final status back; between finals the later time wins), and until when the caller
+    # of a short-code hit's reply script holds the call (a repeat takes a pending hit over
+    # once that hold ran out: its caller died mid-call).
+    """
+    ALTER TABLE delivery_reports ADD COLUMN reported_at DOUBLE PRECISION;
+    ALTER TABLE inbound ADD COLUMN answer_until DOUBLE PRECISION;
     """,
 ]
 
@@ -640,7 +664,17 @@ class PostgresStore:
             pool.terminate()
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.fetchval("SELECT 1"), write=False)
+        """Whether a write can be committed now: a row is inserted and deleted in one
+        transaction. A database that only reads (a standby after a failover,
+        ``default_transaction_read_only``, a full disk) fails here, where ``SELECT 1``
+        would succeed."""
+
+        async def op(conn: Conn) -> None:
+            key = f"readiness:{uuid.uuid4().hex}"  # its own row: probes never wait on locks
+            await conn.execute("INSERT INTO meta (key, value) VALUES ($1, '')", key)
+            await conn.execute("DELETE FROM meta WHERE key = $1", key)
+
+        await self._run(op)
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -680,10 +714,10 @@ class PostgresStore:
             if not fresh:
                 return EnqueueResult((), duplicate=True)
             await conn.execute(
-                "INSERT INTO mails (id, received_at, mail_from, message_id, peer, format) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO mails (id, received_at, mail_from, message_id, peer, format, "
+                "headers) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 mail_id, now, _text(envelope.mail_from), _opt(envelope.message_id),
-                _text(envelope.peer), envelope.format,
+                _text(envelope.peer), envelope.format, envelope.headers,
             )
             ids: list[int] = []
             for _, requests in fresh:
@@ -737,7 +771,7 @@ class PostgresStore:
                 " UPDATE messages m SET status = 'sending', lease_owner = $3,"
                 " lease_until = $4, attempts = m.attempts + 1, updated_at = $1"
                 " FROM due WHERE m.id = due.id RETURNING m.*)"
-                f" SELECT {MESSAGE_COLUMNS} FROM claimed m"
+                f" SELECT {CLAIM_COLUMNS} FROM claimed m"
                 " LEFT JOIN mails ml ON ml.id = m.mail_id ORDER BY m.id",
                 now, limit, owner, now + lease_seconds,
             )
@@ -816,6 +850,7 @@ class PostgresStore:
     async def schedule_retry(
         self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
     ) -> None:
+        error = redact_text(error)  # stored error texts keep no secret
         await self._finish(
             message_id,
             owner,
@@ -828,6 +863,7 @@ class PostgresStore:
     async def mark_failed(
         self, message_id: int, owner: str, error: str, now: float, bounce: OutboundMail | None
     ) -> None:
+        error = redact_text(error)
         await self._finish(
             message_id,
             owner,
@@ -913,6 +949,7 @@ class PostgresStore:
     async def mail_retry(
         self, mail_id: int, owner: str, error: str, next_attempt_at: float | None
     ) -> None:
+        error = redact_text(error)
         if next_attempt_at is None:
             sql = "status = 'failed', last_error = $3"
             params: tuple[Any, ...] = (mail_id, owner, _text(error))
@@ -1036,6 +1073,7 @@ class PostgresStore:
     ) -> StoredResponse:
         """Store the answer of a short-code hit, unless one was stored first; return the
         answer that stands."""
+        script_error = redact_text(script_error) if script_error else script_error
 
         async def op(conn: Conn) -> StoredResponse:
             # A concurrent completion waits for this row lock, then finds state 'answered'.
@@ -1054,6 +1092,34 @@ class PostgresStore:
             if row is None:
                 raise LookupError(f"no inbound message {inbound_id}")
             return StoredResponse(int(row[0]), bytes(row[1] or b""), str(row[2]))
+
+        return await self._run(op)
+
+    async def inbound_answer(self, inbound_id: int) -> StoredResponse | None:
+        """The stored answer of a short-code hit, None while it is pending."""
+
+        async def op(conn: Conn) -> StoredResponse | None:
+            row = await conn.fetchrow(
+                "SELECT response_status, response_body, response_type FROM inbound "
+                "WHERE id = $1", inbound_id)
+            if row is None or row[0] is None:
+                return None
+            return StoredResponse(int(row[0]), bytes(row[1] or b""), str(row[2]))
+
+        return await self._run(op, write=False)
+
+    async def claim_inbound_answer(self, inbound_id: int, now: float, lease: float) -> bool:
+        """Take over the script call of a pending short-code hit whose caller's hold ran
+        out (``lease`` seconds from the hit, or from the last take-over); True for the one
+        caller that got it (a concurrent claimer waits for the row lock, then finds the
+        hold renewed)."""
+
+        async def op(conn: Conn) -> bool:
+            status = await conn.execute(
+                "UPDATE inbound SET answer_until = $1 WHERE id = $2 AND state = 'pending' "
+                "AND COALESCE(answer_until, received_at + $3) <= $4",
+                now + lease, inbound_id, lease, now)
+            return _rowcount(status) == 1
 
         return await self._run(op)
 
@@ -1080,13 +1146,18 @@ class PostgresStore:
     async def claim_forward_jobs(
         self, owner: str, now: float, limit: int, lease_seconds: float,
         kinds: Sequence[str] = ("email", "webhook"),
+        exclude_targets: Sequence[tuple[str, str]] = (),
     ) -> list[ClaimedForward]:
+        # A kind has no space: "kind target" names one pair unambiguously.
+        excluded = [_text(f"{kind} {target}") for kind, target in exclude_targets]
+
         async def op(conn: Conn) -> list[ClaimedForward]:
             rows = await conn.fetch(
                 "WITH due AS ("
                 " SELECT id FROM forward_jobs WHERE kind = ANY($2::text[]) AND"
                 " ((status = 'queued' AND next_attempt_at <= $1)"
                 "  OR (status = 'sending' AND lease_until <= $1))"
+                " AND kind || ' ' || target <> ALL($6::text[])"
                 " ORDER BY CASE WHEN status = 'queued' THEN next_attempt_at"
                 "  ELSE lease_until END, id"
                 " LIMIT $3 FOR UPDATE SKIP LOCKED)"
@@ -1095,7 +1166,7 @@ class PostgresStore:
                 " FROM due WHERE f.id = due.id"
                 " RETURNING f.id, f.inbound_id, f.kind, f.target, f.payload, f.attempts,"
                 " f.deadline",
-                now, list(kinds), limit, owner, now + lease_seconds,
+                now, list(kinds), limit, owner, now + lease_seconds, excluded,
             )
             return [ClaimedForward(int(r[0]), int(r[1]), r[2], r[3], bytes(r[4]), int(r[5]),
                                    float(r[6]))
@@ -1115,15 +1186,43 @@ class PostgresStore:
     async def forward_retry(
         self, job_id: int, owner: str, error: str, next_attempt_at: float
     ) -> None:
+        error = redact_text(error)
         await self._write(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'queued', next_attempt_at = $3, last_error = $4, "
             "lease_until = NULL " + self._FORWARD_HELD,
             job_id, owner, next_attempt_at, _text(error)))
 
     async def forward_dead(self, job_id: int, owner: str, error: str) -> None:
+        error = redact_text(error)
         await self._write(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'dead', last_error = $3, lease_until = NULL "
             + self._FORWARD_HELD, job_id, owner, _text(error)))
+
+    async def assign_thread(
+        self, job_id: int, thread_key: str, message_id: str, at: float, idle: float
+    ) -> str:
+        async def op(conn: Conn) -> str:
+            # The job's row lock: a second attempt of the same job (its lease taken over)
+            # waits here, then finds the decision made.
+            decided = await conn.fetchrow(
+                "SELECT thread_root FROM forward_jobs WHERE id = $1 FOR UPDATE", job_id)
+            if decided is not None and decided[0] is not None:
+                return str(decided[0])
+            # One statement: instances deciding for one thread at once wait on its row.
+            root = await conn.fetchval(
+                "INSERT INTO mail_threads (thread_key, root_message_id, last_activity) "
+                "VALUES ($1, $2, $3) ON CONFLICT (thread_key) DO UPDATE SET "
+                "root_message_id = CASE WHEN EXCLUDED.last_activity "
+                " - mail_threads.last_activity < $4 THEN mail_threads.root_message_id "
+                " ELSE EXCLUDED.root_message_id END, "
+                "last_activity = GREATEST(mail_threads.last_activity, EXCLUDED.last_activity) "
+                "RETURNING root_message_id",
+                _text(thread_key), _text(message_id), at, idle)
+            await conn.execute("UPDATE forward_jobs SET thread_root = $1 WHERE id = $2",
+                               root, job_id)
+            return str(root)
+
+        return await self._run(op)
 
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100
@@ -1170,17 +1269,18 @@ class PostgresStore:
                 provider_id = _text(report.provider_id)
                 message_id = await conn.fetchval(
                     "SELECT message_id FROM provider_ids WHERE provider_id = $1", provider_id)
-                await conn.execute(
+                report_id = await conn.fetchval(
                     "INSERT INTO delivery_reports (source, provider_id, message_id, status, "
-                    "raw_status, error_code, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "raw_status, error_code, received_at, reported_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                     _text(source), provider_id, message_id, _text(report.status),
-                    _text(report.raw_status), report.error_code, now,
+                    _text(report.raw_status), report.error_code, now, report_time(report.at),
                 )
                 if message_id is None:
                     continue
                 matched += 1
-                await _apply_report(conn, int(message_id), provider_id, report.status,
-                                    report.raw_status, report.error_code, now)
+                await _apply_report(conn, int(message_id), int(report_id), provider_id,
+                                    report.status, report.raw_status, report.error_code, now)
             return matched
 
         return await self._run(op)
@@ -1352,7 +1452,8 @@ class _EnqueueRow:
 _ENQUEUE = (
     "WITH mu AS (SELECT u.*, nextval(pg_get_serial_sequence('mails', 'id')) AS id"
     " FROM unnest($1::int[], $2::float8[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::bool[]) AS u(n, received_at, mail_from, message_id, peer, format, keyless)),"
+    " $7::bool[], $22::bytea[])"
+    " AS u(n, received_at, mail_from, message_id, peer, format, keyless, headers)),"
     " ku AS (SELECT * FROM unnest($8::bytea[], $9::int[]) AS k(key, n)),"
     " d AS (INSERT INTO mail_dedup (key, mail_id, seen_at)"
     " SELECT ku.key, mu.id, mu.received_at FROM ku JOIN mu ON mu.n = ku.n ORDER BY ku.key"
@@ -1366,8 +1467,8 @@ _ENQUEUE = (
     " AS s(n, p, key, account, upstream, phone, text, parts, encoding, options, due)"
     " JOIN mu ON mu.n = s.n WHERE s.key IS NULL OR s.key IN (SELECT key FROM d)"
     " ORDER BY s.n, s.p) o),"
-    " mi AS (INSERT INTO mails (id, received_at, mail_from, message_id, peer, format)"
-    " SELECT id, received_at, mail_from, message_id, peer, format FROM mu"
+    " mi AS (INSERT INTO mails (id, received_at, mail_from, message_id, peer, format,"
+    " headers) SELECT id, received_at, mail_from, message_id, peer, format, headers FROM mu"
     " WHERE mu.keyless OR mu.n IN (SELECT n FROM taken)),"
     " m AS (INSERT INTO messages (id, mail_id, account, upstream, phone, text, parts,"
     " encoding, options, status, next_attempt_at, created_at, updated_at)"
@@ -1430,7 +1531,7 @@ async def _enqueue_rows(conn: Conn, rows: list[_EnqueueRow]) -> list[EnqueueResu
         return [list(c) for c in zip(*values, strict=True)] if values else [[]] * width
 
     out = await conn.fetch(_ENQUEUE, *columns(mails, 7), *columns(keys, 2), windows[0],
-                           *columns(messages, 11))
+                           *columns(messages, 11), [row.envelope.headers for row in rows])
     fresh = {row[0] for row in out if row[1] == -1}
     placed: dict[int, list[tuple[int, int]]] = {}
     for n, place, message_id in out:
@@ -1608,38 +1709,40 @@ async def _mark_sent_rows(conn: Conn, rows: list[_SentRow]) -> list[None]:
             continue
         await conn.execute("UPDATE delivery_reports SET message_id = $1 WHERE id = $2",
                            message_id, report_id)
-        await _apply_report(conn, message_id, provider_id, status, raw_status, error_code,
-                            received_at)
+        await _apply_report(conn, message_id, int(report_id), provider_id, status, raw_status,
+                            error_code, received_at)
     return [None] * len(rows)
 
 
-async def _apply_report(conn: Conn, message_id: int, provider_id: str, status: str,
-                        raw_status: str, error_code: int | None, at: float) -> None:
-    """A delivery report into the message's history and status; the status aggregates the
-    latest report of each part, and a final one ends status polling for the message."""
+async def _apply_report(conn: Conn, message_id: int, report_id: int, provider_id: str,
+                        status: str, raw_status: str, error_code: int | None,
+                        at: float) -> None:
+    """A stored delivery report (``report_id``, already attached to the message) into the
+    message's history and status. The status is settled from all the message's reports by
+    :func:`bridge.store.common.settle_delivery` (repeats and late arrivals never take a
+    final status back); a final one ends status polling for the message. Every report
+    goes into the history, the detail follows the reports that stand."""
     detail = f"{raw_status} ({provider_id})"
     if error_code:
         detail += f" error {error_code}"
-    # The row lock makes concurrent reports on parts of one message aggregate one after the
+    # The row lock makes concurrent reports on parts of one message settle one after the
     # other, each seeing the reports committed before it.
-    ids_json = await conn.fetchval(
-        "SELECT upstream_ids FROM messages WHERE id = $1 FOR UPDATE", message_id)
-    latest = {
-        row[0]: row[1]
-        for row in await conn.fetch(
-            "SELECT provider_id, status FROM delivery_reports WHERE message_id = $1 "
-            "ORDER BY id",
-            message_id,
-        )
-    }
-    latest[provider_id] = status
+    found = await conn.fetchrow(
+        "SELECT upstream_ids, delivery_status FROM messages WHERE id = $1 FOR UPDATE",
+        message_id)
+    ids_json, current = (found[0], found[1]) if found is not None else (None, None)
+    reports = [PartReport(int(row[0]), row[1], row[2], row[3]) for row in await conn.fetch(
+        "SELECT id, provider_id, status, reported_at FROM delivery_reports "
+        "WHERE message_id = $1 ORDER BY id", message_id)]
     parts = json.loads(ids_json) if ids_json is not None else []
     parts = [_text(part) for part in parts] or [provider_id]
-    overall = aggregate_status([latest.get(part, "sent") for part in parts])
+    overall, standing = settle_delivery(parts, reports, current)
+    stands = provider_id in standing and standing[provider_id].id == report_id
     await conn.execute(
-        "UPDATE messages SET delivery_status = $1, delivery_detail = $2, "
-        "next_poll_at = CASE WHEN $3 THEN NULL ELSE next_poll_at END WHERE id = $4",
-        overall, _text(detail), overall in FINAL_STATUSES, message_id,
+        "UPDATE messages SET delivery_status = $1, "
+        "delivery_detail = CASE WHEN $2 THEN $3 ELSE delivery_detail END, "
+        "next_poll_at = CASE WHEN $4 THEN NULL ELSE next_poll_at END WHERE id = $5",
+        overall, stands, _text(detail), overall in FINAL_STATUSES, message_id,
     )
     await conn.execute(
         "INSERT INTO message_events (message_id, at, status, detail) VALUES ($1, $2, $3, $4)",

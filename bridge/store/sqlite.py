@@ -1,7 +1,7 @@
 """SQLite store: the embedded default.
 
 Durability: WAL journal with ``synchronous=FULL``; ``NORMAL`` survives a process crash but may
-lose the last commits on power loss, and a 250 promises more than that (notes/pitfalls.md).
+lose the last commits on power loss, and a 250 promises more than that.
 
 Throughput: one writer thread owns the connection and commits in groups. Operations queued
 while a commit is in progress are run in the next transaction, each inside its own SAVEPOINT
@@ -40,8 +40,10 @@ from bridge.models import (
     StoredMessage,
     StoredResponse,
 )
+from bridge.redact import redact_text
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
+    CLAIM_COLUMNS,
     DELIVERY_STATUSES,
     FINAL_STATUSES,
     INBOUND_COLUMNS,
@@ -49,12 +51,14 @@ from bridge.store.common import (
     REPORT_COLUMNS,
     REPORT_KEYS,
     SCRIPT_COLUMNS,
-    aggregate_status,
+    PartReport,
     inbound_content_hash,
     options_json,
+    report_time,
     row_to_inbound,
     row_to_message,
     row_to_script,
+    settle_delivery,
 )
 
 log = logging.getLogger(__name__)
@@ -202,6 +206,30 @@ MIGRATIONS: list[str] = [
     CREATE INDEX inbound_hash_noid ON inbound(source, content_hash, received_at)
         WHERE sms_id IS NULL;
     """,
+    # Threads of forwarded SMS mails (per conversation and mailbox: the first mail's
+    # Message-ID, the last SMS's time), the thread each e-mail forward joined (decided once,
+    # so every retry carries the same headers), and each mail's header block (capped) for
+    # the text/rfc822-headers part of its bounce.
+    """
+    CREATE TABLE mail_threads (
+        thread_key TEXT PRIMARY KEY,
+        root_message_id TEXT NOT NULL,
+        last_activity REAL NOT NULL
+    );
+    ALTER TABLE forward_jobs ADD COLUMN thread_root TEXT;
+    ALTER TABLE mails ADD COLUMN headers BLOB;
+    """,
+    # The provider's time of each delivery report (a late or repeated report never takes
+    # a final status back; between finals the later time wins), an index to find a
+    # message's reports, and until when the caller of a short-code hit's reply script holds
+    # the call (a repeat takes a pending hit over once that hold ran out: its caller died
+    # mid-call).
+    """
+    ALTER TABLE delivery_reports ADD COLUMN reported_at REAL;
+    CREATE INDEX delivery_reports_message ON delivery_reports(message_id)
+        WHERE message_id IS NOT NULL;
+    ALTER TABLE inbound ADD COLUMN answer_until REAL;
+    """,
 ]
 
 
@@ -223,6 +251,14 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _unavailable(exc: Exception) -> Exception:
+    """... unless the database could not do it (full disk, I/O error, lock): then nothing was
+    written, and the caller answers "try later" (451 / 503) like for any store outage."""
+    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+        return StoreUnavailable(f"store unavailable: {exc}")
+    return exc
 
 
 class SqliteStore:
@@ -284,10 +320,10 @@ class SqliteStore:
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op[0](conn)
-                except Exception as exc:  # an operation's own error stays its own
+                except Exception as exc:  # an operation's own error stays its own ...
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((op, None, exc))
+                    outcomes.append((op, None, _unavailable(exc)))
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((op, result, None))
@@ -413,8 +449,22 @@ class SqliteStore:
             self._queue.put(None)
             await asyncio.to_thread(thread.join)
 
+    # Pages a readiness probe writes: the store is ready while that much more fits.
+    PROBE_PAGES = 8
+
     async def ping(self) -> None:
-        await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
+        """Whether a write can be committed now: a row of ``PROBE_PAGES`` pages is written
+        and deleted in one of the writer's transactions. A database that cannot grow (a
+        full disk) or cannot be written fails here, where ``SELECT 1`` would succeed."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) "
+                         "VALUES ('readiness_probe', zeroblob(?))",
+                         (page_size * self.PROBE_PAGES,))
+            conn.execute("DELETE FROM meta WHERE key = 'readiness_probe'")
+
+        await self._call(op)
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -440,9 +490,10 @@ class SqliteStore:
             if not fresh:
                 return EnqueueResult((), duplicate=True)
             mail_id = conn.execute(
-                "INSERT INTO mails (received_at, mail_from, message_id, peer, format) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (now, envelope.mail_from, envelope.message_id, envelope.peer, envelope.format),
+                "INSERT INTO mails (received_at, mail_from, message_id, peer, format, headers) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (now, envelope.mail_from, envelope.message_id, envelope.peer, envelope.format,
+                 envelope.headers),
             ).lastrowid
             ids: list[int] = []
             for key, requests in fresh:
@@ -517,7 +568,7 @@ class SqliteStore:
                 (owner, now + lease_seconds, now, *ids),
             )
             rows = conn.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
+                f"SELECT {CLAIM_COLUMNS} FROM messages m LEFT JOIN mails ml "
                 f"ON ml.id = m.mail_id WHERE m.id IN ({marks}) ORDER BY m.id",
                 ids,
             ).fetchall()
@@ -604,8 +655,8 @@ class SqliteStore:
             for report_id, provider_id, status, raw_status, error_code, received_at in early:
                 conn.execute("UPDATE delivery_reports SET message_id = ? WHERE id = ?",
                              (message_id, report_id))
-                _apply_report(conn, message_id, provider_id, status, raw_status, error_code,
-                              received_at)
+                _apply_report(conn, message_id, report_id, provider_id, status, raw_status,
+                              error_code, received_at)
 
         await self._finish(
             message_id,
@@ -621,6 +672,7 @@ class SqliteStore:
     async def schedule_retry(
         self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
     ) -> None:
+        error = redact_text(error)  # stored error texts keep no secret
         await self._finish(
             message_id,
             owner,
@@ -633,6 +685,7 @@ class SqliteStore:
     async def mark_failed(
         self, message_id: int, owner: str, error: str, now: float, bounce: OutboundMail | None
     ) -> None:
+        error = redact_text(error)
         await self._finish(
             message_id,
             owner,
@@ -716,6 +769,7 @@ class SqliteStore:
     async def mail_retry(
         self, mail_id: int, owner: str, error: str, next_attempt_at: float | None
     ) -> None:
+        error = redact_text(error)
         if next_attempt_at is None:
             sql, params = "status = 'failed', last_error = ?", (error, mail_id, owner)
         else:
@@ -857,6 +911,7 @@ class SqliteStore:
     ) -> StoredResponse:
         """Store the answer of a short-code hit, unless one was stored first; return the
         answer that stands."""
+        script_error = redact_text(script_error) if script_error else script_error
 
         def op(conn: sqlite3.Connection) -> StoredResponse:
             conn.execute(
@@ -870,6 +925,37 @@ class SqliteStore:
                 (inbound_id,),
             ).fetchone()
             return StoredResponse(row[0], bytes(row[1]), row[2])
+
+        return await self._call(op)
+
+    async def inbound_answer(self, inbound_id: int) -> StoredResponse | None:
+        """The stored answer of a short-code hit, None while it is pending: a point lookup
+        on the event loop's read connection, as :meth:`get_inbound`."""
+        if self._loop_conn is None:
+            if self._thread is None:
+                raise StoreUnavailable("store is not open")
+            self._loop_conn = self._connect_reader()
+        try:
+            row = self._loop_conn.execute(
+                "SELECT response_status, response_body, response_type FROM inbound "
+                "WHERE id = ?", (inbound_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        if row is None or row[0] is None:
+            return None
+        return StoredResponse(int(row[0]), bytes(row[1] or b""), str(row[2]))
+
+    async def claim_inbound_answer(self, inbound_id: int, now: float, lease: float) -> bool:
+        """Take over the script call of a pending short-code hit whose caller's hold ran
+        out (``lease`` seconds from the hit, or from the last take-over); True for the one
+        caller that got it."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "UPDATE inbound SET answer_until = ? WHERE id = ? AND state = 'pending' "
+                "AND COALESCE(answer_until, received_at + ?) <= ?",
+                (now + lease, inbound_id, lease, now),
+            ).rowcount == 1
 
         return await self._call(op)
 
@@ -896,18 +982,25 @@ class SqliteStore:
     async def claim_forward_jobs(
         self, owner: str, now: float, limit: int, lease_seconds: float,
         kinds: Sequence[str] = ("email", "webhook"),
+        exclude_targets: Sequence[tuple[str, str]] = (),
     ) -> list[ClaimedForward]:
+        excluded = [f"{kind} {target}" for kind, target in exclude_targets]
+        # A kind has no space: "kind target" names one pair unambiguously.
+        skip = (f" AND kind || ' ' || target NOT IN ({','.join('?' * len(excluded))})"
+                if excluded else "")
+
         def op(conn: sqlite3.Connection) -> list[ClaimedForward]:
             # One indexed range per kind, plus expired leases: no scan of the jobs of kinds
             # this worker does not take (e-mail jobs waiting for a smarthost).
             parts = [
                 "SELECT id, next_attempt_at AS k FROM forward_jobs WHERE status = 'queued' "
-                "AND kind = ? AND next_attempt_at <= ?"
+                "AND kind = ? AND next_attempt_at <= ?" + skip
                 for _ in kinds
             ]
             parts.append("SELECT id, lease_until AS k FROM forward_jobs WHERE status = "
-                         "'sending' AND lease_until <= ?")
-            params: list[Any] = [v for kind in kinds for v in (kind, now)] + [now]
+                         "'sending' AND lease_until <= ?" + skip)
+            params: list[Any] = [v for kind in kinds for v in (kind, now, *excluded)]
+            params += [now, *excluded]
             ids = [row[0] for row in conn.execute(
                 f"SELECT id FROM ({' UNION ALL '.join(parts)}) ORDER BY k LIMIT ?",
                 (*params, limit),
@@ -943,14 +1036,42 @@ class SqliteStore:
     async def forward_retry(
         self, job_id: int, owner: str, error: str, next_attempt_at: float
     ) -> None:
+        error = redact_text(error)
         await self._call(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, last_error = ?, "
             "lease_until = NULL " + self._FORWARD_HELD, (next_attempt_at, error, job_id, owner)))
 
     async def forward_dead(self, job_id: int, owner: str, error: str) -> None:
+        error = redact_text(error)
         await self._call(lambda conn: conn.execute(
             "UPDATE forward_jobs SET status = 'dead', last_error = ?, lease_until = NULL "
             + self._FORWARD_HELD, (error, job_id, owner)))
+
+    async def assign_thread(
+        self, job_id: int, thread_key: str, message_id: str, at: float, idle: float
+    ) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            decided = conn.execute("SELECT thread_root FROM forward_jobs WHERE id = ?",
+                                   (job_id,)).fetchone()
+            if decided is not None and decided[0] is not None:
+                return str(decided[0])
+            thread = conn.execute(
+                "SELECT root_message_id, last_activity FROM mail_threads WHERE thread_key = ?",
+                (thread_key,)).fetchone()
+            if thread is not None and at - float(thread[1]) < idle:
+                root = str(thread[0])
+            else:
+                root = message_id
+            conn.execute(
+                "INSERT INTO mail_threads (thread_key, root_message_id, last_activity) "
+                "VALUES (?, ?, ?) ON CONFLICT (thread_key) DO UPDATE SET "
+                "root_message_id = excluded.root_message_id, "
+                "last_activity = max(last_activity, excluded.last_activity)",
+                (thread_key, root, at))
+            conn.execute("UPDATE forward_jobs SET thread_root = ? WHERE id = ?", (root, job_id))
+            return root
+
+        return await self._call(op)
 
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100
@@ -997,16 +1118,18 @@ class SqliteStore:
                     (report.provider_id,),
                 ).fetchone()
                 message_id = row[0] if row else None
-                conn.execute(
+                report_id = conn.execute(
                     "INSERT INTO delivery_reports (source, provider_id, message_id, status, "
-                    "raw_status, error_code, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "raw_status, error_code, received_at, reported_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (source, report.provider_id, message_id, report.status, report.raw_status,
-                     report.error_code, now),
-                )
+                     report.error_code, now, report_time(report.at)),
+                ).lastrowid
                 if message_id is None:
                     continue
+                assert report_id is not None
                 matched += 1
-                _apply_report(conn, message_id, report.provider_id, report.status,
+                _apply_report(conn, message_id, report_id, report.provider_id, report.status,
                               report.raw_status, report.error_code, now)
             return matched
 
@@ -1164,29 +1287,31 @@ class SqliteStore:
 
 
 
-def _apply_report(conn: sqlite3.Connection, message_id: int, provider_id: str, status: str,
-                  raw_status: str, error_code: int | None, at: float) -> None:
-    """A delivery report into the message's history and status; the status aggregates the
-    latest report of each part, and a final one ends status polling for the message."""
+def _apply_report(conn: sqlite3.Connection, message_id: int, report_id: int,
+                  provider_id: str, status: str, raw_status: str, error_code: int | None,
+                  at: float) -> None:
+    """A stored delivery report (``report_id``, already attached to the message) into the
+    message's history and status. The status is settled from all the message's reports by
+    :func:`bridge.store.common.settle_delivery` (repeats and late arrivals never take a
+    final status back); a final one ends status polling for the message. Every report
+    goes into the history, the detail follows the reports that stand."""
     detail = f"{raw_status} ({provider_id})"
     if error_code:
         detail += f" error {error_code}"
-    (ids_json,) = conn.execute("SELECT upstream_ids FROM messages WHERE id = ?",
-                               (message_id,)).fetchone()
-    latest = {
-        row[0]: row[1]
-        for row in conn.execute(
-            "SELECT provider_id, status FROM delivery_reports WHERE message_id = ? ORDER BY id",
-            (message_id,),
-        )
-    }
-    latest[provider_id] = status
+    ids_json, current = conn.execute(
+        "SELECT upstream_ids, delivery_status FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    reports = [PartReport(*row) for row in conn.execute(
+        "SELECT id, provider_id, status, reported_at FROM delivery_reports "
+        "WHERE message_id = ? ORDER BY id", (message_id,))]
     parts = json.loads(ids_json) or [provider_id]
-    overall = aggregate_status([latest.get(part, "sent") for part in parts])
+    overall, standing = settle_delivery(parts, reports, current)
+    stands = provider_id in standing and standing[provider_id].id == report_id
     conn.execute(
-        "UPDATE messages SET delivery_status = ?, delivery_detail = ?, "
+        "UPDATE messages SET delivery_status = ?, "
+        "delivery_detail = CASE WHEN ? THEN ? ELSE delivery_detail END, "
         "next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END WHERE id = ?",
-        (overall, detail, overall in FINAL_STATUSES, message_id),
+        (overall, stands, detail, overall in FINAL_STATUSES, message_id),
     )
     conn.execute(
         "INSERT INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)",

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
 
+from bridge.bounded_http import AnswerRefused, request_bounded
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport, InboundMessage
 from bridge.settings import UpstreamSettings
@@ -61,7 +62,7 @@ class Upstream(Protocol):
 def provider_client() -> httpx.AsyncClient:
     """The HTTP client the upstreams share (the service's and ``sms-bridge balance``'s).
     ``trust_env=False``: a proxy from the environment must not silently carry provider
-    traffic and credentials elsewhere (notes/pitfalls.md)."""
+    traffic and credentials elsewhere."""
     return httpx.AsyncClient(
         trust_env=False,
         follow_redirects=False,
@@ -118,6 +119,38 @@ class BalanceQuery(Protocol):
         ...
 
 
+class InboundSink(Protocol):
+    """Where a :class:`ReceivingUpstream` hands what its provider pushes over the upstream's
+    own connection. Each call returns once what it was given is committed; an exception
+    means it was not, and the upstream asks the provider to deliver it again."""
+
+    async def delivery_reports(self, upstream: str, reports: Sequence[DeliveryReport]) -> None:
+        ...
+
+    async def inbound_message(self, message: InboundMessage) -> None:
+        """An SMS from a subscriber (``message.source`` is the upstream's name): the same
+        routes, forwarding and deduplication as one pushed over HTTP."""
+        ...
+
+    async def claim_receiver(self, upstream: str, ttl: float) -> bool:
+        """Take, or renew for ``ttl`` seconds, the right to hold ``upstream``'s receiving
+        connection: one process of a cluster of bridges holds it at a time. False when
+        another does (or when that cannot be known now)."""
+        ...
+
+    async def release_receiver(self, upstream: str) -> None: ...
+
+
+@runtime_checkable
+class ReceivingUpstream(Protocol):
+    """An upstream holding a long-lived connection (an SMPP bind) for the life of the
+    process: ``run`` connects, reconnects and feeds ``sink`` until ``aclose`` is called."""
+
+    async def run(self, sink: InboundSink) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class HttpUpstream:
     """Shared HTTP plumbing: primary/backup hosts, overall deadline, error mapping.
 
@@ -130,6 +163,9 @@ class HttpUpstream:
     kind: ClassVar[str] = ""
     idempotent: ClassVar[bool] = False
     required: ClassVar[tuple[str, ...]] = ()
+    #: The most of one answer read (on the wire and decoded). Providers' largest answers are
+    #: lists: 1000 inbound messages or statuses of a page take well under 1 MiB.
+    max_answer_bytes: ClassVar[int] = 8 * 1024 * 1024
 
     def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
         self.name = name
@@ -154,17 +190,27 @@ class HttpUpstream:
     async def request(self, attempt: int, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One logical call: the first reachable host, within ``timeout`` overall.
 
-        httpx timeouts apply per socket operation, so a server dripping bytes would never
-        trip them; ``asyncio.timeout`` bounds the whole call (notes/pitfalls.md).
+        httpx timeouts apply per socket operation: a server dripping one byte at a time
+        passes a 2 s timeout for 8 s, so ``asyncio.timeout`` bounds the whole call; and the
+        client's default (5 s) would still govern every phase a call does not set, so the
+        upstream's ``timeout`` is given to each. The answer is read with a cap on the bytes
+        received and decoded (:mod:`bridge.bounded_http`): ``response.content`` would inflate
+        a 100 KB gzip answer to 100 MB on the event loop.
         """
         last: Exception | None = None
         for host in self._hosts(attempt):
             try:
                 async with asyncio.timeout(self.settings.timeout):
-                    response = await self.client.request(method, host + path, **kwargs)
+                    response = await request_bounded(
+                        self.client, method, host + path, max_bytes=self.max_answer_bytes,
+                        timeout=self.settings.timeout, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 last = exc
                 continue
+            except AnswerRefused as exc:
+                # The provider answered, so it may have acted on the request.
+                raise TransientUpstreamError(f"{self.name}: {exc}", "answer_refused",
+                                             ambiguous=True) from exc
             except (TimeoutError, httpx.TimeoutException) as exc:
                 raise TransientUpstreamError(
                     f"no answer from {self.name} within {self.settings.timeout}s", ambiguous=True

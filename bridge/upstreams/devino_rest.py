@@ -47,6 +47,7 @@ from bridge.outbox.ratelimit import TokenBucket
 from bridge.parsing.text import count_segments
 from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
+from bridge.upstreams.devino_soap import MAX_SEEN_INBOUND, InboundCursor
 
 #: Line 101: "Полученный идентификатор сессии действителен в течение 120 минут."
 SESSION_LIFETIME = 120 * 60.0
@@ -98,10 +99,13 @@ STATES: dict[int, str] = {
 
 #: Dates in requests: ``2011-01-28T16:00:00`` (Табл. 3 line 189, Табл. 8 line 533).
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
-#: ``Sms/In`` windows reach back this far before the cursor: messages that become visible late,
-#: and a skew between our clock and the provider's, are not missed. Overlap is harmless: the
-#: pipeline deduplicates by (upstream, sms_id).
-INBOUND_LOOKBACK = timedelta(minutes=10)
+#: ``Sms/In`` windows start this far before the previous poll: a message that becomes visible
+#: up to 30 minutes after its ``CreateDateUtc`` is still fetched, with 5 minutes to spare for a
+#: skew between our clock and the provider's. The ids seen in the overlap are kept in the
+#: cursor, so nothing is handed out twice (and the pipeline deduplicates by sms_id as well).
+INBOUND_OVERLAP = timedelta(minutes=35)
+#: ``maxDateUTC`` is this far after now: a provider clock ahead of ours hides nothing.
+INBOUND_AHEAD = timedelta(minutes=10)
 
 _DOTNET_DATE = re.compile(r"Date\((-?\d+)(?:[+-]\d{4})?\)")
 _ERROR_CODE = re.compile(r"""["']?\bCode\b["']?\s*:\s*["']?(-?\d+)""", re.IGNORECASE)
@@ -185,8 +189,23 @@ def parse_date(value: Any) -> str:
 
 def segments_of(text: str) -> int:
     """How many ids the provider answers for ``text``: 70/160 characters in one SMS (line 223),
-    67/153 per part — the spec gives no multipart sizes; specs/README.md says 67/153."""
-    return max(1, count_segments(text).parts)
+    67/153 per part — the spec gives no multipart sizes; those of a 6-byte concatenation
+    header (the usual UDH) are taken. The provider encodes GSM 03.38 itself, so é or Δ keep a
+    text 7-bit there."""
+    return max(1, count_segments(text, whole_gsm_alphabet=True).parts)
+
+
+def _created(record: Any) -> datetime | None:
+    """``CreateDateUtc`` of an ``Sms/In`` item (line 564: ``"\\/Date(ms)\\/"``), or None."""
+    keys = {str(k).lower(): v for k, v in record.items()}
+    text = parse_date(keys.get("createdateutc"))
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _copy_error(error: UpstreamError) -> UpstreamError:
@@ -202,6 +221,10 @@ class DevinoRestUpstream(HttpUpstream):
     required: ClassVar[tuple[str, ...]] = ("login", "password")
     #: No recipient limit is given for ``Sms/SendBulk``; one request carries at most this many.
     max_batch: int = 100
+    #: See :data:`INBOUND_OVERLAP`.
+    inbound_overlap: timedelta = INBOUND_OVERLAP
+    #: The most inbound ids a cursor remembers (see :meth:`InboundCursor.after_poll`).
+    max_seen_inbound: int = MAX_SEEN_INBOUND
 
     def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
@@ -217,9 +240,6 @@ class DevinoRestUpstream(HttpUpstream):
         self._session_lock = asyncio.Lock()
         self._bucket = TokenBucket(settings.rate_per_second)
         self._polls = asyncio.Semaphore(settings.concurrency)
-        # Inbound ids already returned, with when they were first seen, so that the overlap of
-        # successive windows is not handed to the pipeline again and again (see poll_inbound).
-        self._seen_inbound: dict[str, datetime] = {}
 
     # ------------------------------------------------------------------ HTTP and errors
 
@@ -443,21 +463,20 @@ class DevinoRestUpstream(HttpUpstream):
     async def poll_inbound(self, cursor: str | None) -> tuple[list[InboundMessage], str | None]:
         """``GET /Sms/In`` (line 519, Табл. 8): messages created within a window of UTC dates.
 
-        The cursor is the UTC time (``2011-01-28T16:00:00``) up to which the last poll looked.
-        Each poll asks from the cursor minus ``INBOUND_LOOKBACK`` to now plus the same margin
-        (clock skew both ways), and returns now as the next cursor; no cursor means the
-        provider's earliest (``minDateUTC`` is optional). A restart resumes from the stored
-        cursor, so nothing is skipped; the overlap is deduplicated by the pipeline, and within
-        one process ids already returned are not returned again."""
+        The cursor (:class:`InboundCursor`, JSON) holds where the next window starts —
+        ``inbound_overlap`` before this poll, never earlier than this window — and the ids
+        seen from there on, which are not handed out again. So a message that becomes visible
+        up to that late, with an older ``CreateDateUtc``, is fetched, and fetched once. Each
+        window ends at now plus :data:`INBOUND_AHEAD`. No cursor means the provider's earliest
+        (``minDateUTC`` is optional). A restart resumes from the stored cursor: no gap; what
+        is handed out again after a crash before the cursor was saved the pipeline drops by
+        ``sms_id``."""
         now = self.now().replace(microsecond=0)
+        state = self._load_cursor(cursor, now)
         params: list[tuple[str, str]] = []
-        if cursor is not None:
-            try:
-                since = datetime.strptime(cursor, DATE_FORMAT).replace(tzinfo=UTC)
-            except ValueError:
-                since = now - INBOUND_LOOKBACK  # not ours: start from now, not from the start
-            params.append(("minDateUTC", (since - INBOUND_LOOKBACK).strftime(DATE_FORMAT)))
-        params.append(("maxDateUTC", (now + INBOUND_LOOKBACK).strftime(DATE_FORMAT)))
+        if state is not None:
+            params.append(("minDateUTC", state.since.strftime(DATE_FORMAT)))
+        params.append(("maxDateUTC", (now + INBOUND_AHEAD).strftime(DATE_FORMAT)))
         response = await self._call(1, "GET", "/Sms/In", params)
         try:
             records = json.loads(response.content.decode("utf-8"))
@@ -466,13 +485,31 @@ class DevinoRestUpstream(HttpUpstream):
             messages = [self._inbound(record) for record in records]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise self._malformed("inbound", ambiguous=False) from exc
-        fresh = [m for m in messages if m.sms_id not in self._seen_inbound]
-        for message in fresh:
-            assert message.sms_id is not None
-            self._seen_inbound[message.sms_id] = now
-        horizon = now - 3 * INBOUND_LOOKBACK
-        self._seen_inbound = {k: v for k, v in self._seen_inbound.items() if v >= horizon}
-        return fresh, now.strftime(DATE_FORMAT)
+        seen = state.seen if state is not None else frozenset()
+        fresh = [m for m in messages if m.sms_id not in seen]
+        following = InboundCursor.after_poll(
+            state.since if state is not None else datetime.min.replace(tzinfo=UTC), now,
+            self.inbound_overlap,
+            [(_created(record), str(m.sms_id)) for record, m in zip(records, messages,
+                                                                   strict=True)],
+            self.max_seen_inbound)
+        return fresh, following.dump()
+
+    def _load_cursor(self, cursor: str | None, now: datetime) -> InboundCursor | None:
+        """The stored cursor. Before the overlap was kept in the cursor, it was the bare
+        date of the previous poll: that window is re-read ``inbound_overlap`` back (what was
+        handed out already the pipeline drops by ``sms_id``). A cursor that is neither starts
+        at now less the overlap, not at the provider's earliest."""
+        if cursor is None:
+            return None
+        state = InboundCursor.load(cursor)
+        if state is not None:
+            return state
+        try:
+            previous = datetime.strptime(cursor, DATE_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            previous = now
+        return InboundCursor(previous - self.inbound_overlap, frozenset())
 
     def _inbound(self, record: dict[str, Any]) -> InboundMessage:
         """One item of the answer (lines 546-569): ``Data``, ``SourceAddress``,

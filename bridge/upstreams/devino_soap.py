@@ -3,7 +3,19 @@
 Spec: ``001_600c633d74a81c97.txt`` — faults (line 36), ``GetSessionID`` (line 50, Табл. 1),
 ``GetBalance`` (line 98, Табл. 2), ``SendMessage`` (line 212, Табл. 4), ``GetMessageState``
 (line 352, Табл. 6/7), ``GetIncomingMessages`` (line 491, Табл. 10/11), message states
-(line 563, Табл. 16). Requests are UTF-8, at most 10 per second (line 34).
+(line 563, Табл. 16). Requests are UTF-8, at most 10 per second (line 34): every request of
+one upstream (session, sends, status and inbound polls, balance) is paced, see
+:data:`MIN_REQUEST_GAP`.
+
+Element names: the service is ASP.NET (ASMX), whose XmlSerializer binds a parameter only by
+its exact name, case included, and skips any other element — a ``Login`` where ``login`` is
+expected leaves the login null and the call fails. The tables and the examples spell some names
+differently (Табл. 1 ``Login``, Табл. 2/4 ``SessionID``, Табл. 10 ``sessionId``); the
+request examples are what the serializer was generated from, so their names are sent:
+``login``/``password`` (lines 65-66), ``sessionID`` (lines 109, 229, 365, 502), ``messageID``
+(line 366), ``maxDateUTC``/``minDateUTC`` (lines 503-504), and in ``<message>`` ``Data``,
+``DestinationAddresses``/``string``, ``SourceAddress``, ``ReceiptRequested``, ``Validity``
+(lines 231-239). (``sessionId`` belongs to ``GetStatistics`` only, line 436, not used.)
 
 ``base_url`` is the host (``https://ws.devinotele.com``); the endpoint path is appended.
 
@@ -56,8 +68,17 @@ SESSION_TTL = 120 * 60.0
 SESSION_RENEW_MARGIN = 10 * 60.0
 # Line 214: up to 1000 addresses in one SendMessage.
 MAX_ADDRESSES = 1000
-# Line 34: 10 requests per second.
-MIN_REQUEST_GAP = 0.1
+# Line 34: "Количество запросов 10 запросов/1 сек." Requests start at least 1/9 s apart: ten
+# gaps then span 1.11 s, so a request that is up to ~0.1 s slower on its way than the next one
+# still cannot put an eleventh request into one second of the provider's count.
+MIN_REQUEST_GAP = 1 / 9
+
+# Inbound windows overlap by this much: a message may become visible to GetIncomingMessages
+# up to 30 minutes after its CreateDateUtc and still be fetched, with 5 minutes to spare for a
+# skew between our clock and the provider's.
+INBOUND_OVERLAP = timedelta(minutes=35)
+# An inbound cursor remembers at most this many ids (it is stored after every poll).
+MAX_SEEN_INBOUND = 5000
 
 _ENVELOPE = (
     '<?xml version="1.0" encoding="utf-8"?>\n'
@@ -307,8 +328,9 @@ def inbound_id(record: dict[str, str], occurrence: int) -> str:
 
 @dataclass(frozen=True)
 class InboundCursor:
-    """Where the next ``GetIncomingMessages`` window starts, and the ids already handed out
-    from there on (the window overlaps the previous one; those are not handed out again)."""
+    """Where the next inbound window starts, and the ids already handed out from there on:
+    successive windows overlap, and what was handed out is not handed out again. Used by both
+    Devino interfaces (``GetIncomingMessages`` here, ``Sms/In`` in ``devino_rest``)."""
 
     since: datetime
     seen: frozenset[str]
@@ -325,9 +347,32 @@ class InboundCursor:
             data = json.loads(text)
             since = parse_datetime(str(data["since"]))
             seen = frozenset(str(item) for item in data.get("seen", []))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         return cls(since, seen) if since is not None else None
+
+    @classmethod
+    def after_poll(cls, window_start: datetime, now: datetime, overlap: timedelta,
+                   records: Sequence[tuple[datetime | None, str]], limit: int) -> InboundCursor:
+        """The cursor after a poll at ``now`` whose window began at ``window_start`` and
+        answered ``records`` (creation time, id).
+
+        The next window starts ``overlap`` before ``now`` (never before this one), on a whole
+        second as the requests carry it, and the ids of the records from there on are
+        remembered. A record without a readable time is remembered while it is answered.
+
+        At most ``limit`` ids are kept: with more, the next window starts just after the
+        second of the ``limit``-th newest record, so that what is forgotten is no longer
+        asked for (never handed out twice, nor again and again); only for such a burst the
+        overlap is shorter than ``overlap``."""
+        since = max(window_start, now - overlap).replace(microsecond=0)
+        kept = [(created or now, sms_id) for created, sms_id in records
+                if created is None or created >= since]
+        if len(kept) > limit:
+            kept.sort(reverse=True)
+            since = kept[max(limit, 1) - 1][0].replace(microsecond=0) + timedelta(seconds=1)
+            kept = [(created, sms_id) for created, sms_id in kept if created >= since]
+        return cls(since, frozenset(sms_id for _, sms_id in kept))
 
 
 # ---------------------------------------------------------------------------- the upstream
@@ -346,7 +391,9 @@ class DevinoSoapUpstream(HttpUpstream):
     initial_lookback: timedelta = timedelta(days=1)
     #: Every window starts this far before the previous poll: a message that becomes visible
     #: late (or a clock skew) within this margin is still found.
-    inbound_overlap: timedelta = timedelta(minutes=10)
+    inbound_overlap: timedelta = INBOUND_OVERLAP
+    #: The most inbound ids a cursor remembers (see :meth:`InboundCursor.after_poll`).
+    max_seen_inbound: int = MAX_SEEN_INBOUND
 
     def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
@@ -355,7 +402,9 @@ class DevinoSoapUpstream(HttpUpstream):
         self._session_expires = 0.0
         self._generation = 0
         self._session_lock = asyncio.Lock()
-        self._pace_lock = asyncio.Lock()
+        # The operator's rate_per_second may ask for fewer requests than the spec allows.
+        rate = settings.rate_per_second
+        self.request_gap = max(MIN_REQUEST_GAP, 1 / rate if rate > 0 else 0.0)
         self._next_slot = 0.0
 
     # -- transport -------------------------------------------------------------------------
@@ -368,6 +417,7 @@ class DevinoSoapUpstream(HttpUpstream):
         super()._check_status(response)
 
     async def _soap(self, method: str, inner: str, attempt: int) -> Element:
+        await self._pace()
         response = await self.request(
             attempt, "POST", PATH, content=envelope(method, inner),
             headers={"Content-Type": content_type(method)},
@@ -386,10 +436,11 @@ class DevinoSoapUpstream(HttpUpstream):
         return result
 
     async def _new_session(self, attempt: int) -> str:
-        """``GetSessionID`` (line 50; names as in Табл. 1: ``Login``, ``Password``)."""
+        """``GetSessionID`` (line 50; names as in the example, lines 65-66: ``login``,
+        ``password`` — Табл. 1's ``Login``/``Password`` would not be read)."""
         assert self.settings.login and self.settings.password
-        inner = _el("Login", self.settings.login) + _el(
-            "Password", self.settings.password.get_secret_value())
+        inner = _el("login", self.settings.login) + _el(
+            "password", self.settings.password.get_secret_value())
         try:
             result = await self._soap("GetSessionID", inner, attempt)
         except SessionFault as exc:  # a refused login is not a session to renew
@@ -418,30 +469,35 @@ class DevinoSoapUpstream(HttpUpstream):
             self._generation += 1
             return session_id, self._generation
 
-    async def call(self, method: str, params: str, attempt: int = 1,
-                   session_name: str = "SessionID") -> Element:
-        """``method`` with the session id first (line 52); a refused session is renewed once
-        (shared with concurrent callers) and the call repeated: the refusal came before the
-        service acted, so repeating cannot duplicate."""
+    async def call(self, method: str, params: str, attempt: int = 1) -> Element:
+        """``method`` with the session id first (line 52), as ``sessionID`` — the name every
+        request example of the methods used here writes (lines 109, 229, 365, 502). A refused
+        session is renewed once (shared with concurrent callers) and the call repeated: the
+        refusal came before the service acted, so repeating cannot duplicate."""
         session_id, generation = await self.session(attempt)
         try:
-            return await self._soap(method, _el(session_name, session_id) + params, attempt)
+            return await self._soap(method, _el("sessionID", session_id) + params, attempt)
         except SessionFault:
             session_id, _ = await self.renew_session(generation, attempt)
-            return await self._soap(method, _el(session_name, session_id) + params, attempt)
+            return await self._soap(method, _el("sessionID", session_id) + params, attempt)
 
     async def _pace(self) -> None:
-        """Line 34: at most 10 requests per second (used by the polling loops)."""
-        async with self._pace_lock:
-            now = time.monotonic()
-            if self._next_slot > now:
-                await asyncio.sleep(self._next_slot - now)
-            self._next_slot = max(now, self._next_slot) + MIN_REQUEST_GAP
+        """Line 34: at most 10 requests per second, counted over every request of this
+        upstream. Each request takes the next free start slot, ``request_gap`` after the
+        previous one, and waits for it; slots are handed out in call order. (A switch to the
+        backup host after a refused connection is not paced again: nothing reached the
+        provider.)"""
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + self.request_gap
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     # -- sending ---------------------------------------------------------------------------
 
     def _message(self, sms: OutboundSms, phones: Sequence[str]) -> str:
-        """``<message>`` of SendMessage (line 230, names per Табл. 4)."""
+        """``<message>`` of SendMessage (lines 230-240; the example's names, which here are
+        also Табл. 4's)."""
         assert sms.originator
         inner = _el("Data", sms.text)
         inner += "<DestinationAddresses>" + "".join(_el("string", p) for p in phones)
@@ -462,7 +518,6 @@ class DevinoSoapUpstream(HttpUpstream):
         order, each address's parts together: n addresses and k·n ids give k per address.
         When the count does not divide, the SMS were accepted but their ids cannot be told
         apart: each address gets none (no status polling for them)."""
-        # Табл. 4 names the session parameter ``SessionID``; the example writes ``sessionID``.
         result = await self.call("SendMessage", self._message(sms, phones), attempt)
         ids = [(item.text or "").strip() for item in result if _local(item.tag) == "string"]
         ids = [i for i in ids if i]
@@ -521,9 +576,8 @@ class DevinoSoapUpstream(HttpUpstream):
 
     async def message_state(self, provider_id: str) -> DeliveryReport | None:
         """``GetMessageState`` (line 352, Табл. 6/7): one id (segment) per request."""
-        # Табл. 6 and the example agree on ``sessionID`` / ``messageID``.
-        result = await self.call("GetMessageState", _el("messageID", provider_id),
-                                 session_name="sessionID")
+        # Табл. 6 and the example (line 366) agree on ``messageID``.
+        result = await self.call("GetMessageState", _el("messageID", provider_id))
         raw = _text(result, "State")
         state = parse_state(raw)
         if state is None:
@@ -541,12 +595,12 @@ class DevinoSoapUpstream(HttpUpstream):
         )
 
     async def poll_statuses(self, provider_ids: Sequence[str]) -> list[DeliveryReport]:
-        """One request per id, paced to the spec's 10 per second. A transient failure ends
-        the round (the rest is asked next time); an id the provider refuses is left out."""
+        """One request per id (each paced with all other requests, line 34). A transient
+        failure ends the round (the rest is asked next time); an id the provider refuses is
+        left out."""
         reports: list[DeliveryReport] = []
         refused: PermanentUpstreamError | None = None
         for provider_id in provider_ids:
-            await self._pace()
             try:
                 report = await self.message_state(provider_id)
             except TransientUpstreamError:
@@ -568,19 +622,18 @@ class DevinoSoapUpstream(HttpUpstream):
         """``GetIncomingMessages`` (line 491) for ``[since, now + 1 min]``.
 
         The cursor (:class:`InboundCursor`) starts the next window ``inbound_overlap`` before
-        this poll (never later than the previous start), and remembers the ids seen from there
-        on so they are not handed out twice. After a restart the saved cursor resumes from
-        its window start: no gap; overlap is deduplicated by the pipeline (by ``sms_id``)."""
+        this poll (never earlier than this window), and remembers the ids seen from there on,
+        so a message that becomes visible up to that late is fetched, and handed out once.
+        After a restart the saved cursor resumes from its window start: no gap; what is handed
+        out again (a crash before the cursor was saved) the pipeline drops by ``sms_id``."""
         now = datetime.now(UTC).replace(microsecond=0)
         state = InboundCursor.load(cursor) or InboundCursor(now - self.initial_lookback,
                                                             frozenset())
         until = now + timedelta(minutes=1)
-        # Табл. 10 names ``sessionId``, ``maxDateUTC``, ``minDateUTC`` (the example has
-        # ``sessionID``); the table's form is sent.
+        # The example's names (lines 502-504); Табл. 10's ``sessionId`` would not be read.
         params = _el("maxDateUTC", soap_datetime(until)) + _el("minDateUTC",
                                                                   soap_datetime(state.since))
-        await self._pace()
-        result = await self.call("GetIncomingMessages", params, session_name="sessionId")
+        result = await self.call("GetIncomingMessages", params)
         records: list[tuple[datetime | None, str, dict[str, str]]] = []
         occurrences: dict[tuple[tuple[str, str], ...], int] = {}
         for item in result:
@@ -592,9 +645,9 @@ class DevinoSoapUpstream(HttpUpstream):
             occurrences[key] = occurrence + 1
             records.append((parse_datetime(record.get("CreateDateUtc", "")),
                             inbound_id(record, occurrence), record))
-        since = max(state.since, now - self.inbound_overlap)
-        seen = frozenset(sms_id for created, sms_id, _ in records
-                         if created is None or created >= since)
+        following = InboundCursor.after_poll(
+            state.since, now, self.inbound_overlap,
+            [(created, sms_id) for created, sms_id, _ in records], self.max_seen_inbound)
         fresh = [r for r in records if r[1] not in state.seen]
         fresh.sort(key=lambda r: r[0] or now)
         messages = [
@@ -608,12 +661,13 @@ class DevinoSoapUpstream(HttpUpstream):
             )
             for _, sms_id, record in fresh
         ]
-        return messages, InboundCursor(since, seen).dump()
+        return messages, following.dump()
 
     # -- balance ---------------------------------------------------------------------------
 
     async def balance(self) -> Decimal:
-        """``GetBalance`` (line 98; Табл. 2 names ``SessionID``): overdraft included."""
+        """``GetBalance`` (line 98; ``sessionID`` as in the example, line 109, where Табл. 2
+        writes ``SessionID``): overdraft included."""
         result = await self.call("GetBalance", "")
         try:
             return Decimal((result.text or "").strip())

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -77,6 +78,11 @@ PERMANENT_CODES = frozenset({
 })
 # l. 1319: "all other statuses not listed in the tables are internal errors of the platform"
 # — so a code in neither set is treated as transient (see ``error_for_code``).
+
+# How many idempotency keys an upstream instance remembers as "the last attempt surely sent
+# nothing" (see ``KcellUpstream._skip_lookup``). A key forgotten (or unknown after a restart)
+# only costs one DR lookup more.
+NOTHING_SENT_MEMORY = 10_000
 
 # Table 5 (l. 833-841, 885-911): field limits.
 MAX_EXTRA_ID = 64
@@ -242,10 +248,10 @@ def parse_delivery_reports(
     """Reports POSTed to ``callback_url``: one JSON object (3.1, l. 450-476) or an array of them
     (3.2, l. 480-562).
 
-    ``number`` is a JSON number in 3.1 and a string in 3.2 (specs/README.md): it is not needed
-    (the report is matched by ``message_id``), so either form is accepted. The body is read as
-    JSON whatever ``Content-Type`` says (the spec names none for reports); UTF-8 first, then the
-    declared or configured ``charset``. The query string is ignored.
+    ``number`` is a JSON number in 3.1 and a string in 3.2 (the spec contradicts itself): it
+    is not needed (the report is matched by ``message_id``), so either form is accepted. The
+    body is read as JSON whatever ``Content-Type`` says (the spec names none for reports);
+    UTF-8 first, then the declared or configured ``charset``. The query string is ignored.
     """
     del content_type, query
     try:
@@ -284,13 +290,24 @@ class KcellUpstream(HttpUpstream):
     it, so ``idempotent`` is False; but a retry (``attempt > 1``) first asks
     ``/dr/external/{extra_id}/simple`` whether an earlier attempt was accepted, and if so
     returns its ``message_id`` without sending again. This narrows, but cannot close, the
-    window for a duplicate after an ambiguous failure.
+    window for a duplicate after an ambiguous failure. HTTP 404 to that lookup means the
+    platform does not know the message: it is sent.
+
+    The lookup is skipped when this instance saw the previous attempt of the same message fail
+    in a way that surely sent nothing (HTTP 429, a refusal with a table 11 code, a connection
+    that could not be opened). Whatever this instance did not see itself (an attempt made
+    before a restart, or by another process) is looked up.
     """
 
     kind: ClassVar[str] = "kcell"
     idempotent: ClassVar[bool] = False
     required: ClassVar[tuple[str, ...]] = ("login", "password", "client_id")
     max_batch: int = MAX_BATCH
+
+    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(name, settings, client)
+        # Idempotency keys whose last send failed without sending anything; oldest first.
+        self._nothing_sent: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     def validate(cls, name: str, settings: UpstreamSettings) -> None:
@@ -312,7 +329,7 @@ class KcellUpstream(HttpUpstream):
         return f"/{quote(self.settings.client_id, safe='')}{tail}"
 
     def _check_status(self, response: httpx.Response) -> None:
-        # The HTTP status of error replies is not given (specs/README.md): a body with
+        # The spec does not say which HTTP status error replies carry: a body with
         # ``error_code`` is decided by its code whatever the status, by the caller. Only replies
         # without one fall back to the HTTP mapping (429, 5xx, 401/403) of the base class.
         if _error_of(_json(response)) is None:
@@ -374,10 +391,32 @@ class KcellUpstream(HttpUpstream):
         )
         return response, _json(response)
 
+    def _remember_failure(self, sms: OutboundSms, error: UpstreamError) -> None:
+        """After a failed send request: whether its retry may skip the lookup. Only a transient
+        failure is retried, and only one that surely sent nothing lets the retry skip it."""
+        key = sms.idempotency_key
+        if isinstance(error, TransientUpstreamError) and not error.ambiguous:
+            self._nothing_sent[key] = None
+            self._nothing_sent.move_to_end(key)
+            while len(self._nothing_sent) > NOTHING_SENT_MEMORY:
+                self._nothing_sent.popitem(last=False)
+        else:
+            self._nothing_sent.pop(key, None)
+
+    def _skip_lookup(self, sms: OutboundSms) -> bool:
+        """True when this instance saw the last attempt of ``sms`` send nothing. The key is
+        forgotten here: the attempt now being made decides afresh."""
+        try:
+            del self._nothing_sent[sms.idempotency_key]
+        except KeyError:
+            return False
+        return True
+
     async def _earlier_attempt(self, sms: OutboundSms) -> SendReceipt | None:
         """On a retry: the ``message_id`` an earlier attempt got, found by ``extra_id``
-        (4.1, l. 608-612); None when the platform does not know it."""
-        if sms.attempt <= 1:
+        (4.1, l. 608-612); None when the platform does not know it, or when the previous
+        attempt surely sent nothing (no lookup then)."""
+        if sms.attempt <= 1 or self._skip_lookup(sms):
             return None
         extra_id = quote(extra_id_for(sms.idempotency_key), safe="")
         report = await self._dr(sms.attempt, f"/dr/external/{extra_id}/simple")
@@ -395,8 +434,13 @@ class KcellUpstream(HttpUpstream):
         earlier = await self._earlier_attempt(sms)
         if earlier is not None:
             return earlier
-        response, data = await self._post(sms.attempt, "/json2/simple", self.simple_body(sms))
-        self._raise_for_error(response, data)
+        try:
+            response, data = await self._post(sms.attempt, "/json2/simple",
+                                              self.simple_body(sms))
+            self._raise_for_error(response, data)
+        except UpstreamError as exc:
+            self._remember_failure(sms, exc)
+            raise
         message_id = data.get("message_id") if isinstance(data, dict) else None
         if not isinstance(message_id, str) or not message_id.strip():
             raise TransientUpstreamError(f"{self.name}: reply without message_id", "malformed",
@@ -450,6 +494,8 @@ class KcellUpstream(HttpUpstream):
                 outcomes = [exc] * len(group)
             for index, outcome in zip(indexes, outcomes, strict=True):
                 results[index] = outcome
+                if isinstance(outcome, UpstreamError):
+                    self._remember_failure(batch[index], outcome)
         if failures and len(failures) == len(groups) and all(
                 isinstance(r, UpstreamError) for r in results):
             raise failures[0]
@@ -498,17 +544,30 @@ class KcellUpstream(HttpUpstream):
 
     async def _dr(self, attempt: int, tail: str) -> dict[str, Any] | None:
         """``GET /{client_id}{tail}`` (table 4, l. 573-594): the report object, or None when the
-        platform does not know the id (404, or an error body with a permanent code)."""
+        platform does not know the id.
+
+        4.1 names no reply for an unknown id. HTTP 404 is taken to mean "unknown" whatever its
+        body says: a platform may well add an error body whose code is one of table 11's
+        internal errors (36020), and reading that code as "try again later" would make a retry
+        ask forever and never send. Without a 404, an error code decides: an internal one
+        (36020, 10216, a code in no table: l. 1319) or a full queue is transient and raised; a
+        permanent one refused the question, not a message, and counts as unknown."""
         response = await self.request(attempt, "GET", self._path(tail), auth=self._auth)
+        if response.status_code == 404:
+            return None
         data = _json(response)
-        error = _error_of(data)
+        # A report may name its outcome in ``error_code`` too (l. 409-411): a body with a
+        # status or a message_id is a report, not a refusal.
+        is_report = isinstance(data, dict) and ("status" in data or "message_id" in data
+                                                or "reports" in data)
+        error = None if is_report else _error_of(data)
         if error is not None:
             code, text = error
-            if code in TRANSIENT_CODES:
+            if code not in PERMANENT_CODES:
                 raise error_for_code(code, text, upstream=self.name)
             return None
         if response.status_code >= 400 or not isinstance(data, dict):
-            return None  # 404 and the like: unknown id (429, 401/403, 5xx raised already)
+            return None  # other 4xx: unknown id (429, 401/403, 5xx were raised already)
         # The advanced form (4.2, l. 664-711) wraps reports in "reports": accepted as well.
         reports = data.get("reports")
         if isinstance(reports, list) and reports and isinstance(reports[-1], dict):

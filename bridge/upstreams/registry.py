@@ -19,6 +19,7 @@ PROVIDERS: dict[str, str] = {
     "devino_rest": "bridge.upstreams.devino_rest:DevinoRestUpstream",
     "devino_soap": "bridge.upstreams.devino_soap:DevinoSoapUpstream",
     "smsc": "bridge.upstreams.smsc:SmscUpstream",
+    "smpp": "bridge.upstreams.smpp:SmppUpstream",
 }
 
 

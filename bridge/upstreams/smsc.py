@@ -1,29 +1,43 @@
-"""SMSC-style HTTP API: ``/sys/send.php`` and ``/sys/status.php`` with ``fmt=3`` (JSON).
+"""SMSC-style HTTP API: sends by ``/sys/send.php``; statuses only where ``status_url`` is set.
 
-Spec: ``004_82738aa6f58320d8.txt`` is an excerpt: it gives only the error formats
-("Ответ сервера и коды ошибок": ``ERROR = N (описание)``, ``fmt=1`` ``0,-N``, ``fmt=2`` XML,
-``fmt=3`` JSON) and the error codes 1–11. It names no script, no parameter and no success
-format, so everything else here follows the public SMSC.ru HTTP API conventions, not the spec:
+Spec: ``004_82738aa6f58320d8.txt``, an excerpt ("Ответ сервера и коды ошибок"). It gives:
 
-* send: ``POST {base_url}/sys/send.php``, form ``login``, ``psw``, ``phones`` (comma-separated),
-  ``mes``, ``fmt=3``, ``charset=utf-8``, ``sender``, ``valid`` (hours, 1–24), ``id`` (a
-  client-assigned message id, 1…2147483647), ``flash=1``, ``maxsms``; success
-  ``{"id": N, "cnt": parts}``;
-* status: ``GET {base_url}/sys/status.php?login=&psw=&phone=&id=&fmt=3`` → ``{"status": N,
-  "err": E, "last_date": …}``; several messages at once as comma-separated ``phone`` and ``id``
-  lists, answered by a JSON array of such objects carrying ``phone`` and ``id``.
+* the four error forms (l. 48-64): ``ERROR = N (описание)``; ``fmt=1`` ``0,-N``; ``fmt=2``
+  ``<result><error>…</error><error_code>N</error_code></result>``; ``fmt=3``
+  ``{"error": "…", "error_code": N}``; and the codes 1–11 (l. 65-77);
+* l. 79, "В случае успешного запроса Сервер возвращает ответ в виде строки": a successful
+  request is answered by a string, whose form the excerpt shows only for other requests
+  (l. 175-185: ``OK``, ``<result>OK</result>``, ``{"result": "OK"}``).
 
-Errors arrive in HTTP 200 bodies (specs/README.md). Two codes punish careless clients
-(notes/pitfalls.md, "Providers"): 4 blocks the caller's IP after frequent errors, 9 refuses the
-same request repeated within a minute. So: error 2 (bad login/password) is remembered for
-:data:`AUTH_FAILURE_TTL` seconds and every call fails fast without a request; error 4 is
-remembered for :data:`IP_BLOCK_RETRY_AFTER` seconds likewise (transient); error 9 is transient
-with ``retry_after`` ≥ :data:`REPEAT_RETRY_AFTER`; a retry of a single SMS first asks
-``status.php`` whether the client id of the first attempt already arrived, so that an ambiguous
-failure is not followed by an identical request (a duplicate SMS, or error 9).
+So **an answer that carries no error is a success, whatever its body**, and it is never sent
+again: a resend would be a second SMS, or the identical request that error 9 punishes. Where
+the body names an id and a part count (the SMSC.ru forms: ``{"id": N, "cnt": C}``, XML ``<id>``
+and ``<cnt>``, ``N,C``, ``OK - C SMS, ID - N``) they are taken; otherwise the message is
+recorded as sent without a provider id.
 
-A provider id is ``"<phone>:<id>"``: ``status.php`` needs both, and a request to several phones
-returns one id for all of them.
+Everything else follows the public SMSC.ru HTTP API conventions, not the spec: the send script
+``POST {base_url}/sys/send.php`` with the form ``login``, ``psw``, ``phones`` (comma-separated),
+``mes``, ``fmt=3``, ``charset=utf-8``, ``sender``, ``valid`` (hours, 1–24), ``id`` (a
+client-assigned message id, 1…2147483647), ``flash=1``, ``maxsms``. The excerpt names no status
+script, so statuses are asked for only where the operator configures one (``status_url``, e.g.
+``https://smsc.ru/sys/status.php``: :class:`SmscStatusUpstream`): ``GET status_url?login=&psw=
+&phone=&id=&fmt=3`` → ``{"status": N, "err": E, "last_date": …}``, or for several messages
+(comma-separated ``phone`` and ``id`` lists) a JSON array of such objects carrying ``phone`` and
+``id``. Without ``status_url`` SMSC sends have no provider status and no status request is ever
+made; with it, a retry of a single SMS first asks whether the first attempt's client id
+arrived, so that an ambiguous failure is not followed by a second copy.
+
+Errors arrive in HTTP 200 bodies. Two codes punish careless clients: 4, "IP-адрес временно
+заблокирован" (the caller's IP is blocked after frequent errors, for every account behind it),
+and 9, identical requests repeated "в течение минуты". Each pauses *every* call to the upstream,
+sends and status requests alike: for :data:`IP_BLOCK_RETRY_AFTER` and
+:data:`REPEAT_RETRY_AFTER` seconds no request goes out, and the calls fail at once with a
+transient error carrying the remaining pause as ``retry_after`` (the messages wait, they do not
+fail). Error 2 (bad login or password) is remembered for :data:`AUTH_FAILURE_TTL` seconds
+likewise, as a permanent error. The pause is kept per process.
+
+A provider id is ``"<phone>:<id>"``: a status request needs both, and a request to several
+phones returns one id for all of them.
 """
 
 from __future__ import annotations
@@ -35,18 +49,19 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeET
+import httpx
 from defusedxml import DefusedXmlException
 
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport
+from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
 
 SEND_PATH = "/sys/send.php"
-STATUS_PATH = "/sys/status.php"
 
 #: Seconds a bad login/password (error 2) is remembered: no request is made meanwhile.
 AUTH_FAILURE_TTL = 300.0
@@ -59,9 +74,9 @@ REPEAT_RETRY_AFTER = 60.0
 CODE_RESEND_RETRY_AFTER = 8 * 3600.0
 
 #: The excerpt's table comes from the sender-name section: its 3 is "sender not found" and its
-#: 9 speaks of repeated sender-name requests, while in SMSC's send.php 9 refuses a repeated
-#: send request within a minute (notes/pitfalls.md). Both readings lead to the same handling:
-#: 3 permanent, 9 transient after at least a minute, never retried at once.
+#: 9 speaks of repeated sender-name requests, while SMSC's send.php answers 9 to the same send
+#: request repeated within a minute. Both readings lead to the same handling: 3 permanent,
+#: 9 a pause of at least a minute, never retried at once.
 #: Error codes after which the same request may succeed later, with the wait each needs.
 #: Every other code (1 parameters, 2 login, 3 sender, 5, 7 number format, 8 undeliverable,
 #: 11, and codes outside the excerpt) describes the request or the account: repeating the
@@ -73,8 +88,12 @@ TRANSIENT_CODES: dict[int, float] = {
 }
 AUTH_CODE = 2
 IP_BLOCKED_CODE = 4
+REPEAT_CODE = 9
+#: Codes that pause every call to the upstream, for this many seconds.
+PAUSE_CODES: dict[int, float] = {IP_BLOCKED_CODE: IP_BLOCK_RETRY_AFTER,
+                                 REPEAT_CODE: REPEAT_RETRY_AFTER}
 
-#: SMSC status codes (status.php) → the bridge's statuses. -3 (not found) is left out of the
+#: SMSC status codes (the status script) → the bridge's statuses. -3 (not found) is left out of the
 #: answer (the poller asks again later). 2 "read" and 4 "link followed" imply delivery.
 STATUS_MAP: dict[int, str] = {
     -1: "sent",  # waiting to be sent
@@ -95,11 +114,15 @@ NOT_FOUND_STATUS = -3
 MAX_CLIENT_ID = 2147483647
 #: ``valid`` is a number of hours from 1 to 24 in the SMSC API.
 MAX_VALID_HOURS = 24
-#: Phones per status.php request (the URL stays well under common 8 KiB limits).
+#: Phones per status request (the URL stays well under common 8 KiB limits).
 STATUS_CHUNK = 100
 
 _PLAIN_ERROR = re.compile(r"\AERROR\s*=\s*(-?\d+)\s*(?:\((.*)\))?", re.DOTALL)
 _FMT1_ERROR = re.compile(r"\A(\d+)\s*,\s*-(\d+)\Z")
+# Success forms of SMSC.ru's send.php (not in 004): fmt=1 "id,cnt[,cost,balance]" and fmt=0
+# "OK - cnt SMS, ID - id".
+_FMT1_SUCCESS = re.compile(r"\A(\d+)\s*,\s*(\d+)\s*(?:,|\Z)")
+_PLAIN_SUCCESS = re.compile(r"\AOK\s*-\s*(\d+)\s*SMS\s*,\s*ID\s*-\s*(\d+)", re.IGNORECASE)
 
 
 def _decode(body: bytes) -> str:
@@ -151,14 +174,51 @@ def parse_smsc_error(body: bytes) -> tuple[int, str] | None:
                 return code, str(reply.get("error") or "").strip()
         return None
     if text.startswith("<"):
-        try:
-            root: Element = SafeET.fromstring(text.encode("utf-8"))
-        except (SafeET.ParseError, DefusedXmlException, ValueError):
+        root = _xml_root(text)
+        if root is None:
             return None
         code = _as_int(root.findtext("error_code"))
         if code is not None:
             return code, (root.findtext("error") or "").strip()
     return None
+
+
+def _xml_root(text: str) -> Element | None:
+    try:
+        root: Element = SafeET.fromstring(text.encode("utf-8"))
+    except (SafeET.ParseError, DefusedXmlException, ValueError):
+        return None
+    return root
+
+
+def parse_send_reply(body: bytes) -> tuple[int | None, int | None]:
+    """``(id, parts)`` named by a send reply that carries no error, each None when absent.
+
+    004 (l. 79) promises only "a string" on success; these forms are SMSC.ru's: ``fmt=3``
+    ``{"id": N, "cnt": C}``, ``fmt=2`` ``<result><cnt>C</cnt><id>N</id></result>``, ``fmt=1``
+    ``N,C``, ``fmt=0`` ``OK - C SMS, ID - N``. An id that is not a positive number is no id.
+    """
+    text = _decode(body).strip()
+    sms_id: int | None = None
+    parts: int | None = None
+    if text.startswith("{"):
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            reply = None
+        if isinstance(reply, dict):
+            sms_id, parts = _as_int(reply.get("id")), _as_int(reply.get("cnt"))
+    elif text.startswith("<"):
+        root = _xml_root(text)
+        if root is not None:
+            sms_id, parts = _as_int(root.findtext("id")), _as_int(root.findtext("cnt"))
+    elif match := _FMT1_SUCCESS.match(text):
+        sms_id, parts = int(match.group(1)), int(match.group(2))
+    elif match := _PLAIN_SUCCESS.match(text):
+        parts, sms_id = int(match.group(1)), int(match.group(2))
+    if sms_id is not None and sms_id <= 0:
+        sms_id = None
+    return sms_id, parts
 
 
 def error_for_code(code: int, text: str, *, upstream: str) -> UpstreamError:
@@ -196,11 +256,11 @@ def _group_key(sms: OutboundSms) -> tuple[Any, ...]:
 
 
 class SmscUpstream(HttpUpstream):
-    """SMSC HTTP API (see the module docstring for what comes from 004 and what does not).
+    """SMSC HTTP API without a status script: sends only (see the module docstring).
 
-    Not ``idempotent``: the API takes a client ``id`` but does not promise to refuse a second
-    request with it. A retry of a single SMS checks the id first (:meth:`send`), which closes
-    most of the gap but not all of it (a first attempt still in flight is not yet visible).
+    Built with ``status_url`` set, the class gives a :class:`SmscStatusUpstream` instead, the
+    only form that polls statuses. Not ``idempotent``: the API takes a client ``id`` but does
+    not promise to refuse a second request with it.
     """
 
     kind: ClassVar[str] = "smsc"
@@ -208,13 +268,31 @@ class SmscUpstream(HttpUpstream):
     required: ClassVar[tuple[str, ...]] = ("login", "password")
     max_batch: int = 100
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __new__(cls, name: str, settings: UpstreamSettings,
+                client: httpx.AsyncClient) -> SmscUpstream:
+        del name, client
+        if cls is SmscUpstream and settings.status_url:
+            return super().__new__(SmscStatusUpstream)
+        return super().__new__(cls)
+
+    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(name, settings, client)
         #: Monotonic clock for the error caches; tests may replace it.
         self.clock: Callable[[], float] = time.monotonic
         self._auth_failed_until = 0.0
         self._auth_failure: tuple[int, str] = (AUTH_CODE, "")
-        self._blocked_until = 0.0
+        self._paused_until = 0.0
+        self._pause: tuple[int, str] = (IP_BLOCKED_CODE, "")
+
+    @classmethod
+    def validate(cls, name: str, settings: UpstreamSettings) -> None:
+        super().validate(name, settings)
+        if settings.status_url is not None:
+            url = urlsplit(settings.status_url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError(
+                    f"upstreams.{name}.status_url must be an absolute http(s) URL of the "
+                    "status script, e.g. https://smsc.ru/sys/status.php (kind 'smsc')")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -223,46 +301,53 @@ class SmscUpstream(HttpUpstream):
         return [("login", self.settings.login), ("psw", self.settings.password.get_secret_value())]
 
     def _check_caches(self) -> None:
-        """Fail fast, without a request, while an error 2 or 4 is remembered."""
+        """Fail at once, without a request, while an error 2 is remembered or a pause (error 4
+        or 9) lasts."""
         now = self.clock()
         if now < self._auth_failed_until:
             code, text = self._auth_failure
             raise PermanentUpstreamError(
                 f"{self.name}: SMSC error {code} ({text or 'bad login or password'}), "
                 f"not asking again for {self._auth_failed_until - now:.0f}s", code)
-        if now < self._blocked_until:
-            remaining = self._blocked_until - now
+        if now < self._paused_until:
+            remaining = self._paused_until - now
+            code, text = self._pause
+            reason = text or ("IP blocked" if code == IP_BLOCKED_CODE else "repeated request")
             raise TransientUpstreamError(
-                f"{self.name}: SMSC error 4 (IP blocked), not asking again for {remaining:.0f}s",
-                IP_BLOCKED_CODE, retry_after=remaining)
+                f"{self.name}: SMSC error {code} ({reason}), every call paused for another "
+                f"{remaining:.0f}s", code, retry_after=remaining)
 
     def _error(self, code: int, text: str) -> UpstreamError:
-        """The error for ``code``, remembering 2 and 4 so that no request follows for a while."""
+        """The error for ``code``; 2 is remembered and 4 and 9 start a pause, so that no
+        request follows for a while."""
+        now = self.clock()
         if code == AUTH_CODE:
-            self._auth_failed_until = self.clock() + AUTH_FAILURE_TTL
+            self._auth_failed_until = now + AUTH_FAILURE_TTL
             self._auth_failure = (code, text)
-        elif code == IP_BLOCKED_CODE:
-            self._blocked_until = self.clock() + IP_BLOCK_RETRY_AFTER
+        elif code in PAUSE_CODES and now + PAUSE_CODES[code] > self._paused_until:
+            self._paused_until = now + PAUSE_CODES[code]
+            self._pause = (code, text)
         return error_for_code(code, text, upstream=self.name)
 
-    def _malformed(self, what: str) -> TransientUpstreamError:
-        return TransientUpstreamError(f"{self.name}: malformed reply ({what})", "malformed",
-                                      ambiguous=True)
+    async def _exchange(self, attempt: int, method: str, path: str, *,
+                        via: HttpUpstream | None = None, **kwargs: Any) -> bytes:
+        """One request (through ``via``'s hosts, else this upstream's); the body of an answer
+        that carries no error, or the mapped error raised.
 
-    async def _call(self, attempt: int, method: str, path: str, **kwargs: Any) -> Any:
-        """One request; returns the decoded JSON reply (``fmt=3``) or raises the mapped error.
-
-        Errors come in HTTP 200 bodies in any of the four forms of 004 (:func:`parse_smsc_error`).
+        Errors come in HTTP 200 bodies in any of the four forms of 004
+        (:func:`parse_smsc_error`). An HTTP error status without such a body (a wrong URL, a
+        proxy's page) is no answer of the API: 429 and 5xx are transient (mapped by
+        :meth:`HttpUpstream.request`), anything else outside 2xx permanent.
         """
         self._check_caches()
-        response = await self.request(attempt, method, path, **kwargs)
+        response = await (via or self).request(attempt, method, path, **kwargs)
         error = parse_smsc_error(response.content)
         if error is not None:
             raise self._error(*error)
-        try:
-            return json.loads(_decode(response.content))
-        except ValueError as exc:
-            raise self._malformed("not JSON") from exc
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise PermanentUpstreamError(f"{self.name}: HTTP {status}", f"http_{status}")
+        return response.content
 
     # ------------------------------------------------------------------ sending
 
@@ -290,45 +375,25 @@ class SmscUpstream(HttpUpstream):
         return urlencode(params, encoding="utf-8").encode("ascii")
 
     async def _send_group(self, group: Sequence[OutboundSms]) -> list[SendReceipt]:
-        """One send.php request to the (distinct) phones of ``group``; raises on failure."""
+        """One send.php request to the (distinct) phones of ``group``; raises on failure. Any
+        answer without an error is a success (004, l. 79); its id, when it names one, becomes
+        ``phone:id`` for each phone."""
         sms_id = client_id([sms.idempotency_key for sms in group])
-        reply = await self._call(
+        body = await self._exchange(
             max(sms.attempt for sms in group),
             "POST",
             SEND_PATH,
             content=self.form(group, sms_id),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-        # Success (SMSC convention): {"id": N, "cnt": parts}. The id is ours, echoed; a reply
-        # with "cnt" but no "id" is taken as accepted under the id we sent.
-        if not isinstance(reply, dict) or ("id" not in reply and "cnt" not in reply):
-            raise self._malformed("no id")
-        returned = _as_int(reply.get("id", sms_id))
-        if returned is None:
-            raise self._malformed("id is not a number")
-        parts = _as_int(reply.get("cnt"))
+        returned, parts = parse_send_reply(body)
         note = f"{parts} SMS for {len(group)} phone(s)" if parts is not None else ""
+        if returned is None:
+            return [SendReceipt((), note=note or "accepted; the reply names no id")
+                    for _ in group]
         return [SendReceipt((f"{sms.phone}:{returned}",), note=note) for sms in group]
 
-    async def _accepted_earlier(self, sms: OutboundSms) -> SendReceipt | None:
-        """On a retry: did the first attempt's request arrive (status.php knows its id)?"""
-        provider_id = f"{sms.phone}:{client_id([sms.idempotency_key])}"
-        try:
-            reports = await self._poll_chunk(sms.attempt, [provider_id])
-        except PermanentUpstreamError as exc:
-            if exc.code == AUTH_CODE:
-                raise
-            # A refusal of the question (not of the SMS) must not fail the SMS: send it.
-            return None
-        if reports:
-            return SendReceipt((provider_id,), note="accepted by an earlier attempt")
-        return None
-
     async def send(self, sms: OutboundSms) -> SendReceipt:
-        if sms.attempt > 1:
-            earlier = await self._accepted_earlier(sms)
-            if earlier is not None:
-                return earlier
         [receipt] = await self._send_group([sms])
         return receipt
 
@@ -375,11 +440,50 @@ class SmscUpstream(HttpUpstream):
                 results[i] = receipt
         return [r for r in results if r is not None]
 
+
+class SmscStatusUpstream(SmscUpstream):
+    """SMSC with the status script the operator configured (``status_url``): statuses are
+    polled (StatusPolling), and a retry of a single SMS first asks whether the first attempt's
+    client id arrived. :class:`SmscUpstream` gives this class when ``status_url`` is set."""
+
+    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(name, settings, client)
+        assert settings.status_url, "SmscStatusUpstream needs upstreams.<name>.status_url"
+        url = urlsplit(settings.status_url)
+        # The status script's own host, with the plumbing (deadline, error mapping) of the
+        # send host; the backup host is for sends only.
+        self._status_host = HttpUpstream(name, settings.model_copy(update={
+            "base_url": f"{url.scheme}://{url.netloc}", "backup_url": None}), client)
+        self._status_path = urlunsplit(("", "", url.path or "/", url.query, ""))
+
+    async def _accepted_earlier(self, sms: OutboundSms) -> SendReceipt | None:
+        """On a retry: did the first attempt's request arrive (the status script knows its
+        client id)?"""
+        provider_id = f"{sms.phone}:{client_id([sms.idempotency_key])}"
+        try:
+            reports = await self._poll_chunk(sms.attempt, [provider_id])
+        except PermanentUpstreamError as exc:
+            if exc.code == AUTH_CODE:
+                raise
+            # A refusal of the question (not of the SMS) must not fail the SMS: send it.
+            return None
+        if reports:
+            return SendReceipt((provider_id,), note="accepted by an earlier attempt")
+        return None
+
+    async def send(self, sms: OutboundSms) -> SendReceipt:
+        if sms.attempt > 1:
+            earlier = await self._accepted_earlier(sms)
+            if earlier is not None:
+                return earlier
+        return await super().send(sms)
+
     # ------------------------------------------------------------------ statuses
 
     async def poll_statuses(self, provider_ids: Sequence[str]) -> list[DeliveryReport]:
-        """Statuses by status.php, up to :data:`STATUS_CHUNK` messages per request. Ids that are
-        not ``phone:id`` and messages SMSC does not know (status -3) are left out."""
+        """Statuses from the status script, up to :data:`STATUS_CHUNK` messages per request.
+        Ids that are not ``phone:id`` and messages SMSC does not know (status -3) are left
+        out."""
         valid = [p for p in dict.fromkeys(provider_ids) if split_provider_id(p) is not None]
         reports: list[DeliveryReport] = []
         for start in range(0, len(valid), STATUS_CHUNK):
@@ -395,7 +499,13 @@ class SmscUpstream(HttpUpstream):
             ("fmt", "3"),
             ("charset", "utf-8"),
         ]
-        reply = await self._call(attempt, "GET", STATUS_PATH, params=params)
+        body = await self._exchange(attempt, "GET", self._status_path, via=self._status_host,
+                                    params=params)
+        try:
+            reply = json.loads(_decode(body))
+        except ValueError as exc:
+            raise TransientUpstreamError(f"{self.name}: malformed status reply (not JSON)",
+                                         "malformed") from exc
         # One message: a JSON object; several: an array of objects naming "phone" and "id".
         # An object is also accepted for several ids, and an array without "phone"/"id" is
         # matched by position, as the SMSC documentation shows both shapes.
@@ -404,7 +514,8 @@ class SmscUpstream(HttpUpstream):
         by_key = {f"{p[0]}:{p[1]}": p for p in pairs if p}
         for position, item in enumerate(items):
             if not isinstance(item, dict):
-                raise self._malformed("status entry is not an object")
+                raise TransientUpstreamError(
+                    f"{self.name}: malformed status reply (entry is not an object)", "malformed")
             provider_id = self._match(item, position, provider_ids, by_key, len(items))
             status = _as_int(item.get("status"))
             if provider_id is None or status is None:

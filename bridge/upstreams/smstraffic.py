@@ -11,8 +11,12 @@ Besides sending, v1 offers status polling (``operation=status``, line 998), batc
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
@@ -26,8 +30,11 @@ from defusedxml import DefusedXmlException
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.inbound.parsing import map_status
 from bridge.models import DeliveryReport, InboundMessage
+from bridge.parsing.text import fits_latin_mode
 from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
+
+log = logging.getLogger(__name__)
 
 # 002 line 1988. 1000 is "temporary problems on the server" (retry, or use the backup host).
 # 415 (insufficient funds) is transient: the message waits, within ``give_up_after``, for a
@@ -52,12 +59,31 @@ V1_DATE = "%Y-%m-%d %H:%M:%S"
 STATUS_CHUNK = 500
 CHECKED_CHUNK = 5000
 
-# operation=incoming (line 1931): messages are kept for two days; the poll re-reads the last
-# INBOUND_OVERLAP before the newest delivery_date seen, so a message the provider lists late
-# (or within the same second) is not missed; the pipeline drops the repeats by sms_id.
+# operation=incoming (line 1931): messages are kept for two days (line 1972). A poll re-reads
+# from INBOUND_OVERLAP before the newest delivery_date seen, so that a message the provider
+# lists up to 30 minutes after its date is still fetched (every date seen so far is at most
+# the time it was seen, before the late message became visible; 5 minutes spare for clocks).
+# The ids listed in that span are kept in the cursor, so a message is handed out once.
 INBOUND_KEEP = timedelta(days=2)
-INBOUND_OVERLAP = timedelta(seconds=120)
+INBOUND_OVERLAP = timedelta(minutes=35)
 INBOUND_PAGE = 1000
+# Requests per poll at most; a longer backlog resumes where the poll stopped.
+INBOUND_PAGES = 10
+# Ids kept in the cursor at most (the newest): a bound on its size; beyond it the store's
+# deduplication by sms_id still records a repeat once.
+INBOUND_SEEN_MAX = 5000
+
+# v2 restrictiveId: "Уникальный идентификатор, предотвращающий повторную отправку в течение
+# часа" (002 line 163). A retry relies on it only within RESTRICTIVE_SAFE of the first attempt
+# that may have reached the provider (the margin covers clocks and the request's own time);
+# later, or when that time is unknown (a restart, another instance), the retry first looks
+# the message up by trackingData.
+RESTRICTIVE_WINDOW = 3600.0
+RESTRICTIVE_SAFE = RESTRICTIVE_WINDOW - 300.0
+# restrictiveId takes at most 36 characters (line 163), trackingData 40 (line 160).
+MARK_LENGTH = 36
+# How long an upstream remembers a message's earlier attempts (its retries end long before).
+TRIED_KEEP = 2 * 86400.0
 
 
 def error_for_code(code: int, text: str, *, upstream: str) -> UpstreamError:
@@ -69,8 +95,8 @@ def error_for_code(code: int, text: str, *, upstream: str) -> UpstreamError:
 
 def _xml_root(body: bytes) -> Element:
     """defusedxml (no entities, no external resources). The spec's examples differ in
-    declaration and encoding (``set_checked`` declares windows-1251, the single status reply
-    has no declaration; specs/README.md): bytes are handed over as they are, so the parser
+    declaration and encoding (``set_checked`` declares windows-1251, line 1179; the single
+    status reply has no declaration, line 1040): bytes are handed over as they are, so the parser
     follows whatever declaration there is and defaults to UTF-8."""
     try:
         root: Element = SafeET.fromstring(body.strip())
@@ -97,7 +123,7 @@ def parse_v1_reply(body: bytes) -> tuple[int, str, list[tuple[str, str]]]:
     """``<reply><result/><code/><description/><message_infos>…`` → code, text, (phone, id).
 
     Parsed with defusedxml (no entities, no external resources). The spec's own examples
-    differ in declaration and encoding (specs/README.md), so only the elements are used.
+    differ in declaration and encoding (see ``_xml_root``), so only the elements are used.
     """
     root = _xml_root(body)
     result = _v1_result(root)
@@ -209,6 +235,69 @@ def _delimiter(lines: list[str]) -> str | None:
     return token
 
 
+def inbound_key(message: InboundMessage) -> str:
+    """What tells inbound messages apart: the provider's ``sms_id``; without one (a reply
+    without ``want_sms_ids``), a digest of the whole record."""
+    if message.sms_id:
+        return message.sms_id
+    return "raw:" + hashlib.sha256(message.raw).hexdigest()[:32]
+
+
+@dataclass
+class InboundCursor:
+    """The state ``operation=incoming`` polling keeps between polls, stored as JSON:
+    ``newest`` delivery_date seen, the ``seen`` ids with their dates (those listed since
+    INBOUND_OVERLAP before ``newest``, at most INBOUND_SEEN_MAX), and ``resume``, the date
+    an unfinished backlog goes on from. Dates are "ГГГГ-ММ-ДД ЧЧ:ММ:СС" in UTC+3 as on the
+    wire. A cursor of an earlier version (a bare date) is read as ``newest``."""
+
+    newest: datetime | None = None
+    seen: dict[str, datetime] = field(default_factory=dict)
+    resume: datetime | None = None
+
+    @classmethod
+    def load(cls, text: str | None) -> InboundCursor:
+        if not text:
+            return cls()
+        if not text.startswith("{"):
+            return cls(_msk(text))
+        try:
+            data = json.loads(text)
+            seen = {str(key): at for key, value in dict(data.get("seen") or {}).items()
+                    if (at := _msk(str(value))) is not None}
+            return cls(_msk(data.get("newest")), seen, _msk(data.get("resume")))
+        except (ValueError, TypeError, AttributeError):
+            # Unreadable: start over from the provider's whole retention; the store's
+            # deduplication by sms_id records each message once.
+            log.warning("unreadable inbound cursor ignored")
+            return cls()
+
+    def dump(self) -> str:
+        def day(at: datetime | None) -> str | None:
+            return at.astimezone(MSK).strftime(V1_DATE) if at is not None else None
+
+        return json.dumps({"newest": day(self.newest), "resume": day(self.resume),
+                           "seen": {key: day(at) for key, at in sorted(self.seen.items())}},
+                          separators=(",", ":"), sort_keys=True)
+
+
+# The charset of each ``rus`` value (002 line 811-813).
+RUS_CHARSET = {"0": "cp1251", "5": "utf-8"}
+
+
+def rus_for(text: str) -> str:
+    """``rus`` for a text (parameter table, 002 lines 811-813). ``rus=0`` is windows-1251 sent
+    as a Latin SMS, 160/153 per part: only for text made of the ASCII characters of GSM 03.38
+    (``fits_latin_mode``; windows-1251 has no é, ü, Δ, and the provider would transliterate
+    Cyrillic). Anything else goes ``rus=5`` (UTF-8), 70/67 per part by the stricter reading
+    of "если сообщение состоит исключительно из латинских символов, максимальное количество
+    символов не изменяется" — the count ``count_segments`` gives, so the bridge records the
+    parts the provider bills. A transliterated text (account ``encoding = "transliterate"``)
+    is Latin already and goes ``rus=0`` unless a character survived that Latin mode would lose.
+    """
+    return "0" if fits_latin_mode(text) else "5"
+
+
 class SmsTrafficV1Upstream(HttpUpstream):
     """HTTP API v1: ``POST /multi.php`` form, XML reply (002 line 794).
 
@@ -222,6 +311,8 @@ class SmsTrafficV1Upstream(HttpUpstream):
     # want_sms_ids allows at most 6000 messages per request (002 line 830); a smaller batch
     # keeps one failed request cheap.
     BATCH: ClassVar[int] = 200
+    # ``count`` of one operation=incoming request (002 line 1941).
+    inbound_page: ClassVar[int] = INBOUND_PAGE
 
     def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
@@ -247,31 +338,29 @@ class SmsTrafficV1Upstream(HttpUpstream):
         return params
 
     def form(self, sms: OutboundSms) -> bytes:
-        # rus=5: UTF-8 text; rus=0: windows-1251 text the provider transliterates (we already
-        # did, so the text is Latin). Parameter table, 002 line 794.
-        charset = "cp1251" if sms.transliterate else "utf-8"
+        rus = rus_for(sms.text)
         params: list[tuple[str, str]] = [
             *self._auth(),
             ("phones", sms.phone),
             ("message", sms.text),
-            ("rus", "0" if sms.transliterate else "5"),
+            ("rus", rus),
             ("want_sms_ids", "1"),
             *self._options(sms),
         ]
-        return urlencode(params, encoding=charset, errors="replace").encode("ascii")
+        return urlencode(params, encoding=RUS_CHARSET[rus], errors="replace").encode("ascii")
 
     def batch_form(self, batch: Sequence[OutboundSms]) -> bytes:
         """One request for messages that share every per-request option (002 lines 826-833):
         ``individual_messages=1``, ``with_push_id=1``, ``want_sms_ids=1``, ``phones`` holding
         ``push_id:phone text`` lines, no ``message``."""
         first = batch[0]
-        charset = "cp1251" if first.transliterate else "utf-8"
+        rus = rus_for(first.text)  # the same for the whole batch (send_batch groups by it)
         lines = [f"{push_id_for(sms)}:{sms.phone} {sms.text}" for sms in batch]
         delimiter = _delimiter(lines)
         params: list[tuple[str, str]] = [
             *self._auth(),
             ("phones", (delimiter or "\n").join(lines)),
-            ("rus", "0" if first.transliterate else "5"),
+            ("rus", rus),
             ("want_sms_ids", "1"),
             ("individual_messages", "1"),
             ("with_push_id", "1"),
@@ -279,7 +368,7 @@ class SmsTrafficV1Upstream(HttpUpstream):
         if delimiter is not None:
             params.append(("delimiter", delimiter))
         params.extend(self._options(first))
-        return urlencode(params, encoding=charset, errors="replace").encode("ascii")
+        return urlencode(params, encoding=RUS_CHARSET[rus], errors="replace").encode("ascii")
 
     async def _post(self, attempt: int, params: list[tuple[str, str]] | bytes) -> bytes:
         content = params if isinstance(params, bytes) else urlencode(params).encode("ascii")
@@ -309,13 +398,13 @@ class SmsTrafficV1Upstream(HttpUpstream):
     # -- BatchSending ---------------------------------------------------------------------
 
     async def send_batch(self, batch: Sequence[OutboundSms]) -> list[SendReceipt | UpstreamError]:
-        """Messages sharing the per-request options (charset, originator, flash, max_parts,
+        """Messages sharing the per-request options (``rus``, originator, flash, max_parts,
         timeout, two_byte_concat) go in one ``individual_messages`` request; the part ids
         come back per ``push_id`` (002 lines 950-995). With one request, its failure is
         raised; with several, a failed request fails its own messages only."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, sms in enumerate(batch):
-            key = (sms.transliterate, sms.originator or None, sms.flash, sms.max_parts,
+            key = (rus_for(sms.text), sms.originator or None, sms.flash, sms.max_parts,
                    sms.validity or None, sms.two_byte_concat)
             groups.setdefault(key, []).append(index)
         results: list[SendReceipt | UpstreamError | None] = [None] * len(batch)
@@ -418,24 +507,11 @@ class SmsTrafficV1Upstream(HttpUpstream):
 
     # -- InboundPolling -------------------------------------------------------------------
 
-    async def poll_inbound(self, cursor: str | None) -> tuple[list[InboundMessage], str | None]:
-        """``operation=incoming`` (002 line 1931) with ``from_date`` (UTC+3), ``want_sms_ids=1``
-        and ``count``.
-
-        The cursor is the newest ``delivery_date`` seen ("ГГГГ-ММ-ДД ЧЧ:ММ:СС", UTC+3). The
-        next poll asks from INBOUND_OVERLAP before it, so messages listed late or sharing the
-        second are read again rather than lost; the pipeline drops repeats by ``sms_id``. With
-        no cursor the poll starts two days back, the provider's whole retention (l. 1972).
-        The cursor never moves back, and it survives a restart in the store.
-        """
-        newest = _msk(cursor)
-        if newest is None:
-            since = datetime.now(MSK) - INBOUND_KEEP
-        else:
-            since = newest - INBOUND_OVERLAP
+    async def _incoming_page(self, since: datetime) -> list[tuple[InboundMessage,
+                                                                  datetime | None]]:
         body = await self._post(1, [
             *self._auth(), ("operation", "incoming"), ("from_date", since.strftime(V1_DATE)),
-            ("want_sms_ids", "1"), ("count", str(INBOUND_PAGE)),
+            ("want_sms_ids", "1"), ("count", str(self.inbound_page)),
         ])
         try:
             code, description, found = parse_v1_incoming(body, self.name)
@@ -443,19 +519,103 @@ class SmsTrafficV1Upstream(HttpUpstream):
             raise self._malformed(exc, ambiguous=False) from exc
         if code != 0:
             raise error_for_code(code, description, upstream=self.name)
-        dates = [at for _, at in found if at is not None]
+        return found
+
+    async def poll_inbound(self, cursor: str | None) -> tuple[list[InboundMessage], str | None]:
+        """``operation=incoming`` (002 line 1931) with ``from_date`` (UTC+3), ``want_sms_ids=1``
+        and ``count``.
+
+        Each poll reads from INBOUND_OVERLAP (35 min) before the newest ``delivery_date`` seen,
+        so a message the provider lists late, dated before messages already fetched, is still
+        read; with no cursor it starts two days back, the provider's whole retention
+        (l. 1972). The cursor (:class:`InboundCursor`) keeps that date and the ids listed
+        since INBOUND_OVERLAP before it: a message is handed out once however often it is
+        listed. A full page (``count`` messages, oldest first as in the example, l. 1948) is
+        followed by one from its last date, up to INBOUND_PAGES per poll; the next poll
+        resumes a longer backlog. The cursor survives a restart in the store.
+        """
+        state = InboundCursor.load(cursor)
+        now = datetime.now(MSK)
+        if state.resume is not None:
+            since = state.resume
+        elif state.newest is not None:
+            since = state.newest - INBOUND_OVERLAP
+        else:
+            since = now - INBOUND_KEEP
+        listed: dict[str, tuple[InboundMessage, datetime | None]] = {}
+        resume: datetime | None = since
+        for _ in range(INBOUND_PAGES):
+            page = await self._incoming_page(since)
+            for message, at in page:
+                listed.setdefault(inbound_key(message), (message, at))
+            if len(page) < self.inbound_page:
+                resume = None
+                break
+            last = max((at for _, at in page if at is not None), default=since)
+            if last <= since:
+                # A whole page within one second: from_date ("ГГГГ-ММ-ДД ЧЧ:ММ:СС") has no
+                # finer unit, so the rest of that second cannot be listed.
+                log.warning("inbound page of one second skipped past",
+                            extra={"upstream": self.name, "from_date": since.strftime(V1_DATE)})
+                last = since + timedelta(seconds=1)
+            since = resume = last
+        fresh = [message for key, (message, _) in listed.items() if key not in state.seen]
+        dates = [at for _, at in listed.values() if at is not None]
+        if state.newest is not None:
+            dates.append(state.newest)
+        newest = max(dates) if dates else None
+        # An undated record is kept as if dated now, for as long as the overlap re-reads it.
+        seen = {**state.seen, **{key: at or now for key, (_, at) in listed.items()}}
         if newest is not None:
-            dates.append(newest)
-        new_cursor = max(dates).strftime(V1_DATE) if dates else cursor
-        return [message for message, _ in found], new_cursor
+            seen = {key: at for key, at in seen.items() if at >= newest - INBOUND_OVERLAP}
+        if len(seen) > INBOUND_SEEN_MAX:
+            seen = dict(sorted(seen.items(), key=lambda item: item[1])[-INBOUND_SEEN_MAX:])
+        new_cursor = InboundCursor(newest, seen, resume).dump()
+        return fresh, (new_cursor if newest is not None or resume is not None or seen
+                       else cursor)
+
+
+def request_mark(sms: OutboundSms) -> str:
+    """The message's ``restrictiveId`` and ``trackingData`` (002 lines 160-163): its
+    idempotency key, constant across retries; a key longer than those fields allow is
+    replaced by a digest rather than cut, so that two messages never share a mark."""
+    key = sms.idempotency_key
+    if len(key) <= MARK_LENGTH:
+        return key
+    return "h" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:MARK_LENGTH - 1]
+
+
+@dataclass
+class _Tried:
+    """What this upstream saw of a message's earlier attempts."""
+
+    since: float  # clock() at the first of them
+    # clock() when the first attempt that may have reached the provider began; None while
+    # every attempt surely sent nothing (refused connection, HTTP 429, an error answer)
+    first: float | None = None
+    refused: bool = False  # answered 105: an earlier attempt was accepted, never send again
+
+
+@dataclass
+class _Lookup:
+    ids: tuple[str, ...] = ()
+    error: UpstreamError | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class SmsTrafficV2Upstream(HttpUpstream):
     """HTTP API v2: ``POST /v2/send`` JSON with ``Authorization: Bearer`` (002 line 105).
 
-    ``restrictiveId`` (≤ 36 characters) makes the provider refuse the same request again
-    within an hour, so the message's idempotency key is sent as it: a retry after an
-    ambiguous failure cannot send twice.
+    Every request carries the message's mark (:func:`request_mark`) as ``restrictiveId``
+    and as the destination's ``trackingData``. ``restrictiveId`` makes the provider refuse
+    the same request for an hour (code 105, line 163); ``trackingData`` finds the message in
+    ``/v2/statuses/list`` (line 314), which is how a retry learns the provider's id of an SMS
+    whose answer was lost:
+
+    * a retry within the hour sends again; a 105 answer means an earlier attempt was
+      accepted, and the ids are looked up by ``trackingData`` — never sent again;
+    * a retry later than that, or one whose first attempt this process did not see (a
+      restart, another instance), looks up first and sends only if nothing is listed.
 
     No BatchSending: ``restrictiveId`` belongs to the whole request, so a batch retried after
     a partial change (one message dropped or added) would be a new request and could send its
@@ -465,6 +625,14 @@ class SmsTrafficV2Upstream(HttpUpstream):
     kind: ClassVar[str] = "smstraffic_v2"
     idempotent: ClassVar[bool] = True
     required: ClassVar[tuple[str, ...]] = ("api_key",)
+    # Seconds after a first attempt during which a retry relies on restrictiveId.
+    restrictive_safe: ClassVar[float] = RESTRICTIVE_SAFE
+
+    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(name, settings, client)
+        self.clock: Callable[[], float] = time.monotonic
+        # mark -> earlier attempts, in insertion order (so the oldest are pruned first).
+        self._tried: dict[str, _Tried] = {}
 
     def body(self, sms: OutboundSms) -> dict[str, Any]:
         channel: dict[str, Any] = {
@@ -473,11 +641,13 @@ class SmsTrafficV2Upstream(HttpUpstream):
             "transliterate": sms.transliterate,
         }
         if sms.validity:
-            channel["timeout"] = sms.validity  # only in the spec's example, see specs/README.md
+            # "timeout" is in the request example (002 line 201), not in the parameter table
+            channel["timeout"] = sms.validity
+        mark = request_mark(sms)
         body: dict[str, Any] = {
             "channels": {"sms": channel},
-            "destinations": [{"to": int(sms.phone)}],
-            "restrictiveId": sms.idempotency_key[:36],
+            "destinations": [{"to": int(sms.phone), "trackingData": mark}],
+            "restrictiveId": mark,
         }
         if sms.originator:
             body["originator"] = sms.originator
@@ -487,29 +657,77 @@ class SmsTrafficV2Upstream(HttpUpstream):
         assert self.settings.api_key is not None
         return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
 
+    def _remember(self, mark: str, started: float, *, reached: bool,
+                  refused: bool = False) -> None:
+        """Note a failed attempt begun at ``started``: whether it may have ``reached`` the
+        provider (an ambiguous failure), whether it was ``refused`` as a duplicate."""
+        tried = self._tried.setdefault(mark, _Tried(started))
+        if reached and tried.first is None:
+            tried.first = started
+        tried.refused = tried.refused or refused
+        while self._tried:  # prune from the oldest
+            oldest = next(iter(self._tried))
+            if self._tried[oldest].since >= started - TRIED_KEEP:
+                break
+            del self._tried[oldest]
+
+    def _must_look_up(self, sms: OutboundSms, tried: _Tried | None) -> bool:
+        """Whether the provider may take this request as new although an earlier attempt
+        was accepted: its restrictiveId window may be over, or this process cannot tell."""
+        if sms.attempt == 1:
+            return False
+        if tried is None or tried.refused:
+            return True  # attempts this process did not see (a restart, another instance)
+        if tried.first is None:
+            return False  # every earlier attempt surely sent nothing
+        return self.clock() - tried.first >= self.restrictive_safe
+
     async def send(self, sms: OutboundSms) -> SendReceipt:
-        response = await self.request(
-            sms.attempt,
-            "POST",
-            "/v2/send",
-            json=self.body(sms),
-            headers=self._headers(),
-        )
+        mark = request_mark(sms)
+        tried = self._tried.get(mark)
+        if self._must_look_up(sms, tried):
+            # The provider may take this request as new: find an earlier copy first.
+            found = await self._lookup(mark)
+            if isinstance(found.error, TransientUpstreamError):
+                raise found.error  # nothing was sent; the next attempt looks up again
+            if found.ids:
+                self._tried.pop(mark, None)
+                return SendReceipt(found.ids, note="accepted by an earlier attempt; found by "
+                                                   "trackingData")
+            if tried is not None and tried.refused:
+                return await self._accepted_earlier(mark, tried.since, found)
+            # Nothing listed: send. (A lookup this key may not make, HTTP 403, leaves
+            # restrictiveId as the only guard, as it is within the hour.)
+        started = self.clock()
+        try:
+            response = await self.request(
+                sms.attempt,
+                "POST",
+                "/v2/send",
+                json=self.body(sms),
+                headers=self._headers(),
+            )
+        except TransientUpstreamError as exc:
+            self._remember(mark, started, reached=exc.ambiguous)
+            raise
         try:
             reply = response.json()
             success = reply["success"]
         except (ValueError, KeyError, TypeError) as exc:
+            self._remember(mark, started, reached=True)
             raise TransientUpstreamError(f"{self.name}: malformed JSON reply", "malformed",
                                          ambiguous=True) from exc
         if not success:
             error = reply.get("error") or {}
             code = int(error.get("code", 0) or 0)
             text = str(error.get("message", ""))
-            # 105 means "restrictiveId duplicate" in the code table and "Invalid request
-            # format" in an example (specs/README.md). On a retry it can only be the former:
-            # the first attempt reached the provider, so the SMS is already accepted.
+            # 105 means "restrictiveId duplicate" in the code table (line 1988) and "Invalid
+            # request format" in an example (line 296-306). On a retry of a well-formed
+            # request it can only be the former: an earlier attempt was accepted. Its ids
+            # are looked up by trackingData; it is never sent again.
             if code == 105 and sms.attempt > 1:
-                return SendReceipt((), note="accepted by an earlier attempt (restrictiveId)")
+                return await self._accepted_earlier(mark, started)
+            self._remember(mark, started, reached=False)  # refused: nothing was sent
             raise error_for_code(code, text, upstream=self.name)
         ids: list[str] = []
         for destination in reply.get("destinations") or []:
@@ -519,7 +737,45 @@ class SmsTrafficV2Upstream(HttpUpstream):
                                      str(error.get("message", "")), upstream=self.name)
             if destination.get("id"):
                 ids.append(str(destination["id"]))
+        self._tried.pop(mark, None)
         return SendReceipt(tuple(ids))
+
+    async def _accepted_earlier(self, mark: str, started: float,
+                                found: _Lookup | None = None) -> SendReceipt:
+        """After a 105 on a retry: the ids of the accepted copy. A lookup that fails for now
+        is retried (the next attempt looks up without sending); one that lists nothing, or
+        that this key may not make, leaves the SMS sent without an id."""
+        if found is None:
+            found = await self._lookup(mark)
+        if isinstance(found.error, TransientUpstreamError):
+            self._remember(mark, started, reached=True, refused=True)
+            raise TransientUpstreamError(
+                f"{self.name}: accepted by an earlier attempt (restrictiveId); its id is not "
+                f"known yet: {found.error.text}", found.error.code,
+                retry_after=found.error.retry_after)
+        self._tried.pop(mark, None)
+        if not found.ids and found.error is None:
+            found.notes.append("not listed by trackingData, so its id is unknown")
+        return SendReceipt(found.ids, note="accepted by an earlier attempt (restrictiveId)"
+                           + "".join(f"; {note}" for note in found.notes))
+
+    async def _lookup(self, mark: str) -> _Lookup:
+        """The ids of the SMS sent with ``trackingData`` ``mark``: ``POST /v2/statuses/list``
+        with ``trackingData`` (002 line 314); each ``data`` item has ``smsId`` and
+        ``trackingData`` (line 353). An error is returned, not raised: what it means depends
+        on why the lookup was made."""
+        try:
+            data = await self._call("/v2/statuses/list", {"trackingData": [mark]})
+            if not isinstance(data, list):
+                raise TransientUpstreamError(f"{self.name}: statuses without data", "malformed")
+        except UpstreamError as exc:
+            log.warning("lookup by trackingData failed",
+                        extra={"upstream": self.name, "error": str(exc)})
+            return _Lookup(error=exc, notes=[f"lookup by trackingData failed: {exc.text}"])
+        ids = [str(item["smsId"]) for item in data
+               if isinstance(item, dict) and item.get("smsId")
+               and item.get("trackingData", mark) == mark]
+        return _Lookup(tuple(dict.fromkeys(ids)))
 
     async def _call(self, path: str, payload: Any) -> Any:
         """A v2 call that is not a send: POST JSON, ``{"success", "error", "data"}`` back

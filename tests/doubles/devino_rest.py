@@ -1,7 +1,7 @@
 """Test double of the Devino Telecom REST API (``https://integrationapi.net/rest/``).
 
-Built from the vendor spec ``/work/shared/specs/003_2ae1dc9e2c3c1732.txt``; line numbers below
-refer to that file:
+Built from the vendor spec ``003_2ae1dc9e2c3c1732.txt`` (Devino Telecom REST API) only; line
+numbers below refer to that file:
 
 * 22   base URL ``…/rest/`` + resource; parameters GET or POST, UTF-8 (l. 24), URL-encoded
        with ``Content-Type: application/x-www-form-urlencoded`` (l. 36).
@@ -12,11 +12,13 @@ refer to that file:
 * 339  ``POST /Sms/SendBulk`` (Табл. 5, l. 357): ``DestinationAddresses`` repeated (l. 352);
        all segment ids of one number, then the next (l. 402-416).
 * 438  ``GET /Sms/State?sessionId&messageId`` (Табл. 6/7): ``{"State": …}`` (l. 471-488).
-* 519  ``GET /Sms/In?sessionId&minDateUTC&maxDateUTC`` (Табл. 8): a list (l. 546-569);
-       without ``maxDateUTC`` → ``Code 9`` with HTTP 500 (l. 583-591).
+* 519  ``GET /Sms/In?sessionId&minDateUTC&maxDateUTC`` (Табл. 8): a list (l. 546-569) of the
+       messages with ``minDateUTC <= CreateDateUtc <= maxDateUTC`` that are visible now (a
+       test can make one visible late, with an older ``CreateDateUtc``); without
+       ``maxDateUTC`` → ``Code 9`` with HTTP 500 (l. 583-591).
 * 677  Табл. 10 error codes with their HTTP statuses; 691 Табл. 11 message states.
 
-Strictness and tolerance (specs/README.md lists the contradictions):
+Strictness and tolerance (where the spec contradicts itself, every form it shows is taken):
 
 * parameter names are matched case-insensitively (the spec writes ``SessionID``, ``SessionId``
   and ``sessionId``, ``Login`` and ``login``; the real service is ASP.NET MVC, whose binding
@@ -25,8 +27,8 @@ Strictness and tolerance (specs/README.md lists the contradictions):
 * error bodies are written as the spec shows them, with unquoted keys
   (``{ Code: 4, Desc: "…" }``); ``error_style = "json"`` sends strict JSON instead;
 * dates in replies are .NET JSON dates, ``"\\/Date(ms)\\/"``;
-* segments: 70/160 characters in one SMS (l. 223), 67/153 per part (not in the spec;
-  specs/README.md);
+* segments: 70/160 characters in one SMS (l. 223), 67/153 per part (not in the spec: the
+  sizes left by a 6-byte concatenation header);
 * a POST body is read only with ``application/x-www-form-urlencoded`` and must be UTF-8.
 
 Simplifications: no ``Sms/SendByTimeZone``, no ``Sms/Statistics``; ``SendDate`` is validated
@@ -109,7 +111,7 @@ _ENDPOINTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 
 
 def segments(text: str) -> int:
-    """70/160 in one SMS (l. 223); 67/153 per part (specs/README.md)."""
+    """70/160 in one SMS (l. 223); 67/153 per part (not in the spec: a 6-byte UDH's)."""
     if all(ch in _GSM or ch in _GSM_EXT for ch in text):
         units, single, multi = sum(2 if ch in _GSM_EXT else 1 for ch in text), 160, 153
     else:
@@ -253,7 +255,8 @@ class DevinoRestDouble(LoopbackDouble):
     def add_incoming(self, phone: str, text: str, *, recipient: str = "7916000000",
                      created: datetime | None = None) -> Incoming:
         """Queue an inbound message for ``Sms/In``; it stays visible to every poll whose
-        window includes its ``created`` time, as with the real service."""
+        window includes its ``created`` time, as with the real service. Added with a
+        ``created`` in the past, it is a message that becomes visible late."""
         message = Incoming(self._next_incoming, phone, text, recipient,
                            created or datetime.now(UTC).replace(microsecond=0))
         self._next_incoming += 40

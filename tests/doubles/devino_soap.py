@@ -1,6 +1,7 @@
 """Test double of the Devino Telecom SOAP 1.2 service (``/SmsService.asmx``).
 
-Built from ``/work/shared/specs/001_600c633d74a81c97.txt``; line numbers refer to it:
+Built from the vendor's spec ``001_600c633d74a81c97.txt`` (Devino Telecom SOAP 1.2) only;
+line numbers refer to it:
 
 * 26-34  endpoint ``/SmsService.asmx``; requests in UTF-8.
 * 36-48  faults: ``soap:Code/soap:Value`` + ``soap:Reason/soap:Text`` ("Server was unable to
@@ -18,11 +19,20 @@ Strict: ``POST``, ``Content-Type: application/soap+xml`` with ``charset=utf-8`` 
 415, as ASP.NET answers), an ``action`` parameter — when given — naming the body's method, a
 SOAP 1.2 envelope (else a ``VersionMismatch`` fault), the method in the
 ``http://ws.devinosms.com`` namespace, a valid session, mandatory parameters present and
-well-formed. Parameter names are matched case-insensitively: the spec's tables and examples
-disagree on case (``SessionID`` / ``sessionID`` / ``sessionId``, ``Login`` / ``login``).
+well-formed.
+
+Parameter binding is that of an ASP.NET (ASMX) service, whose XmlSerializer matches element
+names exactly, case included, in the service namespace, and silently skips any other element.
+The names are those of the request examples (:data:`PARAMETERS`, :data:`MESSAGE_FIELDS`); the
+tables spell some differently (Табл. 1 ``Login``, Табл. 2/4 ``SessionID``, Табл. 10
+``sessionId``), and an element spelled so is ignored: the parameter is null, and the call
+fails as the service fails for a null value (a Receiver fault: ``Invalid user login or
+password`` for a null login, ``SessionID can not be null or empty`` for a null session). A
+missing ``DateTime`` is ``DateTime.MinValue`` (0001-01-01), the default XmlSerializer leaves in
+a value type it did not read: a window without ``maxDateUTC`` holds no message.
 
 Simplifications: every accepted SMS stays in state -1 (Sent) until :meth:`set_status`; no
-``SendMessageByTimeZone*`` and no ``GetStatistics`` (HTTP 500 "unknown method" fault).
+``SendMessageByTimeZone*`` and no ``GetStatistics`` (a Sender fault "Unknown method").
 """
 
 from __future__ import annotations
@@ -59,6 +69,20 @@ _PHONE_RE = re.compile(r"\+?[0-9]{10,15}")  # Табл. 4: 79031234567, +7903123
 _SOURCE_RE = re.compile(r"[0-9]{1,15}|[A-Za-z0-9 ._\-!]{1,11}")  # Табл. 4: 11 Latin / 15 digits
 _GSM_RE = re.compile(r"[\x20-\x7e\r\n]*")
 
+#: The parameters of each method, named exactly as in its request example (line numbers).
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    "GetSessionID": ("login", "password"),  # 64-67
+    "GetBalance": ("sessionID",),  # 108-110
+    "SendMessage": ("sessionID", "message"),  # 228-241
+    "GetMessageState": ("sessionID", "messageID"),  # 364-367
+    "GetIncomingMessages": ("sessionID", "maxDateUTC", "minDateUTC"),  # 501-505
+}
+#: The children of SendMessage's ``<message>`` (lines 230-240); the addresses are ``<string>``.
+MESSAGE_FIELDS = ("Data", "DelayUntilUtc", "DestinationAddresses", "SourceAddress",
+                  "ReceiptRequested", "Validity")
+#: ``default(DateTime)``: what a ``DateTime`` parameter is when its element was not read.
+DATETIME_MIN = datetime(1, 1, 1, tzinfo=UTC)
+
 
 @dataclass
 class RecordedRequest:
@@ -69,6 +93,12 @@ class RecordedRequest:
     action: str = ""  # the SOAP method in the body
     #: the method's parameters, names as sent; SendMessage's <message> is flattened into it
     params: dict[str, Any] = field(default_factory=dict)
+    #: the parameters the service bound (exact names of the examples); the rest is ignored
+    bound: dict[str, Any] = field(default_factory=dict)
+    #: elements the service skipped (a name in another case, another namespace, unknown)
+    ignored: list[str] = field(default_factory=list)
+    #: ``time.monotonic()`` when the request arrived (line 34: 10 requests per second)
+    at: float = 0.0
 
 
 @dataclass
@@ -213,7 +243,8 @@ class DevinoSoapDouble(LoopbackDouble):
     def add_incoming(self, phone: str, text: str, recipient: str = "79037654321",
                      created: datetime | None = None) -> IncomingSms:
         """Queue an inbound SMS for ``GetIncomingMessages`` (it stays visible, as at the
-        provider, to every poll whose window covers its ``created``)."""
+        provider, to every poll whose window covers its ``created``). Added with a ``created``
+        in the past, it is a message that becomes visible late."""
         sms = IncomingSms(text, phone, recipient, created or datetime.now(UTC))
         self.incoming.append(sms)
         return sms
@@ -248,9 +279,11 @@ class DevinoSoapDouble(LoopbackDouble):
     # -- request handling ------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         raw = await request.read()
         recorded = RecordedRequest(request.method, request.path,
-                                   {k.lower(): v for k, v in request.headers.items()}, raw)
+                                   {k.lower(): v for k, v in request.headers.items()}, raw,
+                                   at=arrived)
         self.requests.append(recorded)
         try:
             response = await self._process(request, raw, recorded)
@@ -283,10 +316,8 @@ class DevinoSoapDouble(LoopbackDouble):
         call = body[0]
         method = _local(call.tag)
         recorded.action = method
-        try:
-            recorded.params = self._params(call)
-        except SoapFaultReply as exc:
-            return fault_response(exc.message, exc.code, exc.status)
+        recorded.params = self._params(call)
+        recorded.bound, recorded.ignored = self._bind(method, call)
         action = _action(request.headers.get("Content-Type", ""))
         if action is not None and action != f"{NAMESPACE}/{method}":
             return fault_response(f"Action {action!r} does not match {method}.", "Sender", 400)
@@ -310,32 +341,59 @@ class DevinoSoapDouble(LoopbackDouble):
         try:
             if handler is None:
                 raise SoapFaultReply(f"Unknown method {method}", "Sender", 400)
-            response = await handler(recorded.params)
+            response = await handler(recorded.bound)
         except SoapFaultReply as exc:
             return fault_response(exc.message, exc.code, exc.status)
         if accept_then_500:
             return web.Response(status=500, text="500 Internal Server Error")
         return response
 
-    def _params(self, call: Element) -> dict[str, Any]:
+    @staticmethod
+    def _params(call: Element) -> dict[str, Any]:
+        """The parameters as sent (names as written, any namespace), for the tests to see."""
         params: dict[str, Any] = {}
         for child in call:
-            if _ns(child.tag) != NAMESPACE:
-                raise SoapFaultReply("Parameter outside the service namespace", "Sender", 400)
             name = _local(child.tag)
             if name.lower() == "message":
                 for sub in child:
                     sub_name = _local(sub.tag)
                     if sub_name.lower() == "destinationaddresses":
-                        params[sub_name] = [
-                            (s.text or "") for s in sub if _local(s.tag) == "string"
-                            and _ns(s.tag) == NAMESPACE]
+                        params[sub_name] = [(s.text or "") for s in sub
+                                            if _local(s.tag).lower() == "string"]
                     else:
                         params[sub_name] = sub.text or ""
                 params["@message"] = True
             else:
                 params[name] = child.text or ""
         return params
+
+    @staticmethod
+    def _bind(method: str, call: Element) -> tuple[dict[str, Any], list[str]]:
+        """What XmlSerializer binds: elements whose namespace and name (case included) are
+        those of the example; everything else is skipped. SendMessage's ``<message>`` fields
+        are flattened into the result, with ``@message`` set when it was read."""
+        bound: dict[str, Any] = {}
+        ignored: list[str] = []
+        wanted = PARAMETERS.get(method, ())
+        for child in call:
+            name = _local(child.tag)
+            if _ns(child.tag) != NAMESPACE or name not in wanted:
+                ignored.append(name)
+                continue
+            if method != "SendMessage" or name != "message":
+                bound[name] = child.text or ""
+                continue
+            bound["@message"] = True
+            for sub in child:
+                sub_name = _local(sub.tag)
+                if _ns(sub.tag) != NAMESPACE or sub_name not in MESSAGE_FIELDS:
+                    ignored.append(f"message/{sub_name}")
+                elif sub_name == "DestinationAddresses":
+                    bound[sub_name] = [(s.text or "") for s in sub
+                                       if s.tag == f"{{{NAMESPACE}}}string"]
+                else:
+                    bound[sub_name] = sub.text or ""
+        return bound, ignored
 
     def _take_failure(self, method: str) -> tuple[str, dict[str, Any]] | None:
         for index, (wanted, mode, kw) in enumerate(self._failures):
@@ -363,16 +421,8 @@ class DevinoSoapDouble(LoopbackDouble):
             transport.abort()
         raise asyncio.CancelledError
 
-    @staticmethod
-    def _get(params: dict[str, Any], name: str) -> Any:
-        """Case-insensitive look-up (tables and examples disagree on case)."""
-        for key, value in params.items():
-            if key.lower() == name.lower():
-                return value
-        return None
-
     def _check_session(self, params: dict[str, Any]) -> None:
-        session = self._get(params, "sessionID")
+        session = params.get("sessionID")
         if not session:
             raise SoapFaultReply("SessionID can not be null or empty")
         expires = self._sessions.get(str(session))
@@ -385,8 +435,8 @@ class DevinoSoapDouble(LoopbackDouble):
 
     async def _get_session_id(self, params: dict[str, Any]) -> web.Response:
         """Line 50-96; a wrong login is the fault of line 38-47."""
-        if self._get(params, "login") != self.login \
-                or self._get(params, "password") != self.password:
+        # A null login or password (an element in another case is not read) fails so too.
+        if params.get("login") != self.login or params.get("password") != self.password:
             raise SoapFaultReply("Invalid user login or password")
         session = str(uuid.uuid4()).upper()  # 36 characters (Табл. 3)
         self._sessions[session] = time.monotonic() + self.session_ttl
@@ -402,27 +452,27 @@ class DevinoSoapDouble(LoopbackDouble):
         self._check_session(params)
         if not params.get("@message"):
             raise SoapFaultReply("Message can not be null or empty")
-        data = self._get(params, "Data")
+        data = params.get("Data")
         if not data:
             raise SoapFaultReply("Data can not be null or empty")
         if len(data) > 2000:
             raise SoapFaultReply("Data is too long")
-        phones = self._get(params, "DestinationAddresses") or []
+        phones = params.get("DestinationAddresses") or []
         if not phones or len(phones) > 1000:
             raise SoapFaultReply("Invalid destination addresses count")
-        source = self._get(params, "SourceAddress")
+        source = params.get("SourceAddress")
         if not source or not _SOURCE_RE.fullmatch(source):
             raise SoapFaultReply("Invalid source address")
         for phone in phones:
             if not _PHONE_RE.fullmatch(phone):
                 raise SoapFaultReply("Invalid destination address")
-        validity = self._get(params, "Validity")
+        validity = params.get("Validity")
         if validity is not None and not re.fullmatch(r"[0-9]+", validity):
             raise SoapFaultReply("Invalid argument Validity", "Sender", 400)
-        receipt = self._get(params, "ReceiptRequested")
+        receipt = params.get("ReceiptRequested")
         if receipt is not None and receipt not in ("true", "false", "1", "0"):
             raise SoapFaultReply("Invalid argument ReceiptRequested", "Sender", 400)
-        delay = self._get(params, "DelayUntilUtc")
+        delay = params.get("DelayUntilUtc")
         if delay is not None and _parse_dt(delay) is None:
             raise SoapFaultReply("Invalid argument DelayUntilUtc", "Sender", 400)
         ids: list[str] = []
@@ -442,7 +492,7 @@ class DevinoSoapDouble(LoopbackDouble):
     async def _get_message_state(self, params: dict[str, Any]) -> web.Response:
         """Line 352-411; an unknown id has State 255 (003 line 487, 709)."""
         self._check_session(params)
-        message_id = self._get(params, "messageID")
+        message_id = params.get("messageID")
         if not message_id:
             raise SoapFaultReply("MessageID can not be null or empty Parameter name: messageId")
         state, description = self._states.get(message_id, ("255", "Неизвестный"))
@@ -457,10 +507,8 @@ class DevinoSoapDouble(LoopbackDouble):
     async def _get_incoming(self, params: dict[str, Any]) -> web.Response:
         """Line 491-561: messages with ``minDateUTC <= CreateDateUtc <= maxDateUTC``."""
         self._check_session(params)
-        low = _parse_dt(self._get(params, "minDateUTC") or "")
-        high = _parse_dt(self._get(params, "maxDateUTC") or "")
-        if low is None or high is None:
-            raise SoapFaultReply("Invalid argument minDateUTC/maxDateUTC", "Sender", 400)
+        low = _read_dt(params.get("minDateUTC"))
+        high = _read_dt(params.get("maxDateUTC"))
         inner = "".join(
             f"<IncomingMessage><Data>{escape(m.data)}</Data>"
             f"<SourceAddress>{escape(m.source)}</SourceAddress>"
@@ -469,6 +517,18 @@ class DevinoSoapDouble(LoopbackDouble):
             for m in self.incoming if low <= m.created <= high
         )
         return result_response("GetIncomingMessages", inner)
+
+
+def _read_dt(value: str | None) -> datetime:
+    """A ``DateTime`` parameter: MinValue when it was not read; an unreadable value is the
+    XmlSerializer's read error (a Sender fault)."""
+    if value is None:
+        return DATETIME_MIN
+    moment = _parse_dt(value)
+    if moment is None:
+        raise SoapFaultReply(f"There is an error in XML document: the string {value!r} is "
+                             "not a valid AllXsd value.", "Sender", 400)
+    return moment
 
 
 def _action(header: str) -> str | None:

@@ -1,6 +1,6 @@
 """Test double of Kcell / Sberbank-Telecom SC.CPA "JSONv2".
 
-Built from ``/work/shared/specs/000_11f12833dd23f0e5.txt``; line numbers refer to that file:
+Built from spec ``000_11f12833dd23f0e5.txt``; line numbers refer to that file:
 
 * 38-131   ``POST /{client_id}/json2/simple``: Basic auth, ``Content-Type: application/json``,
            reply ``{"message_id": "<uuid>"}`` or ``{"error_code": N, "error_text": "…"}``;
@@ -17,8 +17,8 @@ Strict where the spec is explicit: Basic auth, the JSON content type, the parame
 table 5 (an unknown key is refused with 36015), ``phone_number`` a JSON number (as in every
 request example), ``channels == ["sms"]``, ``ttl`` 15..259200 and ``alpha_name`` (both marked
 mandatory, l. 885 and 902), ``extra_id`` ≤ 64, ``callback_url`` ≤ 256, text limits 1005 Cyrillic
-/ 2295 Latin (table 5; the broadcast section says 1340/3060, see specs/README.md — the table
-is used for simple and batch).
+/ 2295 Latin (table 5; the broadcast section says 1340/3060 — the spec contradicts itself; the
+table is used for simple and batch).
 
 The HTTP status of error replies is not given by the spec: the double answers them with
 :attr:`KcellDouble.error_http_status` (200 by default) so tests can try others.
@@ -26,7 +26,13 @@ The HTTP status of error replies is not given by the spec: the double answers th
 Simplifications: one ``message_id`` per message (a long text is not split, the reports count
 ``total_sms_parts``); no async ``/json2/batch`` + job status, no broadcast, no advanced DR;
 ``start_time`` is checked for its format only; a missing Basic auth gets HTTP 401, a wrong one
-HTTP 401 as well (nginx-style, no JSON body); an unknown id in a DR query gets HTTP 404.
+HTTP 401 as well (nginx-style, no JSON body).
+
+A DR query for an id the platform does not know: 4.1 names no reply for it. The double answers
+HTTP 404 with an error body in the form of l. 131, ``{"error_code": 36020, "error_text":
+"Message not found"}`` (:attr:`KcellDouble.dr_not_found_body`; ``None`` for a bare 404): the
+code is one of table 11's internal errors, so a client that decides by the code alone takes
+"not found" for a transient failure and never sends. HTTP 404 is what says "unknown".
 """
 
 from __future__ import annotations
@@ -156,6 +162,9 @@ class KcellDouble(LoopbackDouble):
         self.alpha_names = alpha_names
         #: HTTP status of error replies (the spec does not say which).
         self.error_http_status = 200
+        #: JSON body of the HTTP 404 answering a DR query for an unknown id (None: no body).
+        self.dr_not_found_body: dict[str, Any] | None = {
+            "error_code": 36020, "error_text": "Message not found"}
         self.requests: list[RecordedRequest] = []
         self.accepted: list[AcceptedSms] = []
         self.callbacks_sent: list[tuple[str, Any, int]] = []  # (url, body, HTTP status)
@@ -520,7 +529,9 @@ class KcellDouble(LoopbackDouble):
         if failure is not None:
             return failure
         if sms is None:
-            return web.Response(status=404, text="404 Not Found")
+            if self.dr_not_found_body is None:
+                return web.Response(status=404, text="404 Not Found")
+            return web.json_response(self.dr_not_found_body, status=404)
         status, substatus, msg_status, text = STATUSES[sms.status]
         body: dict[str, Any] = {"phone_number": sms.phone, "last_partner": "sms",
                                 "message_id": sms.message_id}

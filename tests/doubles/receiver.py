@@ -1,7 +1,10 @@
 """An HTTP receiver double: plays a webhook endpoint or a short-code reply script.
 
 An aiohttp server on an ephemeral loopback port that records every request and answers
-from a queue of scripted responses (status, body, delay); the default answer is 200.
+from a queue of scripted responses (status, body, delay, headers); the default answer is 200.
+A scripted body can be sent in chunks with a pause between them, as a slow or hostile
+server would, and with whatever headers it likes (``Content-Encoding: gzip`` whatever the
+client asked for in ``Accept-Encoding``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 
@@ -19,6 +23,7 @@ class Received:
     path_qs: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # loop.time() when it arrived
 
 
 @dataclass
@@ -27,6 +32,8 @@ class Scripted:
     body: bytes = b""
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    chunk_size: int = 0  # > 0: the body goes out in chunks of this size ...
+    chunk_pause: float = 0.0  # ... with this pause between them
 
 
 class HttpReceiver:
@@ -45,13 +52,26 @@ class HttpReceiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(Received(request.method, request.path_qs,
-                                      {k.lower(): v for k, v in request.headers.items()}, body))
+                                      {k.lower(): v for k, v in request.headers.items()}, body,
+                                      asyncio.get_running_loop().time()))
         async with self._changed:
             self._changed.notify_all()
         answer = self.script.popleft() if self.script else self.default
         if answer.delay:
             await asyncio.sleep(answer.delay)
-        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        if not answer.chunk_size:
+            return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        response = web.StreamResponse(status=answer.status, headers=answer.headers)
+        await response.prepare(request)
+        try:
+            for start in range(0, len(answer.body), answer.chunk_size):
+                await response.write(answer.body[start:start + answer.chunk_size])
+                if answer.chunk_pause:
+                    await asyncio.sleep(answer.chunk_pause)
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # the client stopped reading, as a capped reader should
+        return response
 
     async def start(self) -> None:
         app = web.Application()

@@ -1,14 +1,20 @@
 """Test double of an SMSC-style HTTP API (``/sys/send.php``, ``/sys/status.php``).
 
-Built from ``/work/shared/specs/004_82738aa6f58320d8.txt``, an excerpt that gives only the error
-reply formats ("Ответ сервера и коды ошибок": ``ERROR = N (описание)``, ``fmt=1`` ``0,-N``,
-``fmt=2`` XML, ``fmt=3`` JSON) and the error codes 1–11. Script names, parameter names and the
-success replies are not in the excerpt; they follow the public SMSC.ru HTTP API conventions:
+Built from spec ``004_82738aa6f58320d8.txt``, an excerpt that gives only the error reply
+formats ("Ответ сервера и коды ошибок": ``ERROR = N (описание)``, ``fmt=1`` ``0,-N``, ``fmt=2``
+XML, ``fmt=3`` JSON), the error codes 1–11, and (l. 79) "В случае успешного запроса Сервер
+возвращает ответ в виде строки": a success is answered by a string whose form the excerpt shows
+only for other requests (l. 175-185: ``OK``; ``<result>OK</result>``; ``{"result": "OK"}``).
+So by default the double answers a successful send with exactly that ``OK`` form
+(:attr:`SmscDouble.success_form` ``"ok"``), which names no id; ``"ids"`` answers in the SMSC.ru
+convention instead, and :attr:`SmscDouble.success_body` sets any literal body. Script and
+parameter names are not in the excerpt; they follow the public SMSC.ru HTTP API conventions:
 
 * ``/sys/send.php`` (GET or POST form): ``login``, ``psw``, ``phones`` (comma-separated),
   ``mes``, ``fmt``, ``charset`` (default windows-1251), ``sender``, ``valid`` (hours 1–24),
-  ``id`` (client id 1…2147483647), ``flash``, ``maxsms``, ``translit``; success with ``fmt=3``
-  ``{"id": N, "cnt": parts}`` (one id for all phones of the request);
+  ``id`` (client id 1…2147483647), ``flash``, ``maxsms``, ``translit``; with ``success_form``
+  ``"ids"`` the SMSC.ru success replies, e.g. ``fmt=3`` ``{"id": N, "cnt": parts}`` (one id for
+  all phones of the request);
 * ``/sys/status.php``: ``login``, ``psw``, ``phone``, ``id`` (comma-separated lists of the same
   length), ``fmt``; one message → ``{"status": N, "last_date": …, "last_timestamp": …,
   "err": E}``, several → an array of such objects with ``id`` and ``phone``. Status codes:
@@ -17,8 +23,10 @@ success replies are not in the excerpt; they follow the public SMSC.ru HTTP API 
 Strictness: unknown parameter names → error 1; login/psw mismatch → 2; a sender not in
 ``senders`` → 3 (004: "Имя отправителя не найдено"); a phone that is not 10–15 digits → 7; a POST
 body is read only with ``Content-Type: application/x-www-form-urlencoded`` (as PHP does); the
-same send request repeated within ``repeat_window`` seconds → 9 (004, error 9, and
-notes/pitfalls.md). Errors are answered with HTTP 200 in the form of the request's ``fmt``.
+same send request repeated within ``repeat_window`` seconds → 9 (004, error 9: identical
+requests "в течение минуты"; SMSC's send.php refuses a repeated send the same way). Errors are
+answered with HTTP 200 in the form of the request's ``fmt``. Every request is recorded in
+:attr:`SmscDouble.requests` before it is processed.
 
 Simplifications: every message starts as -1 (waiting) and changes only by :meth:`set_status`;
 no balance, no sender management, no inbound; ``cnt`` counts parts with 160/153 (ASCII) or
@@ -65,6 +73,7 @@ STATUS_PARAMS = frozenset({"login", "psw", "phone", "id", "fmt", "charset", "all
 FAIL_MODES = frozenset({"http500", "http429", "error", "malformed", "drop", "delay",
                         "accept_then_500"})
 ERROR_FORMS = frozenset({"plain", "fmt1", "xml", "json"})
+SUCCESS_FORMS = frozenset({"ok", "ids"})
 MALFORMED_BODY = '{"id": 12'
 
 _PHONE = re.compile(r"[0-9]{10,15}")
@@ -176,6 +185,11 @@ class SmscDouble(LoopbackDouble):
         self.accepted: list[AcceptedSms] = []
         #: Seconds within which the same send request is refused with error 9.
         self.repeat_window = 60.0
+        #: How a successful send is answered: "ok" (004's success string, no id) or "ids"
+        #: (the SMSC.ru convention: id and part count).
+        self.success_form = "ok"
+        #: A literal body for every successful send (overrides ``success_form``).
+        self.success_body: str | None = None
         self.clock: Callable[[], float] = time.monotonic
         self._failures: deque[_Failure] = deque()
         self._statuses: dict[tuple[str, int], _Status] = {}
@@ -231,6 +245,10 @@ class SmscDouble(LoopbackDouble):
                 f"{self.accepted!r}; requests {[(r.path, r.params) for r in self.requests]!r}"
             ) from None
         return list(self.accepted)
+
+    def count(self, path: str | None = None) -> int:
+        """Requests received so far (to ``path`` only, if given)."""
+        return sum(1 for r in self.requests if path is None or r.path == path)
 
     async def wait_for_requests(self, n: int, timeout: float = 10.0,
                                 path: str | None = None) -> list[RecordedRequest]:
@@ -346,6 +364,17 @@ class SmscDouble(LoopbackDouble):
         if failure is not None and failure.mode == "accept_then_500":
             return web.Response(status=500, text="500 Internal Server Error")
         sms_id, cnt = reply
+        if self.success_body is not None:
+            return web.Response(text=self.success_body)
+        if self.success_form not in SUCCESS_FORMS:
+            raise ValueError(f"success_form must be one of {sorted(SUCCESS_FORMS)}")
+        if self.success_form == "ok":
+            # 004, l. 175-185: "при fmt = 0, 1: OK", "<result>OK</result>", {"result": "OK"}.
+            if fmt == "3":
+                return web.json_response({"result": "OK"})
+            if fmt == "2":
+                return web.Response(text="<result>OK</result>", content_type="text/xml")
+            return web.Response(text="OK")
         if fmt == "3":
             return web.json_response({"id": sms_id, "cnt": cnt})
         if fmt == "2":
@@ -371,7 +400,7 @@ class SmscDouble(LoopbackDouble):
             value = params.get(name)
             if value is not None and (not value.isdigit() or not low <= int(value) <= high):
                 raise _SmscError(1, f"bad {name}")
-        # Error 9: the same request again within the window (pitfalls.md, "Providers").
+        # Error 9: the same request again within the window.
         fingerprint = tuple(sorted(params.items()))
         now = self.clock()
         seen = self._recent.get(fingerprint)

@@ -1,6 +1,6 @@
 """Test double of the SMS Traffic HTTP API (v1 XML ``/multi.php``, v2 JSON ``/v2/...``) and SOAP.
 
-Built from the vendor spec ``/work/shared/specs/002_e7d2ff51d5c777f0.txt`` ("Протоколы работы
+Built from the vendor spec ``tests/specs/002_e7d2ff51d5c777f0.txt`` ("Протоколы работы
 с СМС-сообщениями" v2.3).  Line numbers below refer to that file:
 
 * 55   phone number format: international, digits only, no leading ``+``.
@@ -18,16 +18,18 @@ Built from the vendor spec ``/work/shared/specs/002_e7d2ff51d5c777f0.txt`` ("П�
 * 1988 API error codes (1xx are v2 only; 401-442, 501-504, 1000).
 
 The double is strict where the spec is explicit and tolerant where the spec contradicts itself
-(see ``/work/shared/specs/README.md``); each such choice is written down beside the code.
+(it does: e.g. code 105 is "restrictiveId duplicate" in the table and "Invalid request
+format" in an example); each such choice is written down beside the code.
 
 Simplifications (documented deviations from a real provider):
 
 * one ``AcceptedSms`` and one ``sms_id`` per phone; long texts are not split into parts (the
   real v1 API assigns one id per part, l. 950-995) unless the double is built with
   ``split_parts=True``: then v1 and SOAP texts get one id per part (``AcceptedSms.part_ids``),
-  160/153 characters for Latin-only text (or ``rus=0``, ``LatinEncoding=true``), 70/67
-  otherwise, 152/66 with ``two_byte_concat`` (l. 811-813, 837), cut at ``max_parts``; v2 keeps
-  one id per destination as its reply has one;
+  160/153 GSM septets with ``rus=0`` or ``LatinEncoding=true``, 70/67 UTF-16 units otherwise
+  -- ``rus=1/5`` with a Latin-only text too, the stricter of the two readings of l. 812-813 --,
+  152/66 with ``two_byte_concat`` (l. 811-813, 837), cut at ``max_parts``; v2 keeps one id per
+  destination as its reply has one;
 * no groups (``group=`` always answers 413), no status callbacks, no inbound pushes (inbound
   SMS are listed by ``operation=incoming`` from :meth:`add_incoming`);
 * ``start_date`` in the past (417) and message length limits (420/424) are not checked;
@@ -86,7 +88,8 @@ ERROR_TEXTS: dict[int, str] = {
 }
 
 FAIL_MODES = frozenset(
-    {"http500", "http429", "error", "malformed", "drop", "delay", "accept_then_500", "fault"}
+    {"http500", "http429", "error", "malformed", "drop", "delay", "accept_then_500",
+     "accept_then_drop", "fault"}
 )
 
 #: Which requests a queued failure is for (``fail_next(..., on=...)``): sends (v1 without
@@ -117,15 +120,18 @@ _START_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _START_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 #: Spec l. 1044: all v1 dates are UTC+3.
 _MSK = timezone(timedelta(hours=3))
-#: Spec l. 179: restrictiveId prevents re-sending "в течение часа", at most 36 characters.
+#: Spec l. 163: restrictiveId prevents re-sending "в течение часа", at most 36 characters.
 RESTRICTIVE_WINDOW = 3600.0
 _MAX_RESTRICTIVE_ID = 36
-#: Spec l. 168 and l. 180: trackingData at most 40 characters.
+#: Spec l. 160 and l. 179: trackingData at most 40 characters.
 _MAX_TRACKING_DATA = 40
 #: v1 ``operation`` -> the failure queue its requests consume (FAIL_TARGETS).
 _V1_TARGETS: dict[str | None, str] = {
     None: "send", "status": "status", "incoming": "incoming", "set_checked": "checked"
 }
+#: GSM 03.38 (the alphabet named at spec l. 1441) sends these as escape + character: two
+#: septets each in a Latin (7-bit) message.
+_GSM_EXTENSION = frozenset("\f^{}\\[~]|€")
 #: v1 parameters that are stored in dedicated AcceptedSms fields, not in ``params``.
 _V1_OWN_FIELDS = frozenset({"login", "password", "phones", "message", "originator"})
 
@@ -340,7 +346,7 @@ class SmsTrafficDouble(LoopbackDouble):
         self.accepted: list[AcceptedSms] = []
         #: Monotonic clock used for the restrictiveId window; tests may replace it.
         self.clock: Callable[[], float] = time.monotonic
-        #: Seconds during which a restrictiveId is refused again (spec l. 179: one hour).
+        #: Seconds during which a restrictiveId is refused again (spec l. 163: one hour).
         self.restrictive_window = RESTRICTIVE_WINDOW
         self._failures: dict[str, deque[_Failure]] = {t: deque() for t in FAIL_TARGETS}
         self._next_id = FIRST_SMS_ID
@@ -366,8 +372,10 @@ class SmsTrafficDouble(LoopbackDouble):
 
         Modes: ``http500``, ``http429`` (``retry_after``=1), ``error`` (``code``, ``text``),
         ``malformed``, ``drop``, ``delay`` (``seconds``; then processed normally),
-        ``accept_then_500``, ``fault`` (SOAP only: ``code`` "Sender"/"Receiver", ``text``;
-        HTTP 500 as PHP's SoapServer answers every fault).  Requests of other kinds do not
+        ``accept_then_500``, ``accept_then_drop`` (processed, then the connection is closed
+        without an answer: the client cannot tell whether anything was done), ``fault``
+        (SOAP only: ``code`` "Sender"/"Receiver", ``text``; HTTP 500 as PHP's SoapServer
+        answers every fault).  Requests of other kinds do not
         consume the failures queued for sends.
 
         ``delay`` keeps processing even when the client gives up meanwhile (aiohttp does not
@@ -461,23 +469,28 @@ class SmsTrafficDouble(LoopbackDouble):
             self._statuses[part_id] = _StatusRecord(submitted=now)
         await self._notify()
 
-    def _part_ids(
-        self, text: str, latin: bool, two_byte: bool, max_parts: str, *, ucs2: bool = False
-    ) -> list[str]:
+    def _part_ids(self, text: str, latin: bool, two_byte: bool, max_parts: str) -> list[str]:
         """One id, or one per part with ``split_parts`` (spec l. 808, 811-813, 821, 837).
 
-        ``rus=1/5`` with a Latin-only text keeps 160/153 per part in one reading and 70/67 in
-        another (README contradiction); the double takes 160/153 (the rus table, l. 813).
-        ``ucs2``: SOAP ``LatinEncoding=false`` is UCS-2 whatever the text (l. 1557)."""
+        ``latin`` (``rus=0``, SOAP ``LatinEncoding=true``, l. 811 and l. 1557): 160/153 per
+        part, counted in GSM 03.38 septets (the alphabet of l. 1441), where the characters of
+        the GSM 03.38 extension table (``^{}\\[~]|``, sent as escape + character) take two.
+        Otherwise (``rus=1/5``, ``LatinEncoding=false``): 70/67 UTF-16 units per part.
+        ``rus=1/5`` with a Latin-only text keeps 160/153 in one reading of l. 812-813 ("если
+        сообщение состоит исключительно из латинских символов, максимальное количество
+        символов не изменяется") and 70/67 in the other; the double takes the stricter one,
+        70/67, so that a client counting the other way is caught."""
         if not self.split_parts:
             return [self._new_id()]
-        if not ucs2 and (latin or all(ord(ch) < 128 for ch in text)):
+        if latin:
+            units = len(text) + sum(text.count(ch) for ch in _GSM_EXTENSION)
             single, part = 160, 153
         else:
+            units = len(text.encode("utf-16-le")) // 2
             single, part = 70, 67
         if two_byte:
             part -= 1
-        count = 1 if len(text) <= single else -(-len(text) // part)
+        count = 1 if units <= single else -(-units // part)
         limit = int(max_parts) if max_parts.isdigit() and int(max_parts) > 0 else 255
         return [self._new_id() for _ in range(min(count, limit))]
 
@@ -500,45 +513,57 @@ class SmsTrafficDouble(LoopbackDouble):
 
     async def _apply_failure(
         self, api: str, target: str = "send", soap_response: str = "SmsResponse"
-    ) -> tuple[web.Response | None, bool]:
+    ) -> tuple[web.Response | None, str | None]:
         """Pop the next failure queued for ``target``.  Returns (response to send instead,
-        accept_then_500)."""
+        what to do after processing the request normally: "500", "drop" or None)."""
         queue = self._failures[target]
         if not queue:
-            return None, False
+            return None, None
         failure = queue.popleft()
         mode, kw = failure.mode, failure.kw
         if mode == "delay":
             await asyncio.sleep(float(kw["seconds"]))
-            return None, False
+            return None, None
         if mode == "accept_then_500":
-            return None, True
+            return None, "500"
+        if mode == "accept_then_drop":
+            return None, "drop"
         if mode == "http500":
-            return web.Response(status=500, text="500 Internal Server Error"), False
+            return web.Response(status=500, text="500 Internal Server Error"), None
         if mode == "http429":
             # Spec l. 119: HTTP 429, optionally with Retry-After.
             retry_after = str(kw.get("retry_after", 1))
             headers = {"Retry-After": retry_after}
             if api == "v2":
-                return _v2_json(_v2_error_body(429, "Too many requests"), 429, headers), False
-            return web.Response(status=429, text="Too many requests", headers=headers), False
+                return _v2_json(_v2_error_body(429, "Too many requests"), 429, headers), None
+            return web.Response(status=429, text="Too many requests", headers=headers), None
         if mode == "error":
             code = int(kw["code"])
             text = str(kw.get("text") or ERROR_TEXTS.get(code, f"error {code}"))
             if api == "v2":
-                return _v2_json(_v2_error_body(code, text)), False
+                return _v2_json(_v2_error_body(code, text)), None
             if api == "soap":
-                return _soap_response(soap_response, _soap_status(code, text)), False
-            return _v1_error_response(code, text), False
+                return _soap_response(soap_response, _soap_status(code, text)), None
+            return _v1_error_response(code, text), None
         if mode == "fault":
             return _soap_fault(str(kw.get("code", "Receiver")),
-                               str(kw.get("text", "Internal error"))), False
+                               str(kw.get("text", "Internal error"))), None
         if mode == "malformed":
             ctype = {"v2": "application/json", "soap": "application/soap+xml"}.get(api, "text/xml")
-            return web.Response(text=MALFORMED_BODY, content_type=ctype), False
+            return web.Response(text=MALFORMED_BODY, content_type=ctype), None
         # "drop": close the socket without a response; the client sees a connection error
         # (server disconnected), never an HTTP status.
         raise _Drop
+
+    @classmethod
+    def _after(cls, request: web.Request, after: str | None) -> web.StreamResponse | None:
+        """What replaces the answer of a request that was processed normally: a 500
+        (``accept_then_500``), no answer at all (``accept_then_drop``), or nothing."""
+        if after == "500":
+            return web.Response(status=500, text="500 Internal Server Error")
+        if after == "drop":
+            return cls._drop(request)
+        return None
 
     @staticmethod
     def _drop(request: web.Request) -> web.StreamResponse:
@@ -579,11 +604,11 @@ class SmsTrafficDouble(LoopbackDouble):
         if request.method not in ("GET", "POST"):
             return web.Response(status=405, text="405 Method Not Allowed")
         operation = form.get("operation")
-        accept_then_500 = False
+        after: str | None = None
         target = _V1_TARGETS.get(operation)
         if target is not None:
             try:
-                failure, accept_then_500 = await self._apply_failure("v1", target)
+                failure, after = await self._apply_failure("v1", target)
             except _Drop:
                 return self._drop(request)
             if failure is not None:
@@ -608,9 +633,7 @@ class SmsTrafficDouble(LoopbackDouble):
                 raise _V1Error(404, f"Unsupported operation: {operation}")
         except _V1Error as exc:
             response = _v1_error_response(exc.code, exc.description)
-        if accept_then_500:
-            return web.Response(status=500, text="500 Internal Server Error")
-        return response
+        return self._after(request, after) or response
 
     def _v1_auth(self, form: dict[str, str]) -> None:
         """Names are case-sensitive: ``LOGIN=`` is "login param is missing" (spec l. 887-909)."""
@@ -673,7 +696,7 @@ class SmsTrafficDouble(LoopbackDouble):
         entries = self._v1_entries(form)
         # Spec l. 843: with ignore_phone_format=1 the numbers are not checked.  The spec names
         # error 418 there, but 418 is "no ids for delayed messages" and phone errors are
-        # 425-432 (README contradiction); the double answers 428.
+        # 425-432 (the spec contradicts itself); the double answers 428.
         if form.get("ignore_phone_format") != "1":
             for phone, _, _ in entries:
                 if not _valid_phone(phone):
@@ -863,21 +886,20 @@ class SmsTrafficDouble(LoopbackDouble):
             return _v2_json(_v2_error_body(105, "Invalid request format"), 400)
         extended = bool(body.get("extendedInfo", False))
         wanted = {str(i) for i in ids or []}
+        tracking_of = {a.sms_id: a.params["trackingData"] for a in self.accepted
+                       if a.api == "v2" and isinstance(a.params.get("trackingData"), str)}
         if tracking:
-            wanted |= {
-                a.sms_id for a in self.accepted
-                if a.api == "v2" and a.params.get("trackingData") in tracking
-            }
+            wanted |= {sms_id for sms_id, mark in tracking_of.items() if mark in tracking}
         data: list[dict[str, Any]] = []
         for sms_id in (ids or []) + sorted(wanted - {str(i) for i in ids or []}):
             record = self._statuses.get(str(sms_id))
             if record is None:
                 continue
             stamp = record.submitted.isoformat(timespec="milliseconds")
-            item: dict[str, Any] = {
-                "smsId": str(sms_id), "submissionDate": stamp, "sendDate": stamp,
-                "status": record.status,
-            }
+            item: dict[str, Any] = {"smsId": str(sms_id)}
+            if str(sms_id) in tracking_of:  # StatusesListResponse.Data.trackingData (l. 353)
+                item["trackingData"] = tracking_of[str(sms_id)]
+            item.update({"submissionDate": stamp, "sendDate": stamp, "status": record.status})
             if record.status:
                 item["deliveryDate"] = stamp
             if extended and record.error.isdigit():
@@ -928,7 +950,7 @@ class SmsTrafficDouble(LoopbackDouble):
         if request.method != "POST":
             return web.Response(status=405, text="405 Method Not Allowed")
         try:
-            failure, accept_then_500 = await self._apply_failure("v2")
+            failure, after = await self._apply_failure("v2")
         except _Drop:
             return self._drop(request)
         if failure is not None:
@@ -939,15 +961,13 @@ class SmsTrafficDouble(LoopbackDouble):
                 # Spec l. 109: JSON body with Content-Type: application/json is mandatory.
                 # The spec's example at l. 415-423 answers 105 "Invalid request format"
                 # while the table (l. 1994) says 105 is the restrictiveId refusal
-                # (README contradiction); the double sends 105 "Invalid request format"
+                # (the spec contradicts itself); the double sends 105 "Invalid request format"
                 # with HTTP 400 so that it differs from the duplicate (HTTP 200).
                 raise _V2Error(105, "Invalid request format", http_status=400)
             reply = await self._v2_send(body)
         except _V2Error as exc:
             return _v2_json(_v2_error_body(exc.code, exc.message), exc.http_status)
-        if accept_then_500:
-            return web.Response(status=500, text="500 Internal Server Error")
-        return _v2_json(reply)
+        return self._after(request, after) or _v2_json(reply)
 
     def _v2_auth(self, request: web.Request) -> None:
         """Spec l. 107 and l. 117: ``Authorization: Bearer <API_KEY>``; a key without the
@@ -988,7 +1008,7 @@ class SmsTrafficDouble(LoopbackDouble):
         scheduling = body.get("scheduling") or {}
         scheduling = scheduling if isinstance(scheduling, dict) else {}
         # Scheduling: the table (l. 185) says startDateTime, the example (l. 229) startTime;
-        # both are accepted (README contradiction) and validated as RFC 3339.
+        # both are accepted (the spec contradicts itself) and validated as RFC 3339.
         for key in ("startDateTime", "startTime"):
             value = scheduling.get(key)
             if value is not None:
@@ -996,7 +1016,7 @@ class SmsTrafficDouble(LoopbackDouble):
                     datetime.fromisoformat(str(value))
                 except ValueError:
                     raise _V2Error(416, f'Wrong start date format: "{value}"') from None
-        # Spec l. 179: same restrictiveId within an hour -> success=false, 105 (l. 296-306).
+        # Spec l. 163: same restrictiveId within an hour -> success=false, 105 (l. 296-306).
         now = self.clock()
         if restrictive_id is not None:
             seen = self._restrictive_ids.get(restrictive_id)
@@ -1102,10 +1122,10 @@ class SmsTrafficDouble(LoopbackDouble):
         target = {"StatusRequest": "status"}.get(name, "send")
         reply_name = {"StatusRequest": "StatusResponse",
                       "BalanceRequest": "BalanceResponse"}.get(name, "SmsResponse")
-        accept_then_500 = False
+        after: str | None = None
         if name != "BalanceRequest":
             try:
-                failure, accept_then_500 = await self._apply_failure("soap", target, reply_name)
+                failure, after = await self._apply_failure("soap", target, reply_name)
             except _Drop:
                 return self._drop(request)
             if failure is not None:
@@ -1122,9 +1142,7 @@ class SmsTrafficDouble(LoopbackDouble):
             inner = _soap_status(exc.code, exc.description)
         except _SoapFault as fault:
             return _soap_fault(fault.code, fault.text)
-        if accept_then_500:
-            return web.Response(status=500, text="500 Internal Server Error")
-        return _soap_response(reply_name, inner)
+        return self._after(request, after) or _soap_response(reply_name, inner)
 
     @staticmethod
     def _soap_operation(raw: bytes) -> ET.Element:
@@ -1207,8 +1225,7 @@ class SmsTrafficDouble(LoopbackDouble):
                 infos.append(f"<MessageInfo><Phone>{escape(phone)}</Phone>"
                              "<ProcessResult>Unroutable</ProcessResult></MessageInfo>")
                 continue
-            part_ids = self._part_ids(message, latin, two_byte, values.get("MaxParts", ""),
-                                      ucs2=not latin)
+            part_ids = self._part_ids(message, latin, two_byte, values.get("MaxParts", ""))
             await self._accept(
                 AcceptedSms("soap", phone, message, originator, part_ids[0], dict(params),
                             part_ids)
