@@ -10,10 +10,7 @@ instances on one PostgreSQL) play the bridge; an HTTP server plays the reply scr
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +21,7 @@ import pytest
 from tests.conftest import BOTH_STORES, BridgeFactory
 from tests.doubles.receiver import HttpReceiver, Scripted
 from tests.pg import fresh_database
+from tests.serve_workers import serve_workers
 from tests.test_crash_restart import BridgeProcess, free_port
 
 FALLBACK = b"Sorry, try again later"
@@ -132,43 +130,17 @@ async def test_two_workers_call_the_script_once_and_answer_alike(
     tmp_path: Path, store_url: str, script: HttpReceiver,
 ) -> None:
     config, port = write_config(tmp_path / "bridge.toml", store_url, script)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "--config", str(config), "serve", "--workers", "2",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
-    assert process.stderr is not None
-    lines: list[dict[str, object]] = []
-    started: set[object] = set()
-    try:
-        async with asyncio.timeout(30):
-            while len(started) < 2:  # each worker logs its start once its ports are bound
-                line = await process.stderr.readline()
-                assert line, "the workers exited during start-up"
-                record = json.loads(line)
-                if record["msg"] == "sms-bridge started":
-                    started.add(record["pid"])
-
-        async def collect() -> None:
-            assert process.stderr is not None
-            while line := await process.stderr.readline():
-                lines.append(json.loads(line))
-
-        collector = asyncio.create_task(collect())
+    async with serve_workers(config) as run:
         # The workers share the listening socket: a worker woken by a connection accepts
         # every one already waiting, so a burst goes to one worker. Hits 2 ms apart are
         # shared out between them; 16 ids x 5 hits take 160 ms, less than the first call
         # of an id (0.4 s), so every repeat comes while that call is in flight.
         got = await hit_all([port], 5, sms_ids=16, pace=0.002)
         later = await hit_all([port], 2, sms_ids=16)
-    finally:
-        process.terminate()
-        async with asyncio.timeout(30):
-            await process.wait()
-    await collector
     assert answers(got) == answers(later) == {(200, b"Your code: 42")}
     assert calls_per_sms_id(script) == {f"sc-{n}": 1 for n in range(16)}
-    recorded_by = {r["pid"] for r in lines if r.get("msg") == "inbound sms"}
-    assert recorded_by == started  # both workers took hits
+    recorded_by = {r["pid"] for r in run.lines if r.get("msg") == "inbound sms"}
+    assert recorded_by == run.started  # both workers took hits
 
 
 async def test_two_instances_on_one_postgresql_call_the_script_once(

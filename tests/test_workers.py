@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +14,7 @@ import httpx
 from tests.conftest import BOTH_STORES
 from tests.doubles.receiver import HttpReceiver
 from tests.doubles.smstraffic import SmsTrafficDouble
+from tests.serve_workers import serve_workers
 from tests.test_crash_restart import free_port
 from tests.test_smtp_intake import mail, send
 
@@ -53,28 +51,7 @@ async def test_two_workers_share_the_ports_and_send_each_mail_once(
             f'[inbound.webhooks.crm]\nurl = "{hook.url}/hook"\nsecret = "hook-secret"',
             '[[inbound.routes]]\nwebhooks = ["crm"]',
         ]) + "\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "--config", str(config), "serve", "--workers", "2",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
-        assert process.stderr is not None
-        lines: list[dict[str, object]] = []
-        started: set[object] = set()
-        try:
-            async with asyncio.timeout(30):
-                while len(started) < 2:  # each worker logs its start once its ports are bound
-                    line = await process.stderr.readline()
-                    assert line, "the workers exited during start-up"
-                    record = json.loads(line)
-                    if record["msg"] == "sms-bridge started":
-                        started.add(record["pid"])
-
-            async def collect() -> None:
-                assert process.stderr is not None
-                while line := await process.stderr.readline():
-                    lines.append(json.loads(line))
-
-            collector = asyncio.create_task(collect())
+        async with serve_workers(config) as run:
             phones = [f"7916123{n:04d}" for n in range(60)]
             replies = await asyncio.gather(*(
                 send(smtp_port, mail(f"{phone}.alerts@x", "", f"to {phone}")) for phone in phones
@@ -90,14 +67,9 @@ async def test_two_workers_share_the_ports_and_send_each_mail_once(
             assert {a.status_code for a in answers} == {200}
             accepted = await provider.wait_for_accepted(60)
             await hook.wait_for(20)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(30):
-                await process.wait()
-        await collector
     assert sorted(s.phone for s in accepted) == phones
-    queued_by = {r["pid"] for r in lines if r.get("msg") == "mail queued"}
-    assert queued_by <= started and len(queued_by) == 2  # the kernel spread the connections
+    queued_by = {r["pid"] for r in run.lines if r.get("msg") == "mail queued"}
+    assert queued_by <= run.started and len(queued_by) == 2  # the kernel spread the connections
     assert sorted(json.loads(r.body)["data"]["sms_id"] for r in hook.requests) == sorted(
         f"id-{n}" for n in range(20))
     assert await count(store_url, "messages") == 60
