@@ -10,6 +10,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.settings import Settings, load_settings
+from bridge.store import OutboxStore, open_store
+from tests.doubles.mailbox import MailboxDouble
 
 BridgeFactory = Callable[..., Awaitable[Bridge]]
 
@@ -63,3 +65,21 @@ async def bridge_factory(tmp_path: Path, store_url: str) -> AsyncIterator[Bridge
 
 
 BOTH_STORES = pytest.mark.parametrize("store_backend", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[OutboxStore]:
+    """The store at ``store_url``, opened (and migrated) for one test."""
+    opened = open_store(store_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def mailbox() -> AsyncIterator[MailboxDouble]:
+    """An SMTP sink on an ephemeral port: the smarthost and the helpdesk mailbox."""
+    async with MailboxDouble() as box:
+        yield box

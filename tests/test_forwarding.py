@@ -43,12 +43,6 @@ HELPDESK = "help@desk.example"
 
 
 @pytest.fixture
-async def mailbox() -> AsyncIterator[MailboxDouble]:
-    async with MailboxDouble() as box:
-        yield box
-
-
-@pytest.fixture
 async def hook() -> AsyncIterator[HttpReceiver]:
     async with HttpReceiver(Scripted(204)) as receiver:
         yield receiver

@@ -34,12 +34,6 @@ def cp1251(text: str) -> str:
 
 
 @pytest.fixture
-async def mailbox() -> AsyncIterator[MailboxDouble]:
-    async with MailboxDouble() as box:
-        yield box
-
-
-@pytest.fixture
 async def hook() -> AsyncIterator[HttpReceiver]:
     async with HttpReceiver() as receiver:
         yield receiver

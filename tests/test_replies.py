@@ -57,12 +57,6 @@ def corpus_mail(case: str) -> bytes:
 
 
 @pytest.fixture
-async def mailbox() -> AsyncIterator[MailboxDouble]:
-    async with MailboxDouble() as box:
-        yield box
-
-
-@pytest.fixture
 async def provider() -> AsyncIterator[SmsTrafficDouble]:
     async with SmsTrafficDouble(login="acme", password="s3cret") as double:
         yield double

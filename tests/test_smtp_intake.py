@@ -25,12 +25,6 @@ async def provider() -> AsyncIterator[SmsTrafficDouble]:
         yield double
 
 
-@pytest.fixture
-async def mailbox() -> AsyncIterator[MailboxDouble]:
-    async with MailboxDouble() as box:
-        yield box
-
-
 def upstreams(provider: SmsTrafficDouble) -> dict[str, Any]:
     return {
         "st": {"kind": "smstraffic_v1", "base_url": provider.url, "login": "acme",

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from bridge.models import DeliveryReport, MailEnvelope, SendRequest
-from bridge.store import OutboxStore, open_store
+from bridge.store import OutboxStore
 from bridge.store.common import FINAL_STATUSES, report_time
 from tests.conftest import BOTH_STORES, BridgeFactory
 from tests.doubles.smstraffic import SmsTrafficDouble
@@ -32,16 +32,6 @@ LEASE = 60.0
 def req(phone: str) -> SendRequest:
     return SendRequest(account="acc", upstream="up", phone=phone, text="hello", parts=1,
                        encoding="gsm7")
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[OutboxStore]:
-    opened = open_store(store_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def sent_messages(store: OutboxStore, parts: Sequence[Sequence[str]]) -> list[int]:

@@ -90,16 +90,6 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[OutboxStore]:
-    opened = open_store(store_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     async with fresh_database() as url:
         yield url

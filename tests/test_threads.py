@@ -45,12 +45,6 @@ NOW = 1_700_000_000.0
 
 
 @pytest.fixture
-async def mailbox() -> AsyncIterator[MailboxDouble]:
-    async with MailboxDouble() as box:
-        yield box
-
-
-@pytest.fixture
 async def provider() -> AsyncIterator[SmsTrafficDouble]:
     async with SmsTrafficDouble(login="acme", password="s3cret") as double:
         yield double
