@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from bridge.console.ops import ConsoleService
+from bridge.console.trace import TraceRecorder
 from bridge.inbound.app import make_http_app, make_http_runner
 from bridge.inbound.views import InboundService
 from bridge.listen import Listeners, bind_listeners
@@ -22,7 +24,7 @@ from bridge.outbox.receiving import StoreSink, UpstreamReceivers
 from bridge.redact import redact_url, register_settings
 from bridge.relays.email import MailRelay, build_bounce
 from bridge.relays.forward import ForwardWorker
-from bridge.settings import Settings
+from bridge.settings import DEMO_LOGIN, DEMO_SOURCE, Settings
 from bridge.smtp.handler import IntakeHandler
 from bridge.smtp.server import start_smtp_server
 from bridge.store import OutboxStore, open_store
@@ -62,6 +64,7 @@ class Bridge:
         self.status_poller: StatusPoller | None = None
         self.inbound_poller: InboundPoller | None = None
         self.receivers: UpstreamReceivers | None = None  # upstreams holding a bind (SMPP)
+        self.traces: TraceRecorder | None = None
         self.smtp_port = 0
         self.http_port = 0
 
@@ -76,6 +79,12 @@ class Bridge:
             name: registry.build(name, config, self._client)
             for name, config in settings.upstreams.items()
         }
+        # The operators' console: provider requests and answers of each send, and each
+        # upstream's health, traced before the dispatcher takes the upstreams.
+        self.traces = TraceRecorder(self.store,
+                                    enabled=settings.store.trace_retention_days > 0)
+        self.traces.install(self._client, self.upstreams)
+        self._tasks.append(asyncio.create_task(self.traces.run(), name="traces"))
 
         def bounce(message: StoredMessage, error: str) -> OutboundMail | None:
             return build_bounce(settings.mail, settings.smtp.hostname, message, error)
@@ -119,7 +128,8 @@ class Bridge:
         self.receivers = UpstreamReceivers(
             self.upstreams, StoreSink(self.store, service.accept_polled, owner=owner))
         self._tasks.append(asyncio.create_task(self.receivers.run(), name="upstream-receivers"))
-        app = make_http_app(self.store, service)
+        console = ConsoleService(settings, self.store, service, self.upstreams)
+        app = make_http_app(self.store, service, console)
         # The bridge's own HTTP server: JSON refusals, no request line in any log.
         self._http = make_http_runner(app, settings.http)
         await self._http.setup()
@@ -127,6 +137,8 @@ class Bridge:
             await web.SockSite(self._http, sock).start()
         self.http_port = listeners.http[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if settings.embedded_demo:
+            self._announce_demo()
         log.info(
             "sms-bridge started",
             extra={"smtp": f"{settings.smtp.host}:{self.smtp_port}",
@@ -134,6 +146,25 @@ class Bridge:
                    "store": redact_url(settings.store.url),
                    "upstreams": sorted(self.upstreams)},
         )
+
+    def _announce_demo(self) -> None:
+        """On the bare defaults, how to try each side: where to mail the demo account and
+        where to push an SMS from the demo source (loopback clients only)."""
+        settings = self.settings
+
+        def local(host: str) -> str:  # an address this machine reaches the listener at
+            if host in ("", "0.0.0.0", "::"):
+                return "127.0.0.1"
+            return f"[{host}]" if ":" in host else host
+
+        log.info(f"demo account: mail to {DEMO_LOGIN}@localhost with the phone in the "
+                 f"Subject (or to PHONE.{DEMO_LOGIN}@localhost) at "
+                 f"{local(settings.smtp.host)}:{self.smtp_port}; the dryrun upstream "
+                 "'sends' it")
+        url = (f"http://{local(settings.http.host)}:{self.http_port}"
+               f"/in/{DEMO_SOURCE}/{DEMO_SOURCE}/mo")
+        log.info(f"demo source: push an SMS from a phone to {url}?phone=79161234567"
+                 "&message=hello&sms_id=1 (GET or POST; `sms-bridge inbound` lists them)")
 
     async def _housekeeping(self) -> None:
         last_purge = 0.0
@@ -148,6 +179,9 @@ class Bridge:
             if now - last_purge > 3600:
                 with contextlib.suppress(Exception):
                     await self.store.purge(now, self.settings.smtp.duplicate_window)
+                with contextlib.suppress(Exception):
+                    await self.store.prune_traces(
+                        now - self.settings.store.trace_retention_days * 86400)
                 last_purge = now
             await asyncio.sleep(self.HEARTBEAT)
 
@@ -165,6 +199,8 @@ class Bridge:
                        self.receivers):
             if worker is not None:
                 await worker.stop()
+        if self.traces is not None:
+            await self.traces.stop()
         running = [t for t in self._tasks if t.get_name() != "housekeeping"]
         if running:
             await asyncio.wait(running, timeout=10.0)

@@ -1,8 +1,47 @@
-"""Prometheus metrics (served at ``GET /metrics``)."""
+"""Prometheus metrics (served at ``GET /metrics``).
+
+Under ``serve --workers N`` each worker is a process of its own, and a scrape reaches
+whichever worker the kernel hands the connection to. So that every scrape shows the whole
+bridge, the supervisor gives its workers a fresh directory in ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus-client's multiprocess mode): each worker's metrics live in files there, and
+:func:`exposition` sums them. A worker that dies leaves its files, so the counters it
+counted stay in the totals and never go back.
+
+The sampled gauges (queue depth and age, forwards waiting, dead letters, disabled targets)
+are read from the shared store, whichever worker samples them: in multiprocess mode the
+most recent sample is the value (``multiprocess_mode="mostrecent"``), not one series per
+worker.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# prometheus-client reads this variable when it is first imported: the supervisor sets it
+# before it starts the workers, which inherit it.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposition() -> bytes:
+    """The text of a scrape: this process's metrics, or under ``serve --workers N`` those
+    of every worker of this run, summed."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if not directory:
+        return generate_latest()
+    registry = CollectorRegistry()
+    # prometheus-client leaves this constructor unannotated.
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
 
 MAILS_ACCEPTED = Counter("bridge_mails_accepted_total", "Mails committed to the outbox", ["format"])
 MAILS_REJECTED = Counter("bridge_mails_rejected_total", "Mails or recipients refused", ["reason"])
@@ -22,7 +61,8 @@ SENDS = Counter("bridge_sends_total", "Upstream send calls", ["upstream", "outco
 SEND_SECONDS = Histogram("bridge_send_seconds", "Upstream send call latency", ["upstream"])
 FAILED = Counter("bridge_messages_failed_total", "SMS failed for good", ["upstream"])
 OUTGOING_MAIL = Counter("bridge_outgoing_mail_total", "Bounces and replies sent", ["outcome"])
-QUEUE_DEPTH = Gauge("bridge_queue_depth", "SMS waiting in the outbox (sampled)")
+QUEUE_DEPTH = Gauge("bridge_queue_depth", "SMS waiting in the outbox (sampled)",
+                    multiprocess_mode="mostrecent")
 INBOUND = Counter("bridge_inbound_total", "Inbound requests accepted", ["kind"])
 INBOUND_REJECTED = Counter("bridge_inbound_rejected_total", "Inbound requests refused",
                            ["reason"])
@@ -35,9 +75,13 @@ DELIVERY_REPORTS = Counter("bridge_delivery_reports_total", "Delivery reports re
                            ["matched"])
 FORWARDS = Counter("bridge_forwards_total", "Forwarding attempts", ["kind", "outcome"])
 REPLY_SCRIPTS = Counter("bridge_reply_script_calls_total", "Reply script calls", ["outcome"])
-FORWARDS_QUEUED = Gauge("bridge_forwards_queued", "Forwarding jobs waiting (sampled)")
-DEAD_LETTERS = Gauge("bridge_dead_letters", "Forwarding jobs dead-lettered (sampled)")
-QUEUE_AGE = Gauge("bridge_queue_oldest_seconds", "Age of the oldest queued SMS (sampled)")
+FORWARDS_QUEUED = Gauge("bridge_forwards_queued", "Forwarding jobs waiting (sampled)",
+                        multiprocess_mode="mostrecent")
+DEAD_LETTERS = Gauge("bridge_dead_letters", "Forwarding jobs dead-lettered (sampled)",
+                     multiprocess_mode="mostrecent")
+QUEUE_AGE = Gauge("bridge_queue_oldest_seconds", "Age of the oldest queued SMS (sampled)",
+                  multiprocess_mode="mostrecent")
 FORWARD_TARGETS_DISABLED = Gauge(
     "bridge_forward_targets_disabled",
-    "Webhook targets disabled after 410 Gone (sms-bridge targets; enable-target to undo)")
+    "Webhook targets disabled after 410 Gone (sms-bridge targets; enable-target to undo)",
+    multiprocess_mode="mostrecent")

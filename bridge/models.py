@@ -14,6 +14,10 @@ class MessageStatus(StrEnum):
     SENDING = "sending"  # claimed by a dispatcher under a lease
     SENT = "sent"  # the provider accepted it
     FAILED = "failed"  # failed for good; a bounce was queued if configured
+    # Held: an earlier request may have sent it and sending again could make a copy the
+    # account does not allow (``ambiguous = "hold"``, or a second doubt under "resend");
+    # nothing is sent until ``sms-bridge resolve`` says what happened.
+    AMBIGUOUS = "ambiguous"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class MailEnvelope:
     format: str  # "v1" or "v2"
     # The mail's header block, capped (a bounce carries it as text/rfc822-headers, RFC 3464).
     headers: bytes = b""
+    # The mail as received, redacted and capped, for the operators' console (empty: not
+    # kept), and its full size in bytes.
+    raw: bytes = b""
+    raw_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,48 @@ class StoredMessage:
     # That mail's stored header block (bytes as str, surrogateescape): only on claimed
     # messages, for the bounce.
     mail_headers: str = ""
+    # Requests of this message whose fate is unknown: an intent left without an outcome (its
+    # process died with the request in flight) or answered by an ambiguous failure (a
+    # timeout, HTTP 5xx, a dropped connection). ``attempts`` counts the tries that ended.
+    maybe_sent: int = 0
+    # The claim's fencing token: each claim raises it, and an outcome is recorded only with
+    # the owner and epoch of the claim that holds the message now.
+    lease_epoch: int = 0
 
     @property
     def fallbacks(self) -> list[str]:
         return list(self.options.get("fallbacks", []))
+
+
+@dataclass(frozen=True)
+class SendIntent:
+    """A provider request about to be made, recorded durably before it is: the messages it
+    may carry (those whose claim still held when it was recorded)."""
+
+    id: int
+    message_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What became of one message, committed with the other outcomes of the same request
+    (and of no other) in one transaction, only while the claim ``lease_epoch`` holds.
+
+    ``status``: ``sent``; ``queued`` (tried again at ``next_attempt_at``); ``failed`` (for
+    good; ``mail`` is its bounce); ``ambiguous`` (held; ``mail`` is the notice to the sender);
+    ``sending`` (the claim goes on: the account's next upstream is tried now). ``unknown``:
+    the request may have sent it (an ambiguous failure), so the doubt it raised stays."""
+
+    message_id: int
+    lease_epoch: int
+    status: str
+    upstream: str = ""
+    provider_ids: tuple[str, ...] = ()
+    error: str | None = None
+    next_attempt_at: float | None = None
+    poll_at: float | None = None
+    mail: OutboundMail | None = None
+    unknown: bool = False
 
 
 @dataclass(frozen=True)

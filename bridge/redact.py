@@ -178,3 +178,79 @@ def redact_params(raw: bytes) -> bytes:
 
 def _parameter_name(name: bytes) -> str:
     return unquote_to_bytes(name.replace(b"+", b" ")).decode("latin-1").strip().lower()
+
+
+# A v2 body's ``password:`` field (002 "SMTP протокол (вариант 2)": ``field: value`` pairs
+# separated by blank lines, a value continuing over single line breaks): the field up to
+# the blank line that ends it.
+_V2_PASSWORD = re.compile(
+    rb"(?im)^(?P<head>[ \t]*password[ \t]*:)[^\r\n]*(?:\r?\n(?![ \t]*\r?\n)[^\r\n]*)*")
+_ENCODED_BODY = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:[ \t]*"
+                           rb"(?:base64|quoted-printable)")
+
+
+def redact_mail(raw: bytes, *, v2_text: str | None, limit: int) -> bytes:
+    """A received mail as the store may keep it for the operators' console: at most
+    ``limit`` bytes, without configured secrets or URL passwords, and — for a v2 mail
+    (``v2_text``: its decoded body) — without its ``password:`` field. A v2 body sent
+    base64 or quoted-printable cannot be masked where it is encoded: its header block is
+    kept with the decoded body, the password masked, in place of the original. (The text of
+    a v1 mail is the sender's SMS, kept as written: ``token=…`` in it is not the bridge's.)"""
+    head = raw[:limit + 4096]  # room for masks that are shorter or longer than what they hide
+    if v2_text is not None:
+        if _ENCODED_BODY.search(head):
+            size = _header_block_size(head)
+            note = (b"[the body as the bridge decoded it: the original, encoded, would show "
+                    b"the v2 password]\r\n\r\n")
+            head = head[:size] + b"\r\n\r\n" + note + v2_text.encode("utf-8", "replace")
+        head = _V2_PASSWORD.sub(rb"\g<head> " + MASK.encode(), head)
+    text = _mask_known(head.decode("utf-8", "surrogateescape"))
+    return text.encode("utf-8", "surrogateescape")[:limit]
+
+
+def _mask_known(text: str) -> str:
+    """Configured secrets and URL passwords (the cheap part of :func:`redact_text`)."""
+    if "://" in text:
+        text = _USERINFO.sub(rf"\g<head>:{MASK}@", text)
+    return _mask_registered(text)
+
+
+def _header_block_size(raw: bytes) -> int:
+    found = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return min(found) if found else len(raw)
+
+
+# Credentials in provider requests and answers besides the configured ones: fields of JSON
+# and XML bodies and of queries that name a password, key, token or session (a session id
+# of Devino's APIs stands for the login and password that obtained it).
+_CREDENTIAL_NAMES = (r"password|passwd|psw|pwd|secret|token|access_token|api_?key|apikey|"
+                     r"session_?id|GetSessionIDResult")
+_CREDENTIAL_JSON = re.compile(
+    r'(?i)("(?:' + _CREDENTIAL_NAMES + r')"\s*:\s*)("(?:[^"\\]|\\.)*"|[^\s,}\]]+)')
+_CREDENTIAL_XML = re.compile(
+    r"(?i)(<(?:[\w-]+:)?(?P<name>" + _CREDENTIAL_NAMES + r")\b[^>]*>)[^<]*(</)")
+# Every ``name=value`` pair (a character class first: a scan, where an alternation of names
+# would be tried at every position), masked when the name is a credential's.
+_PAIR = re.compile(r"(?<![\w.-])([A-Za-z_][\w.-]*)=([^&\s#\"'<>]*)")
+_CREDENTIAL_NAME = re.compile(r"(?i)(?:" + _CREDENTIAL_NAMES + r")\Z")
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    if _CREDENTIAL_NAME.match(match.group(1)) or match.group(1).lower() in SECRET_PARAMETERS:
+        return f"{match.group(1)}={MASK}"
+    return match.group(0)
+
+
+def redact_exchange(data: bytes, limit: int) -> bytes:
+    """A provider request or answer (URL, form, JSON or XML body) as the store may keep it
+    for the operators' console: at most ``limit`` bytes, with every credential masked —
+    configured secrets, URL passwords, and the values of fields that name a password, key,
+    token or session id."""
+    text = data[:limit + 4096].decode("utf-8", "surrogateescape")
+    if '"' in text:
+        text = _CREDENTIAL_JSON.sub(rf'\1"{MASK}"', text)
+    if "<" in text:
+        text = _CREDENTIAL_XML.sub(rf"\g<1>{MASK}\3", text)
+    if "=" in text:
+        text = _PAIR.sub(_mask_pair, text)
+    return _mask_known(text).encode("utf-8", "surrogateescape")[:limit]

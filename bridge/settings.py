@@ -4,7 +4,8 @@ Sources, strongest first: keyword arguments (tests), environment variables ``BRI
 (nested keys joined with ``__``, e.g. ``BRIDGE_SMTP__PORT=2626``), the TOML file named by
 ``--config`` or ``BRIDGE_CONFIG``, then the embedded defaults. The embedded defaults need no
 file and no credentials: SQLite in the working directory, SMTP on 127.0.0.1:2525, HTTP on
-127.0.0.1:8080 and a ``demo`` account (password ``demo``) routed to the ``dryrun`` upstream.
+127.0.0.1:8080, a ``demo`` account (password ``demo``) routed to the ``dryrun`` upstream and
+a ``demo`` inbound source (secret ``demo``, loopback clients only), whose URL ``serve`` logs.
 
 Every setting here is documented in ``config/sms-bridge.example.toml`` and the README.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -21,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -172,6 +175,9 @@ class HttpSettings(_Section):
     # (17,085 characters) sent by GET in windows-1251, percent-encoded, takes about 52 KB.
     max_request_line: int = Field(64 * 1024, ge=8192, le=1024 * 1024)
     admin_token: SecretStr | None = None
+    # Operators' own sign-ins to the console (/admin/), name = password; the audit log
+    # names them. The admin token signs in as "admin". Without admin_token no console.
+    operators: dict[str, SecretStr] = Field(default_factory=dict)
 
 
 class InboundSourceSettings(_Section):
@@ -267,6 +273,9 @@ class InboundSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///sms-bridge.sqlite3"
     busy_timeout: float = Field(5.0, gt=0)
+    # Days the operators' console keeps each mail as received and each provider request and
+    # answer (redacted, the first 64 KiB of each); 0 keeps none.
+    trace_retention_days: float = Field(30.0, ge=0)
 
     @field_validator("url")
     @classmethod
@@ -370,6 +379,11 @@ class AccountSettings(_Section):
     # a line to the next quote, the agent's text is dropped. Empty: no closing is trimmed.
     signature_starts: list[str] = Field(default_factory=list)
     legacy_charset: Charset = "windows-1251"
+    # A message an earlier request may have sent, through an upstream that can neither
+    # refuse a repeated idempotency key nor be asked whether it took the SMS: "resend"
+    # risks at most one extra copy; "hold" (at most once, for codes) sends nothing more,
+    # marks it ambiguous and tells the sender, until `sms-bridge resolve`.
+    ambiguous: Literal["resend", "hold"] = "resend"
 
     @field_validator("allowed_prefixes")
     @classmethod
@@ -381,6 +395,10 @@ class AccountSettings(_Section):
 
 
 DEMO_LOGIN = "demo"
+DEMO_SOURCE = "demo"  # its secret is "demo" too: /in/demo/demo/mo
+# The demo source's secret is printed and documented: only this machine may use it, even
+# when http.host opens the port to the network.
+DEMO_SOURCE_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
 class Settings(BaseSettings):
@@ -393,6 +411,7 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
     _toml_file: ClassVar[Path | None] = None
+    _embedded_demo: bool = PrivateAttr(False)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -426,10 +445,15 @@ class Settings(BaseSettings):
 
         # The embedded defaults: the ``dryrun`` upstream always exists unless redefined, and
         # the ``demo`` account (password ``demo``) only while no account and no upstream is
-        # configured at all — a real configuration never keeps it by accident.
+        # configured at all — a real configuration never keeps it by accident. The ``demo``
+        # source likewise, and only while no source is configured either.
         if not self.accounts and not self.upstreams:
             self.accounts[DEMO_LOGIN] = AccountSettings(password=SecretStr("demo"),
                                                         upstream="dryrun")
+            if not self.inbound.sources:
+                self.inbound.sources[DEMO_SOURCE] = InboundSourceSettings(
+                    secret=SecretStr(DEMO_SOURCE), allowed_networks=list(DEMO_SOURCE_NETWORKS))
+                self._embedded_demo = True
         self.upstreams.setdefault("dryrun", UpstreamSettings(kind="dryrun"))
 
         for name, upstream in self.upstreams.items():
@@ -472,6 +496,12 @@ class Settings(BaseSettings):
             raise ValueError(f"inbound.reply_account: no account named {inbound.reply_account!r}")
         return self
 
+    @property
+    def embedded_demo(self) -> bool:
+        """True when the bridge runs on the embedded demo account and demo source (nothing
+        of accounts, upstreams and sources configured): ``serve`` says how to try them."""
+        return self._embedded_demo
+
     def account(self, login: str) -> AccountSettings | None:
         """Logins are case-insensitive, like e-mail local parts in practice."""
         return self._accounts_ci().get(login.lower())
@@ -496,6 +526,45 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         _toml_file: ClassVar[Path | None] = path
 
     return _Loaded(**overrides)
+
+
+# BRIDGE_… variables that are not settings: the CLI's configuration file, and the test
+# suite's PostgreSQL server (BRIDGE_TEST_POSTGRES).
+_NOT_SETTINGS = re.compile(r"BRIDGE_(CONFIG|TEST_.*)")
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``BRIDGE_…`` variable that names no setting. pydantic-settings
+    reads the variables of known sections only (a misspelt key inside a known section is
+    refused), so ``BRIDGE_SMPT__PORT=2626`` would leave the SMTP port at its default
+    without a word. Each warning names the variable and the closest known name."""
+    import difflib
+    import typing
+
+    def is_section(name: str) -> bool:
+        annotation = Settings.model_fields[name].annotation
+        return typing.get_origin(annotation) is dict or (
+            isinstance(annotation, type) and issubclass(annotation, BaseModel))
+
+    known = {name.upper(): name for name in Settings.model_fields}
+    warnings = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("BRIDGE_") or _NOT_SETTINGS.fullmatch(upper):
+            continue
+        head, nested, _ = upper.removeprefix("BRIDGE_").partition("__")
+        if head in known:
+            continue
+        what = "setting section" if nested else "setting"
+        close = difflib.get_close_matches(head, sorted(known), n=1)
+        if close:
+            spelled = f"BRIDGE_{close[0]}__…" if is_section(known[close[0]]) else \
+                f"BRIDGE_{close[0]}"
+            hint = f"did you mean {spelled}?"
+        else:
+            hint = "known: " + ", ".join(sorted(known.values()))
+        warnings.append(f"{variable} is ignored: no {what} {head.lower()!r} ({hint})")
+    return warnings
 
 
 def _secrets(value: Any) -> set[str]:

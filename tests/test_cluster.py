@@ -14,6 +14,7 @@ from bridge.outbox.dispatcher import Dispatcher
 from bridge.settings import load_settings
 from bridge.store.sqlite import SqliteStore
 from bridge.upstreams import registry
+from tests.outcomes import mark_sent
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ async def test_a_due_status_poll_is_claimed_once(store: SqliteStore) -> None:
     envelope = MailEnvelope("s@x", ("a@x",), None, "127.0.0.1", "v1")
     result = await store.enqueue(envelope, [(None, [request])], now=1.0, dedup_window=0)
     [claimed] = await store.claim_due("owner", now=2.0, limit=10, lease_seconds=30)
-    await store.mark_sent(claimed.id, "owner", "p", ["9001"], now=3.0, poll_at=10.0)
+    await mark_sent(store, claimed.id, "owner", "p", ["9001"], now=3.0, poll_at=10.0)
     assert await store.due_status_polls("p", now=11.0, limit=10) == [(result.message_ids[0],
                                                                        ["9001"], 0)]
     assert await store.due_status_polls("p", now=12.0, limit=10) == []  # claimed

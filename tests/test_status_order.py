@@ -23,6 +23,7 @@ from bridge.store import OutboxStore
 from bridge.store.common import FINAL_STATUSES, report_time
 from tests.conftest import BOTH_STORES, BridgeFactory
 from tests.doubles.smstraffic import SmsTrafficDouble
+from tests.outcomes import mark_sent
 from tests.test_smtp_intake import send
 
 NOW = 1_700_000_000.0
@@ -44,7 +45,7 @@ async def sent_messages(store: OutboxStore, parts: Sequence[Sequence[str]]) -> l
     ids = list(result.message_ids)
     claimed = await store.claim_due("o1", NOW, len(ids), LEASE)
     assert sorted(m.id for m in claimed) == sorted(ids)
-    await asyncio.gather(*(store.mark_sent(message_id, "o1", "up", provider_ids, NOW)
+    await asyncio.gather(*(mark_sent(store, message_id, "o1", "up", provider_ids, NOW)
                            for message_id, provider_ids in zip(ids, parts, strict=True)))
     return ids
 
@@ -198,7 +199,7 @@ async def test_reports_before_the_send_was_recorded_obey_the_same_order(
         DeliveryReport("early", "sent", "Buffered SMSC", at="2025-12-06 12:01:00"),
         DeliveryReport("early", "undelivered", "Non Delivered", at="2025-12-06 12:01:30"),
     ], NOW)
-    await store.mark_sent(message_id, "o1", "up", ["early"], NOW + 1)
+    await mark_sent(store, message_id, "o1", "up", ["early"], NOW + 1)
     assert (await delivery_statuses(store))[message_id] == "delivered"
     assert len(await store.message_events(message_id)) == 5
 

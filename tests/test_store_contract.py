@@ -28,6 +28,7 @@ from bridge.models import (
 )
 from bridge.settings import load_settings
 from bridge.store import OutboxStore, open_store
+from tests.outcomes import mark_failed, mark_sent, schedule_retry
 from tests.pg import fresh_database
 
 NOW = 1_700_000_000.0
@@ -69,7 +70,7 @@ async def sent_message(store: OutboxStore, provider_ids: Sequence[str],
                                          dedup_window=WINDOW)).message_ids
     claimed = await store.claim_due("o1", NOW, 100, LEASE)
     assert [m.id for m in claimed] == [message_id]
-    await store.mark_sent(message_id, "o1", "up", provider_ids, NOW, poll_at=poll_at)
+    await mark_sent(store, message_id, "o1", "up", provider_ids, NOW, poll_at=poll_at)
     return message_id
 
 
@@ -129,15 +130,16 @@ async def test_enqueue_claim_mark_sent_and_events(store: OutboxStore) -> None:
     claimed = await store.claim_due("o1", NOW, 10, LEASE)
     assert [m.id for m in claimed] == sorted(result.message_ids)
     first, second = claimed
-    assert (first.status, first.attempts, first.mail_from) == ("sending", 1, "alice@example.org")
+    # A claim is no attempt: attempts counts the tries that ended (issue 12).
+    assert (first.status, first.attempts, first.mail_from) == ("sending", 0, "alice@example.org")
     assert first.options["originator"] == "Shop" and first.fallbacks == ["b"]
     assert (first.phone, first.text, first.parts, first.created_at) == (
         "+79990000001", "hello", 1, NOW)
     assert await store.claim_due("o2", NOW, 10, LEASE) == []
     assert await store.next_due_at() == NOW + LEASE
 
-    await store.mark_sent(first.id, "o1", "up", ["p1", "p2"], NOW + 1)
-    await store.schedule_retry(second.id, "o1", "busy", NOW + 30, NOW + 1)
+    await mark_sent(store, first.id, "o1", "up", ["p1", "p2"], NOW + 1)
+    await schedule_retry(store, second.id, "o1", "busy", NOW + 30, NOW + 1)
     (sent,) = await store.list_messages(status="sent")
     assert (sent.id, sent.upstream_used, sent.upstream_ids) == (first.id, "up", ["p1", "p2"])
     events = await store.message_events(first.id)
@@ -149,8 +151,8 @@ async def test_enqueue_claim_mark_sent_and_events(store: OutboxStore) -> None:
     assert await store.next_due_at() == NOW + 30
 
     (again,) = await store.claim_due("o1", NOW + 30, 10, LEASE)
-    assert (again.id, again.attempts) == (second.id, 2)
-    await store.mark_failed(second.id, "o1", "bad number", NOW + 31,
+    assert (again.id, again.attempts) == (second.id, 1)
+    await mark_failed(store, second.id, "o1", "bad number", NOW + 31,
                             OutboundMail("bounce", "alice@example.org", b"bounce"))
     assert await statuses(store, second.id) == ["queued", "retry", "failed"]
     assert [m["kind"] for m in await store.list_mails()] == ["bounce", "reply"]
@@ -225,17 +227,18 @@ async def test_claim_respects_due_time_and_leases(store: OutboxStore) -> None:
     # A live lease is not claimed again; an expired one is, by anybody.
     assert await store.claim_due("o2", NOW + 100 + LEASE - 1, 10, LEASE) == []
     (taken,) = await store.claim_due("o2", NOW + 100 + LEASE, 10, LEASE)
-    assert (taken.id, taken.attempts) == (later, 2)
+    # Neither claim counts as an attempt (the first holder may have died before sending).
+    assert (taken.id, taken.attempts) == (later, 0)
     # The first holder's outcomes no longer count.
-    await store.mark_sent(later, "o1", "up", ["late"], NOW + 200)
-    await store.schedule_retry(later, "o1", "x", NOW + 300, NOW + 200)
-    await store.mark_failed(later, "o1", "x", NOW + 200,
+    await mark_sent(store, later, "o1", "up", ["late"], NOW + 200)
+    await schedule_retry(store, later, "o1", "x", NOW + 300, NOW + 200)
+    await mark_failed(store, later, "o1", "x", NOW + 200,
                             OutboundMail("bounce", "alice@example.org", b"b"))
     (row,) = await store.list_messages()
     assert (row.status, row.upstream_ids) == ("sending", [])
     assert await statuses(store, later) == ["queued"]
     assert await store.list_mails() == []
-    await store.mark_sent(later, "o2", "up", ["p9"], NOW + 201)
+    await mark_sent(store, later, "o2", "up", ["p9"], NOW + 201)
     assert await statuses(store, later) == ["queued", "sent"]
 
 
@@ -456,7 +459,7 @@ async def test_delivery_reports_matched_unmatched_and_early(store: OutboxStore) 
     await store.claim_due("o1", NOW, 10, LEASE)
     assert await store.record_delivery_reports("prov", [
         DeliveryReport("p2", "undelivered", "UNDELIV", error_code=34)], NOW + 1) == 0
-    await store.mark_sent(early_id, "o1", "up", ["p2"], NOW + 2, poll_at=NOW + 30)
+    await mark_sent(store, early_id, "o1", "up", ["p2"], NOW + 2, poll_at=NOW + 30)
     assert await statuses(store, early_id) == ["queued", "sent", "undelivered"]
     assert (await store.message_events(early_id))[-1]["detail"] == "UNDELIV (p2) error 34"
     assert await store.due_status_polls("up", NOW + 10_000, 10) == []
@@ -525,7 +528,7 @@ async def test_read_commands_neither_create_nor_migrate_the_store(
     assert await asyncio.to_thread(main, ["migrate"]) == 0
     assert await asyncio.to_thread(main, ["reports"]) == 0
     out = capsys.readouterr().out
-    assert "is up to date" in out and "0 delivery report(s)" in out
+    assert ": created at schema version " in out and "0 delivery report(s)" in out
 
 
 async def test_multipart_status_aggregates_parts(store: OutboxStore) -> None:

@@ -60,9 +60,10 @@ async def make_upstream(double: KcellDouble) -> AsyncIterator[MakeUpstream]:
 
 def sms(phone: str = "79161234567", text: str = "hello", *, key: str = "b1-1",
         attempt: int = 1, originator: str | None = "ACME", validity: int | None = None,
-        ) -> OutboundSms:
+        maybe_sent: int = 0) -> OutboundSms:
     return OutboundSms(message_id=1, idempotency_key=key, attempt=attempt, phone=phone,
-                       text=text, encoding="gsm7", originator=originator, validity=validity)
+                       text=text, encoding="gsm7", originator=originator, validity=validity,
+                       maybe_sent=maybe_sent)
 
 
 def free_port() -> int:
@@ -300,12 +301,13 @@ async def test_retry_after_ambiguous_failure_finds_the_earlier_message_by_extra_
     with pytest.raises(TransientUpstreamError) as caught:
         await upstream.send(sms(key="b1-7"))
     assert caught.value.ambiguous
-    receipt = await upstream.send(sms(key="b1-7", attempt=2))
+    # The dispatcher counts that failure in maybe_sent.
+    receipt = await upstream.send(sms(key="b1-7", attempt=2, maybe_sent=1))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.message_id,)
     assert double.requests[-1].path == "/acme/dr/external/b1-7/simple"
     # A retry of a message the platform does not know is sent.
-    receipt = await upstream.send(sms(key="b1-8", attempt=2))
+    receipt = await upstream.send(sms(key="b1-8", attempt=2, maybe_sent=1))
     assert len(double.accepted) == 2 and receipt.provider_ids == (double.accepted[1].message_id,)
 
 
@@ -316,10 +318,10 @@ async def test_retry_after_ambiguous_failure_finds_the_earlier_message_by_extra_
 async def test_lookup_answered_404_means_unknown_so_the_retry_sends(
     double: KcellDouble, make_upstream: MakeUpstream, not_found_body: dict[str, Any] | None
 ) -> None:
-    # A fresh instance (as after a restart) knows nothing of attempt 1: it looks up first.
+    # A process killed with attempt 1 in flight left it of unknown fate: look up first.
     double.dr_not_found_body = not_found_body
     upstream = await make_upstream()
-    receipt = await upstream.send(sms(key="b1-9", attempt=2))
+    receipt = await upstream.send(sms(key="b1-9", maybe_sent=1))
     assert [r.path for r in double.requests] == ["/acme/dr/external/b1-9/simple",
                                                  "/acme/json2/simple"]
     [accepted] = double.accepted
@@ -334,7 +336,7 @@ async def test_lookup_answered_36020_stays_transient_and_sends_nothing(
     upstream = await make_upstream()
     double.fail_next(1, "error", target="dr", code=36020, http_status=http_status)
     with pytest.raises(TransientUpstreamError) as caught:
-        await upstream.send(sms(key="b1-10", attempt=2))
+        await upstream.send(sms(key="b1-10", attempt=2, maybe_sent=1))
     assert caught.value.code == 36020
     assert [r.path for r in double.requests] == ["/acme/dr/external/b1-10/simple"]
     assert double.accepted == []
@@ -372,18 +374,41 @@ async def test_retry_after_connection_refused_sends_without_a_lookup(
 async def test_retry_after_an_unambiguous_then_an_ambiguous_failure_looks_up(
     double: KcellDouble, make_upstream: MakeUpstream
 ) -> None:
-    # Only the last failure counts: after a 429 and then a 500, attempt 3 must look up.
+    # After a 429 (nothing sent: maybe_sent stays 0) and then a 500 (maybe_sent 1), attempt 3
+    # must look up.
     upstream = await make_upstream()
     double.fail_next(1, "http429")
     double.fail_next(1, "accept_then_500")
     for attempt in (1, 2):
         with pytest.raises(TransientUpstreamError):
             await upstream.send(sms(key="b1-13", attempt=attempt))
-    receipt = await upstream.send(sms(key="b1-13", attempt=3))
+    receipt = await upstream.send(sms(key="b1-13", attempt=3, maybe_sent=1))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.message_id,)
     assert [r.path for r in double.requests] == [
         "/acme/json2/simple", "/acme/json2/simple", "/acme/dr/external/b1-13/simple"]
+
+
+async def test_lookup_follows_maybe_sent_not_the_attempt_number(
+    double: KcellDouble, make_upstream: MakeUpstream
+) -> None:
+    """A first attempt re-claimed after a crash (attempt 1, one intent without an outcome)
+    looks up; a third attempt after failures that surely sent nothing (maybe_sent 0) does
+    not. Both single and batched."""
+    upstream = await make_upstream()
+    await upstream.send(sms(key="c-1"))  # the request the crashed process made
+    receipt = await upstream.send(sms(key="c-1", attempt=1, maybe_sent=1))
+    assert receipt.note == "accepted by an earlier attempt (extra_id)"
+    assert receipt.provider_ids == (double.accepted[0].message_id,)
+    await upstream.send(sms(key="c-2", attempt=3, maybe_sent=0))
+    results = await upstream.send_batch([sms(key="c-1", maybe_sent=1),
+                                         sms("79161234568", key="c-3", attempt=4)])
+    assert [r.provider_ids for r in results if isinstance(r, SendReceipt)] == [
+        (double.accepted[0].message_id,), (double.accepted[2].message_id,)]
+    assert [r.path for r in double.requests] == [
+        "/acme/json2/simple", "/acme/dr/external/c-1/simple", "/acme/json2/simple",
+        "/acme/dr/external/c-1/simple", "/acme/json2/batch/sync"]
+    assert len(double.accepted) == 3
 
 
 async def test_batch_retry_after_429_sends_without_lookups(

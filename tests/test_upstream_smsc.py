@@ -287,8 +287,9 @@ async def test_send_batch_stops_after_a_transient_failure(
 async def test_send_batch_retries_go_one_by_one(upstream: SmscUpstream,
                                                 double: SmscDouble) -> None:
     double.success_form = "ids"
-    results = await upstream.send_batch([sms("79161234567", "x", "a", attempt=2),
-                                         sms("79161234568", "x", "b", attempt=2)])
+    # Resends (maybe_sent: an earlier request may have been taken) go one by one.
+    results = await upstream.send_batch([sms("79161234567", "x", "a", attempt=2, maybe_sent=1),
+                                         sms("79161234568", "x", "b", attempt=2, maybe_sent=1)])
     assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/send.php"]
     assert [r.provider_ids for r in results if isinstance(r, SendReceipt)] == [
         (f"79161234567:{client_id(['a'])}",), (f"79161234568:{client_id(['b'])}",)]
@@ -296,8 +297,8 @@ async def test_send_batch_retries_go_one_by_one(upstream: SmscUpstream,
 
 async def test_send_batch_retries_with_status_url_ask_first(polling: SmscUpstream,
                                                             double: SmscDouble) -> None:
-    results = await polling.send_batch([sms("79161234567", "x", "a", attempt=2),
-                                        sms("79161234568", "x", "b", attempt=2)])
+    results = await polling.send_batch([sms("79161234567", "x", "a", attempt=2, maybe_sent=1),
+                                        sms("79161234568", "x", "b", attempt=2, maybe_sent=1)])
     assert [r.path for r in double.requests] == [
         "/sys/status.php", "/sys/send.php", "/sys/status.php", "/sys/send.php"]
     assert [r.provider_ids for r in results if isinstance(r, SendReceipt)] == [
@@ -469,7 +470,7 @@ async def test_retry_after_ambiguous_failure_does_not_send_twice(
     with pytest.raises(TransientUpstreamError) as info:
         await polling.send(sms(attempt=1))
     assert info.value.ambiguous and len(double.accepted) == 1
-    receipt = await polling.send(sms(attempt=2))
+    receipt = await polling.send(sms(attempt=2, maybe_sent=1))  # the dispatcher counts it
     assert receipt.provider_ids == (double.accepted[0].provider_id,)
     assert receipt.note == "accepted by an earlier attempt"
     assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/status.php"]
@@ -480,7 +481,7 @@ async def test_retry_after_lost_request_sends(polling: SmscUpstream, double: Sms
     double.fail_next(1, "drop", path="/sys/send.php")
     with pytest.raises(TransientUpstreamError):
         await polling.send(sms(attempt=1))
-    receipt = await polling.send(sms(attempt=2))
+    receipt = await polling.send(sms(attempt=2, maybe_sent=1))
     assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/status.php",
                                                  "/sys/send.php"]
     assert receipt.provider_ids == (double.accepted[0].provider_id,)
@@ -500,7 +501,8 @@ async def test_retry_without_status_url_sends_without_asking(
 async def test_retry_precheck_refused_still_sends(polling: SmscUpstream,
                                                   double: SmscDouble) -> None:
     double.fail_next(1, "error", code=1, path="/sys/status.php")
-    receipt = await polling.send(sms(attempt=3))
+    receipt = await polling.send(sms(attempt=3, maybe_sent=1))
+    assert [r.path for r in double.requests] == ["/sys/status.php", "/sys/send.php"]
     assert receipt.provider_ids == (double.accepted[0].provider_id,)
 
 
@@ -509,8 +511,23 @@ async def test_retry_precheck_transient_failure_does_not_send(
 ) -> None:
     double.fail_next(1, "http500", path="/sys/status.php")
     with pytest.raises(TransientUpstreamError):
-        await polling.send(sms(attempt=2))
+        await polling.send(sms(attempt=2, maybe_sent=1))
     assert double.accepted == []
+
+
+async def test_precheck_follows_maybe_sent_not_the_attempt_number(
+    polling: SmscUpstream, double: SmscDouble
+) -> None:
+    """A first attempt re-claimed after a crash (attempt 1, maybe_sent 1) asks first and
+    finds the SMS its crashed predecessor sent; a later attempt after failures that surely
+    sent nothing (maybe_sent 0) asks nothing."""
+    await polling.send(sms())  # the request of the process that was killed
+    receipt = await polling.send(sms(attempt=1, maybe_sent=1))
+    assert receipt.note == "accepted by an earlier attempt"
+    await polling.send(sms(key="k2", attempt=3))
+    assert [r.path for r in double.requests] == ["/sys/send.php", "/sys/status.php",
+                                                 "/sys/send.php"]
+    assert len(double.accepted) == 2
 
 
 # ---------------------------------------------------------------------------- statuses

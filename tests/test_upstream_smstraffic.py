@@ -417,7 +417,8 @@ async def test_v2_retry_refused_as_duplicate_recovers_the_provider_id(
     with pytest.raises(TransientUpstreamError) as info:
         await upstream.send(sms(1))
     assert info.value.ambiguous
-    receipt = await upstream.send(sms(1, attempt=2))
+    # The dispatcher counts that failure in maybe_sent.
+    receipt = await upstream.send(sms(1, attempt=2, maybe_sent=1))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.sms_id,)
     assert [r.path for r in double.requests] == ["/v2/send", "/v2/send", "/v2/statuses/list"]
@@ -440,7 +441,7 @@ async def test_v2_retry_after_the_restrictive_window_looks_up_and_does_not_resen
     with pytest.raises(TransientUpstreamError):
         await upstream.send(sms(1))
     now[0] += 3601  # the double would now accept the same restrictiveId again
-    receipt = await upstream.send(sms(1, attempt=2))
+    receipt = await upstream.send(sms(1, attempt=2, maybe_sent=1))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.sms_id,)
     assert [r.path for r in double.requests] == ["/v2/send", "/v2/statuses/list"]
@@ -452,10 +453,11 @@ async def test_v2_retry_after_the_window_sends_when_the_lookup_finds_nothing(
     upstream = v2(double, client)
     now = clocks(double, upstream)
     double.fail_next(1, "drop")  # closed before processing: nothing was sent
-    with pytest.raises(TransientUpstreamError):
+    with pytest.raises(TransientUpstreamError) as info:
         await upstream.send(sms(1))
+    assert info.value.ambiguous  # which the bridge cannot know
     now[0] += 3601
-    receipt = await upstream.send(sms(1, attempt=2))
+    receipt = await upstream.send(sms(1, attempt=2, maybe_sent=1))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.sms_id,)
     assert [r.path for r in double.requests] == ["/v2/send", "/v2/statuses/list", "/v2/send"]
@@ -469,7 +471,7 @@ async def test_v2_retry_by_a_process_that_did_not_see_the_first_attempt_looks_up
     double.fail_next(1, "accept_then_500")
     with pytest.raises(TransientUpstreamError):
         await v2(double, client).send(sms(1))
-    receipt = await v2(double, client).send(sms(1, attempt=3))
+    receipt = await v2(double, client).send(sms(1, attempt=3, maybe_sent=1))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.sms_id,)
     assert [r.path for r in double.requests] == ["/v2/send", "/v2/statuses/list"]
@@ -484,9 +486,10 @@ async def test_v2_retry_after_a_failure_that_sent_nothing_does_not_look_up(
     once (within the hour restrictiveId still guards it) without a lookup first."""
     upstream = v2(double, client)
     double.fail_next(1, mode, **kw)
-    with pytest.raises(TransientUpstreamError):
+    with pytest.raises(TransientUpstreamError) as info:
         await upstream.send(sms(1))
-    receipt = await upstream.send(sms(1, attempt=2))
+    # The dispatcher counts the dropped connection in maybe_sent (it may have been taken).
+    receipt = await upstream.send(sms(1, attempt=2, maybe_sent=int(info.value.ambiguous)))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.sms_id,)
     assert [r.path for r in double.requests] == ["/v2/send", "/v2/send"]
@@ -503,9 +506,10 @@ async def test_v2_duplicate_refusal_with_a_failed_lookup_never_sends_again(
         await upstream.send(sms(1))
     double.fail_next(1, "http500", on="status")
     with pytest.raises(TransientUpstreamError) as info:
-        await upstream.send(sms(1, attempt=2))
+        await upstream.send(sms(1, attempt=2, maybe_sent=1))
     assert not info.value.ambiguous and "earlier attempt" in info.value.text
-    receipt = await upstream.send(sms(1, attempt=3))
+    # This request's 105 took nothing new: the doubt of the first one remains.
+    receipt = await upstream.send(sms(1, attempt=3, maybe_sent=1))
     [accepted] = double.accepted
     assert receipt.provider_ids == (accepted.sms_id,)
     assert [r.path for r in double.requests] == [
@@ -522,11 +526,30 @@ async def test_v2_duplicate_refusal_without_a_listed_message_is_still_sent(
     with pytest.raises(TransientUpstreamError):
         await upstream.send(sms(1))
     double.fail_next(1, "error", code=105, text="Duplicated request")
-    receipt = await upstream.send(sms(1, attempt=2))
+    receipt = await upstream.send(sms(1, attempt=2, maybe_sent=1))
     assert receipt.provider_ids == ()
     assert "restrictiveId" in receipt.note
     assert double.accepted == []
     assert [r.path for r in double.requests] == ["/v2/send", "/v2/send", "/v2/statuses/list"]
+
+
+async def test_v2_doubt_follows_maybe_sent_not_the_attempt_number(
+    double: SmsTrafficDouble, client: httpx.AsyncClient
+) -> None:
+    """A first attempt re-claimed after a crash (attempt 1, an intent without an outcome)
+    looks up and finds what its killed predecessor sent; a third attempt after failures that
+    surely sent nothing (maybe_sent 0) cannot be answered 105 for an earlier acceptance, so a
+    105 then is the error it says, and the SMS is not recorded as sent."""
+    await v2(double, client).send(sms(1))  # the request of the process that was killed
+    receipt = await v2(double, client).send(sms(1, attempt=1, maybe_sent=1))
+    assert receipt.provider_ids == (double.accepted[0].sms_id,)
+    assert [r.path for r in double.requests] == ["/v2/send", "/v2/statuses/list"]
+    double.fail_next(1, "error", code=105, text="Invalid request format")
+    with pytest.raises(PermanentUpstreamError) as info:
+        await v2(double, client).send(sms(2, attempt=3))
+    assert info.value.code == 105
+    assert [r.path for r in double.requests][2:] == ["/v2/send"]
+    assert len(double.accepted) == 1
 
 
 # --------------------------------------------------------------------------- set_checked

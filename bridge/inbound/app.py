@@ -47,9 +47,12 @@ from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayl
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics
+from bridge.console.api import AdminApi
+from bridge.console.ops import ConsoleService
+from bridge.console.pages import add_console
 from bridge.errors import StoreUnavailable
 from bridge.inbound.views import RETRY_AFTER, InboundService, json_errors
 from bridge.redact import redact_path, redact_text
@@ -335,10 +338,12 @@ async def metrics_view(request: web.Request) -> web.Response:
         metrics.QUEUE_AGE.set(stats["oldest_queued_age"])
         metrics.FORWARDS_QUEUED.set(stats["forwards_queued"])
         metrics.DEAD_LETTERS.set(stats["dead_letters"])
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # Under serve --workers N: every worker's counters, summed (bridge.metrics).
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_http_app(store: OutboxStore, service: InboundService) -> web.Application:
+def make_http_app(store: OutboxStore, service: InboundService,
+                  console: ConsoleService | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors],
                           client_max_size=service.settings.http.max_body_bytes)
     app.on_response_prepare.append(_server_header)
@@ -351,9 +356,18 @@ def make_http_app(store: OutboxStore, service: InboundService) -> web.Applicatio
         for path in (f"/in/{{source}}/{{secret}}/{kind}", f"/in/{{source}}/{kind}"):
             app.router.add_route("GET", path, handler)
             app.router.add_route("POST", path, handler)
+    # The admin API; with the console, its changes are audited and the rest of the API
+    # and the operators' pages (/admin/) are added.
+    api = AdminApi(console) if console is not None else None
+    audited = api.audited if api is not None else (lambda action, handler: handler)
     app.router.add_get("/api/v1/reply-scripts", service.list_scripts)
-    app.router.add_post("/api/v1/reply-scripts", service.create_script)
+    app.router.add_post("/api/v1/reply-scripts", audited("script.create", service.create_script))
     app.router.add_get("/api/v1/reply-scripts/{script_id}", service.get_script)
-    app.router.add_put("/api/v1/reply-scripts/{script_id}", service.update_script)
-    app.router.add_delete("/api/v1/reply-scripts/{script_id}", service.delete_script)
+    app.router.add_put("/api/v1/reply-scripts/{script_id}",
+                       audited("script.update", service.update_script))
+    app.router.add_delete("/api/v1/reply-scripts/{script_id}",
+                          audited("script.delete", service.delete_script))
+    if api is not None and console is not None:
+        api.add_routes(app)
+        add_console(app, console)
     return app

@@ -347,6 +347,10 @@ class InboundService:
         return StoredResponse(200, text.encode(charset, errors="replace"),
                               f"text/plain; charset={charset}")
 
+    def scripts_changed(self) -> None:
+        """Registered scripts changed (through the console): the next hit reads them again."""
+        self._scripts = None
+
     async def scripts(self) -> list[ReplyScript]:
         """Reply scripts from the configuration and the admin API (cached for a few seconds)."""
         now = time.monotonic()
@@ -393,6 +397,14 @@ class InboundService:
     async def _script_body(self, request: web.Request) -> dict[str, Any]:
         try:
             data = json.loads(await read_body(request, self.settings.http.max_body_bytes))
+        except ValueError as exc:
+            raise InboundError(400, f"invalid reply script: {_first_error(exc)}") from None
+        return await self.script_values(data)
+
+    async def script_values(self, data: Any) -> dict[str, Any]:
+        """A reply script's fields as the store keeps them, from the admin API's JSON or
+        the console's form; :class:`InboundError` 400 naming the field otherwise."""
+        try:
             script = ReplyScriptSettings.model_validate(data)
         except ValueError as exc:
             field = None

@@ -1,8 +1,22 @@
 """The dispatcher: claims due messages from the store and hands them to upstreams.
 
-Each claim carries a lease; a process killed mid-send leaves ``sending`` rows whose lease
-expires, and whichever dispatcher runs next claims them again. Where the upstream honours an
-idempotency key the resend cannot duplicate; otherwise it is at most one more copy.
+Every SMS is sent once, as far as its upstream allows, through crashes and store outages:
+
+* one provider request is one intent, recorded before the call (its messages with their
+  claims' epochs, the request's fingerprint), and one outcome commit: every outcome of the
+  request (a batch's together) in one transaction;
+* a claim is a lease with a fencing token (``lease_epoch``): renewed while this process has
+  sends in flight, never taken back by its own owner, and an outcome counts only under the
+  claim that holds the message now. An outcome the store cannot take waits in memory and is
+  tried again, however long the store is away; a process killed mid-send leaves its intent
+  without an outcome, and whichever dispatcher claims the message next sees that doubt;
+* ``attempts`` counts the tries that ended (the provider answered, or failed to) and drives
+  the backoff: a re-claim after a crash raises neither. ``maybe_sent`` counts the requests of
+  unknown fate (an intent left open, an ambiguous failure) and decides what a resend may do
+  (:func:`bridge.outbox.ambiguity.resend_allowed`): an upstream with an idempotency key or a
+  lookup by client id sends (it looks the SMS up first); otherwise the account's
+  ``ambiguous`` policy resends once at most, or holds the message as ``ambiguous`` and tells
+  its sender, until ``sms-bridge resolve``.
 """
 
 from __future__ import annotations
@@ -14,14 +28,21 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge import metrics
-from bridge.errors import StoreUnavailable, TransientUpstreamError, UpstreamError
-from bridge.models import OutboundMail, StoredMessage
+from bridge.errors import (
+    PermanentUpstreamError,
+    StoreUnavailable,
+    TransientUpstreamError,
+    UpstreamError,
+)
+from bridge.models import OutboundMail, SendIntent, SendOutcome, StoredMessage
+from bridge.outbox.ambiguity import request_fingerprint, resend_allowed
 from bridge.outbox.leases import make_owner
 from bridge.outbox.ratelimit import TokenBucket
 from bridge.outbox.retry import Action, RetryPolicy
+from bridge.relays.email import build_held_notice
 from bridge.settings import DispatcherSettings, Settings
 from bridge.store.base import OutboxStore
 from bridge.upstreams.base import (
@@ -30,10 +51,13 @@ from bridge.upstreams.base import (
     SendReceipt,
     StatusPolling,
     Upstream,
+    finds_earlier_sends,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
+# (message, reason) -> the mail to its sender, or None: a bounce, or a held message's notice.
 BounceBuilder = Callable[[StoredMessage, str], OutboundMail | None]
 
 
@@ -46,6 +70,7 @@ class Dispatcher:
         *,
         bridge_id: str,
         bounce: BounceBuilder | None = None,
+        notice: BounceBuilder | None = None,
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
     ) -> None:
@@ -57,6 +82,16 @@ class Dispatcher:
         )
         self.bridge_id = bridge_id
         self.bounce = bounce
+        # A held message's sender is told, like a failed one's: from the same mail settings.
+        self.notice = notice or functools.partial(build_held_notice, settings.mail,
+                                                  settings.smtp.hostname)
+        self._policies = {login.lower(): account.ambiguous
+                          for login, account in settings.accounts.items()}
+        # Per upstream, worked out once: can a message of unknown fate go to it again without
+        # a second copy (an idempotency key, or a lookup before the send)?
+        self._idempotent = {name: upstream.idempotent for name, upstream in upstreams.items()}
+        self._looks_up = {name: finds_earlier_sends(upstream)
+                          for name, upstream in upstreams.items()}
         self.clock = clock
         self.owner = owner or make_owner()
         self._semaphores = {
@@ -83,6 +118,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """New work was committed: look now rather than at the next poll."""
@@ -96,6 +132,15 @@ class Dispatcher:
             bucket.rate, bucket.burst = rate, max(1.0, rate)
 
     async def run(self) -> None:
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
+        try:
+            await self._claim_loop()
+        finally:
+            if not self._stopping:  # cancelled: nobody will stop() the keeper
+                self._keeper.cancel()
+
+    async def _claim_loop(self) -> None:
         while not self._stopping:
             free = self.config.batch_size - len(self._inflight)
             claimed: list[StoredMessage] = []
@@ -124,14 +169,27 @@ class Dispatcher:
             if self._batch_sizes.get(message.upstream, 1) > 1:
                 batches.setdefault(message.upstream, []).append(message)
             else:
-                work.append(self._deliver(message))
+                work.append(self._guarded([message]))
         for name, messages in batches.items():
             size = self._batch_sizes[name]
             for start in range(0, len(messages), size):
-                chunk = messages[start:start + size]
-                work.append(self._deliver_batch(name, chunk) if len(chunk) > 1
-                            else self._deliver(chunk[0]))
+                work.append(self._guarded(messages[start:start + size]))
         return work
+
+    async def _guarded(self, messages: list[StoredMessage]) -> None:
+        """:meth:`_request`, and should it fail (a bug), the messages queued again: this
+        process never claims back its own rows, so left ``sending`` they would wait for its
+        restart. A doubt the request raised stays counted (``record_intent`` did)."""
+        try:
+            await self._request(messages, 0)
+        except Exception as exc:
+            log.exception("delivery failed unexpectedly")
+            retry_at = self.clock() + self.policy.backoff(1)
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.record_outcomes(self.owner, None, [
+                    SendOutcome(m.id, m.lease_epoch, "queued", next_attempt_at=retry_at,
+                                error=f"internal error {type(exc).__name__}")
+                    for m in messages], self.clock())
 
     def _batch_size(self, name: str) -> int:
         """The provider's batch limit, capped by the operator's ``batch_size``; rate limits
@@ -169,13 +227,33 @@ class Dispatcher:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in pending:
                 task.cancel()  # its lease expires; the message is claimed again later
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_leases(self) -> None:
+        """Renew this process's claims while it has sends in flight, a third of a lease
+        apart: a send slower than the lease, or an outcome waiting for the store, must not
+        let another process claim the message and send it again. (A renewal the store
+        cannot take is skipped: the next one comes a third of a lease later.)"""
+        while True:
+            await asyncio.sleep(self.config.lease_seconds / 3)
+            if not self._inflight:
+                continue
+            try:
+                await self.store.renew_leases(self.owner, self.clock(),
+                                              self.config.lease_seconds)
+            except StoreUnavailable as exc:
+                log.info("cannot renew the leases of the sends in flight: %s", exc)
 
     def _sms(self, message: StoredMessage) -> OutboundSms:
         options = message.options
         return OutboundSms(
             message_id=message.id,
             idempotency_key=f"{self.bridge_id}-{message.id}",
-            attempt=message.attempts,
+            attempt=message.attempts + 1,
             phone=message.phone,
             text=message.text,
             encoding=message.encoding,
@@ -185,6 +263,7 @@ class Dispatcher:
             validity=options.get("validity"),
             transliterate=bool(options.get("transliterate")),
             two_byte_concat=bool(options.get("two_byte_concat")),
+            maybe_sent=message.maybe_sent,
         )
 
     def _for(self, name: str, sms: OutboundSms) -> OutboundSms:
@@ -193,143 +272,194 @@ class Dispatcher:
             return dataclasses.replace(sms, originator=self._default_originator[name])
         return sms
 
-    async def _send_via(self, name: str, sms: OutboundSms) -> SendReceipt:
-        upstream = self.upstreams.get(name)
-        if upstream is None:
-            raise TransientUpstreamError(f"upstream {name!r} is not configured")
-        sms = self._for(name, sms)
-        async with self._semaphores[name]:
-            await self._buckets[name].take()
-            started = time.perf_counter()
-            try:
-                receipt = await upstream.send(sms)
-            except UpstreamError as exc:
-                kind = "transient" if isinstance(exc, TransientUpstreamError) else "permanent"
-                metrics.SENDS.labels(upstream=name, outcome=kind).inc()
-                raise
-            finally:
-                metrics.SEND_SECONDS.labels(upstream=name).observe(time.perf_counter() - started)
-            metrics.SENDS.labels(upstream=name, outcome="sent").inc()
-            return receipt
+    @staticmethod
+    def _chain(message: StoredMessage) -> list[str]:
+        return [message.upstream, *message.fallbacks]
 
-    async def _deliver_batch(self, name: str, messages: list[StoredMessage]) -> None:
-        """Several messages in one request to a batch endpoint; each outcome is recorded
-        on its own message as if it had been sent alone."""
-        upstream = self.upstreams[name]
-        assert isinstance(upstream, BatchSending)
+    def _may_resend(self, message: StoredMessage, name: str, doubts: int) -> bool:
+        """Whether ``message``, with ``doubts`` requests of unknown fate, may go to upstream
+        ``name`` (again)."""
+        return resend_allowed(doubts, idempotent=self._idempotent.get(name, False),
+                              looks_up=self._looks_up.get(name, False),
+                              policy=self._policies.get(message.account.lower(), "resend"))
+
+    async def _request(self, messages: list[StoredMessage], index: int) -> None:
+        """One provider request for ``messages`` (one, or a batch), all through the upstream
+        at ``index`` of their chains: the intent, the call, the outcomes in one commit; then
+        the messages whose failure allows it go on to their next upstream, one by one.
+        Messages that may not be sent again are held first, with no request."""
+        name = self._chain(messages[0])[index]
+        held = [m for m in messages if not self._may_resend(m, name, m.maybe_sent)]
+        if held:
+            await self._commit(None, [self._held(
+                m, m.maybe_sent, f"{m.maybe_sent} earlier request(s) to {name} may have sent "
+                "it; that upstream has no idempotency key and no lookup") for m in held])
+            held_ids = {m.id for m in held}
+            messages = [m for m in messages if m.id not in held_ids]
+        if not messages:
+            return
+        upstream = self.upstreams.get(name)
+        if upstream is None:  # queued under an older configuration: no request is made
+            error = TransientUpstreamError(f"upstream {name!r} is not configured")
+            outcomes = [self._outcome(m, error, name, index) for m in messages]
+            await self._commit(None, [outcome for outcome, _ in outcomes])
+            await self._go_on(messages, outcomes, index)
+            return
+        batch = [self._for(name, self._sms(m)) for m in messages]
+        intent = await self._intend(name, messages, batch)
+        if intent is None:
+            return  # every claim was taken over meanwhile: the new holders decide
+        if len(intent.message_ids) < len(messages):
+            kept = set(intent.message_ids)
+            batch = [sms for sms in batch if sms.message_id in kept]
+            messages = [m for m in messages if m.id in kept]
+        results = await self._call(name, upstream, batch)
+        outcomes = [self._outcome(m, result, name, index)
+                    for m, result in zip(messages, results, strict=True)]
+        await self._commit(intent.id, [outcome for outcome, _ in outcomes])
+        await self._go_on(messages, outcomes, index)
+
+    async def _go_on(self, messages: list[StoredMessage],
+                     outcomes: list[tuple[SendOutcome, bool]], index: int) -> None:
+        """The messages whose failure surely sent nothing, to their next upstream now (the
+        failure counted as an attempt)."""
+        for message, (_, onward) in zip(messages, outcomes, strict=True):
+            if onward:
+                await self._request([dataclasses.replace(message,
+                                                         attempts=message.attempts + 1)],
+                                    index + 1)
+
+    async def _call(self, name: str, upstream: Upstream,
+                    batch: list[OutboundSms]) -> list[SendReceipt | UpstreamError]:
+        """One request: a receipt or an error per SMS, in order. A failure of the whole
+        request is each SMS's error."""
         async with self._semaphores[name]:
             await self._buckets[name].take()  # provider rate limits count requests
             started = time.perf_counter()
             try:
-                results: list[SendReceipt | UpstreamError] = await upstream.send_batch(
-                    [self._for(name, self._sms(m)) for m in messages])
-                if len(results) != len(messages):
-                    raise TransientUpstreamError(
-                        f"{name}: batch answered {len(results)} results for {len(messages)}",
-                        ambiguous=True)
+                if len(batch) == 1:
+                    results: list[SendReceipt | UpstreamError] = [await upstream.send(batch[0])]
+                else:
+                    assert isinstance(upstream, BatchSending)
+                    results = await upstream.send_batch(batch)
+                    if len(results) != len(batch):
+                        raise TransientUpstreamError(
+                            f"{name}: batch answered {len(results)} results for {len(batch)}",
+                            ambiguous=True)
             except UpstreamError as exc:
-                results = [exc] * len(messages)
+                results = [exc] * len(batch)
             except Exception as exc:  # a bug in a provider module must not lose messages
-                log.exception("upstream %s raised unexpectedly in a batch", name)
+                log.exception("upstream %s raised unexpectedly", name)
+                # It may have failed after the provider took the request.
                 results = [TransientUpstreamError(f"{name}: internal error "
-                                                  f"{type(exc).__name__}")] * len(messages)
+                                                  f"{type(exc).__name__}", ambiguous=True)
+                           ] * len(batch)
             finally:
                 metrics.SEND_SECONDS.labels(upstream=name).observe(time.perf_counter() - started)
-        for message, result in zip(messages, results, strict=True):
-            if isinstance(result, SendReceipt):
-                metrics.SENDS.labels(upstream=name, outcome="sent").inc()
-                await self._sent(message, name, result)
-                continue
-            kind = "transient" if isinstance(result, TransientUpstreamError) else "permanent"
+        for result in results:
+            kind = ("sent" if isinstance(result, SendReceipt) else
+                    "transient" if isinstance(result, TransientUpstreamError) else "permanent")
             metrics.SENDS.labels(upstream=name, outcome=kind).inc()
-            await self._failed(message, 0, result, [name, *message.fallbacks])
+        return results
 
-    async def _sent(self, message: StoredMessage, name: str, receipt: SendReceipt) -> None:
+    def _outcome(self, message: StoredMessage, result: SendReceipt | UpstreamError, name: str,
+                 index: int) -> tuple[SendOutcome, bool]:
+        """What to record for one message after its request, and whether it goes on to the
+        next upstream of its chain now."""
         now = self.clock()
-        interval = self._poll_interval.get(name, 0.0)
-        await self._persist(
-            functools.partial(self.store.mark_sent, message.id, self.owner, name,
-                              receipt.provider_ids, now, now + interval if interval else None)
-        )
-        if log.isEnabledFor(logging.INFO):  # no per-message dict when the level is higher
-            log.info(
-                "sms sent",
-                extra={"message_id": message.id, "upstream": name, "parts": message.parts,
-                       "provider_ids": list(receipt.provider_ids)},
-            )
-
-    async def _failed(self, message: StoredMessage, index: int, exc: UpstreamError,
-                      chain: list[str]) -> None:
-        """A send through ``chain[index]`` failed: fall back, retry later or fail."""
+        if isinstance(result, SendReceipt):
+            interval = self._poll_interval.get(name, 0.0)
+            if log.isEnabledFor(logging.INFO):  # no per-message dict when the level is higher
+                log.info("sms sent", extra={"message_id": message.id, "upstream": name,
+                                            "parts": message.parts,
+                                            "provider_ids": list(result.provider_ids)})
+            return SendOutcome(message.id, message.lease_epoch, "sent", upstream=name,
+                               provider_ids=tuple(result.provider_ids),
+                               poll_at=now + interval if interval else None), False
+        error, unknown = result, result.ambiguous
+        doubts = message.maybe_sent + int(unknown)
+        chain = self._chain(message)
+        attempt = message.attempts + 1
         decision = self.policy.decide(
-            exc,
-            attempt=message.attempts,
-            age=self.clock() - message.created_at,
-            has_fallback=index + 1 < len(chain),
-        )
-        log.warning(
-            "send failed",
-            extra={"message_id": message.id, "upstream": chain[index], "error": str(exc),
-                   "action": decision.action.value, "attempt": message.attempts},
-        )
+            error, attempt=attempt, age=now - message.created_at,
+            # Only while nothing may have been taken may another provider send it.
+            has_fallback=index + 1 < len(chain) and doubts == 0)
+        log.warning("send failed", extra={
+            "message_id": message.id, "upstream": name, "error": str(error),
+            "action": decision.action.value, "attempt": attempt, "maybe_sent": doubts})
+        tried = dataclasses.replace(message, attempts=attempt)
         if decision.action is Action.FALLBACK:
-            await self._deliver(message, start=index + 1)
-        else:
-            await self._record_failure(message, decision.action, decision.delay, str(exc))
+            return SendOutcome(message.id, message.lease_epoch, "sending", upstream=name,
+                               error=str(error)), True
+        if not isinstance(error, PermanentUpstreamError) and not self._may_resend(
+                message, name, doubts):
+            return self._held(tried, doubts, str(error), unknown=unknown), False
+        if decision.action is Action.FAIL or \
+                now + decision.delay - message.created_at > self.config.give_up_after:
+            return self._failed(tried, str(error), unknown=unknown), False
+        return SendOutcome(message.id, message.lease_epoch, "queued", upstream=name,
+                           error=str(error), next_attempt_at=now + decision.delay,
+                           unknown=unknown), False
 
-    async def _deliver(self, message: StoredMessage, start: int = 0) -> None:
-        """Send one message through ``chain[start]``; a failure decides what comes next
-        (``_failed``), which may be the next upstream of the account's chain."""
-        chain = [message.upstream, *message.fallbacks]
-        name = chain[start]
+    def _failed(self, message: StoredMessage, error: str, *, unknown: bool) -> SendOutcome:
+        bounce = None
         try:
-            receipt = await self._send_via(name, self._sms(message))
-        except UpstreamError as exc:
-            await self._failed(message, start, exc, chain)
+            bounce = self.bounce(message, error) if self.bounce else None
+        except Exception:  # the failure is recorded even if its bounce cannot be built
+            log.exception("could not build the bounce for message %s", message.id)
+        metrics.FAILED.labels(upstream=message.upstream).inc()
+        log.warning("sms failed for good", extra={"message_id": message.id, "error": error,
+                                                  "bounce": bounce is not None})
+        return SendOutcome(message.id, message.lease_epoch, "failed", error=error,
+                           mail=bounce, unknown=unknown)
+
+    def _held(self, message: StoredMessage, doubts: int, reason: str, *,
+              unknown: bool = False) -> SendOutcome:
+        """Held as ``ambiguous``: sending it again could make a copy the account does not
+        allow. Its sender is told; nothing more is sent until ``sms-bridge resolve``."""
+        policy = self._policies.get(message.account.lower(), "resend")
+        error = (f"may have been sent ({doubts} request(s) of unknown fate; account policy "
+                 f"{policy!r}): {reason}")
+        notice = None
+        try:
+            notice = self.notice(message, error)
+        except Exception:  # held even if its notice cannot be built
+            log.exception("could not build the notice for message %s", message.id)
+        log.warning("sms held as ambiguous", extra={"message_id": message.id, "error": error,
+                                                    "notice": notice is not None})
+        return SendOutcome(message.id, message.lease_epoch, "ambiguous", error=error,
+                           mail=notice, unknown=unknown)
+
+    async def _intend(self, name: str, messages: list[StoredMessage],
+                      batch: list[OutboundSms]) -> SendIntent | None:
+        leases = [(m.id, m.lease_epoch) for m in messages]
+        fingerprint = request_fingerprint(name, batch)
+        return await self._durably(lambda: self.store.record_intent(
+            self.owner, name, leases, fingerprint, self.clock()), "the intent of a request")
+
+    async def _commit(self, intent_id: int | None, outcomes: list[SendOutcome]) -> None:
+        if not outcomes:
             return
-        except Exception as exc:  # a bug in a provider module must not lose the message
-            log.exception("upstream %s raised unexpectedly", name)
-            error = TransientUpstreamError(f"{name}: internal error {type(exc).__name__}")
-            await self._record_failure(
-                message, Action.RETRY, self.policy.backoff(message.attempts), str(error)
-            )
-            return
-        await self._sent(message, name, receipt)
+        recorded = await self._durably(lambda: self.store.record_outcomes(
+            self.owner, intent_id, outcomes, self.clock()), "the outcomes of a request")
+        if len(recorded) < len(outcomes):
+            kept = set(recorded)
+            log.warning("outcomes not recorded: their claims were taken over", extra={
+                "message_ids": [o.message_id for o in outcomes if o.message_id not in kept]})
 
-    async def _record_failure(
-        self, message: StoredMessage, action: Action, delay: float, error: str
-    ) -> None:
-        now = self.clock()
-        if action is Action.FAIL or now + delay - message.created_at > self.config.give_up_after:
-            bounce = None
-            try:
-                bounce = self.bounce(message, error) if self.bounce else None
-            except Exception:  # the failure is recorded even if its bounce cannot be built
-                log.exception("could not build the bounce for message %s", message.id)
-            await self._persist(
-                lambda: self.store.mark_failed(message.id, self.owner, error, now, bounce))
-            metrics.FAILED.labels(upstream=message.upstream).inc()
-            log.warning("sms failed for good",
-                        extra={"message_id": message.id, "error": error,
-                               "bounce": bounce is not None})
-        else:
-            await self._persist(
-                lambda: self.store.schedule_retry(message.id, self.owner, error, now + delay, now))
-
-    async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
-        """Record an outcome, retrying while the store is briefly unavailable.
-
-        Giving up early would leave the row ``sending`` until its lease expires and then send
-        it again; so keep trying for most of the lease.
-        """
-        deadline = time.monotonic() + self.config.lease_seconds * 0.8
-        delay = 0.05
+    async def _durably(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+        """``write`` until the store takes it. Given up, it would leave its messages
+        ``sending`` until their leases ran out and another claim sent them again: it waits
+        in memory instead, however long the store is away, while the lease keeper holds the
+        claims. Tried again at growing intervals, at most a quarter of a lease apart."""
+        delay, cap = 0.05, max(0.05, min(2.0, self.config.lease_seconds / 4))
+        warned = False
         while True:
             try:
-                await write()
-                return
-            except StoreUnavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                return await write()
+            except StoreUnavailable as exc:
+                if not warned:
+                    log.warning("store unavailable: %s waits in memory: %s", what, exc)
+                    warned = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cap)

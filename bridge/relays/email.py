@@ -131,26 +131,50 @@ def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
     """A delivery status notification (RFC 3464) to the envelope sender of a failed SMS,
     threaded to the mail the SMS came from (``In-Reply-To``, ``References``: RFC 5322
     §3.6.4) and carrying that mail's stored header block."""
+    reason = " ".join(redact_text(error).split())[:300]  # the sender sees no secret
+    return _status_report(
+        settings, hostname, message, "bounce", f"Undelivered SMS to +{message.phone}",
+        f"Your message to {message.phone} could not be sent as an SMS.\n\n"
+        f"Reason: {reason}\nMessage id: {message.id}\nAttempts: {message.attempts}\n\n"
+        f"Text:\n{message.text[:1000]}\n",
+        action="failed", status="5.0.0", reason=reason)
+
+
+def build_held_notice(settings: MailSettings, hostname: str, message: StoredMessage,
+                      error: str) -> OutboundMail | None:
+    """A notice to the envelope sender of an SMS held as ``ambiguous``: it may or may not
+    have been sent, and it is not sent again until an operator says so. RFC 3464 has no
+    "unknown" action: ``delayed`` (4.0.0) is the nearest, as the SMS waits for a decision."""
+    reason = " ".join(redact_text(error).split())[:300]
+    return _status_report(
+        settings, hostname, message, "held", f"SMS to +{message.phone} may have been sent",
+        f"Your message to {message.phone} may or may not have been sent as an SMS: the "
+        "provider's answer to an earlier request was lost, and this provider cannot be "
+        "asked whether it took the SMS. It is not sent again, so that the phone does not "
+        "get it twice; an operator of the bridge settles it with "
+        f"`sms-bridge resolve {message.id} --sent` or `--resend`.\n\n"
+        f"Reason: {reason}\nMessage id: {message.id}\nAttempts: {message.attempts}\n\n"
+        f"Text:\n{message.text[:1000]}\n",
+        action="delayed", status="4.0.0", reason=reason)
+
+
+def _status_report(settings: MailSettings, hostname: str, message: StoredMessage, kind: str,
+                   subject: str, human: str, *, action: str, status: str,
+                   reason: str) -> OutboundMail | None:
+    """A multipart/report (RFC 3464) about one SMS to its mail's envelope sender."""
     to = message.mail_from
     if not settings.bounces or not to or to == "<>":
         return None  # a null sender must never get a bounce (RFC 5321 §4.5.5)
-    reason = " ".join(redact_text(error).split())[:300]  # the sender sees no secret
     original = message.mail_headers.encode("utf-8", "surrogateescape")
     references = raw_headers_map(original).get(b"references")
     report = MIMEMultipart("report", report_type="delivery-status")
-    for key, value in _base_message(settings, to, f"Undelivered SMS to +{message.phone}").items():
+    for key, value in _base_message(settings, to, subject).items():
         report[key] = value
     for key, value in thread_headers(
             message.mail_message_id,
             references.decode("ascii", "replace") if references else None).items():
         report[key] = value
-    report.attach(MIMEText(
-        f"Your message to {message.phone} could not be sent as an SMS.\n\n"
-        f"Reason: {reason}\nMessage id: {message.id}\nAttempts: {message.attempts}\n\n"
-        f"Text:\n{message.text[:1000]}\n",
-        "plain",
-        "utf-8",
-    ))
+    report.attach(MIMEText(human, "plain", "utf-8"))
     per_message = Message()
     per_message["Reporting-MTA"] = f"dns; {hostname}"
     per_recipient = Message()
@@ -158,17 +182,17 @@ def build_bounce(settings: MailSettings, hostname: str, message: StoredMessage,
     # rfc822 address: the bridge's own v1 address for this SMS is given, PHONE.login@host
     # (002 line 1768), which names both the number and the account.
     per_recipient["Final-Recipient"] = f"rfc822; {message.phone}.{message.account}@{hostname}"
-    per_recipient["Action"] = "failed"
-    per_recipient["Status"] = "5.0.0"
+    per_recipient["Action"] = action
+    per_recipient["Status"] = status
     per_recipient["Diagnostic-Code"] = f"x-sms; {reason.encode('ascii', 'replace').decode()}"
-    status = Message()
-    status.set_type("message/delivery-status")
-    del status["MIME-Version"]
-    status.set_payload([per_message, per_recipient])
-    report.attach(status)
+    report_part = Message()
+    report_part.set_type("message/delivery-status")
+    del report_part["MIME-Version"]
+    report_part.set_payload([per_message, per_recipient])
+    report.attach(report_part)
     if original:
         report.attach(_original_headers_part(original))
-    return OutboundMail("bounce", to, report.as_bytes())
+    return OutboundMail(kind, to, report.as_bytes())
 
 
 async def send_via_smarthost(

@@ -39,9 +39,11 @@ from bridge.parsing.requests import (
     check_phone_allowed,
     numeric_originator_max,
 )
+from bridge.redact import redact_mail
 from bridge.relays.email import build_v2_reply, render_reply_xml
 from bridge.settings import AccountSettings, Settings
 from bridge.store.base import OutboxStore
+from bridge.store.console import MAX_TRACE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +239,11 @@ class IntakeHandler:
             peer=peer,
             format=fmt,
             headers=capped_header_block(raw, MAX_STORED_HEADERS),
+            # For the operators' console: the mail as received, redacted and capped.
+            raw=redact_mail(raw, v2_text=mail.text if fmt == "v2" else None,
+                            limit=MAX_TRACE_BYTES)
+            if self.settings.store.trace_retention_days > 0 else b"",
+            raw_size=len(raw),
         )
         digest = hashlib.sha256(b"\0".join(
             [mail_from.encode("utf-8", "surrogateescape"),

@@ -19,9 +19,18 @@ from bridge.models import (
     InboundRecord,
     MailEnvelope,
     OutboundMail,
+    SendIntent,
+    SendOutcome,
     SendRequest,
     StoredMessage,
     StoredResponse,
+)
+from bridge.store.console import (
+    AuditEntry,
+    InboundFilter,
+    MessageFilter,
+    ProviderExchange,
+    UpstreamOutcome,
 )
 
 ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
@@ -29,6 +38,10 @@ ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
 
 class OutboxStore(Protocol):
     """Outbox of SMS sends, their status history, and mails the bridge sends itself."""
+
+    # Set by open(migrate=True): the schema version found and the one left (equal when
+    # there was nothing to do; found 0: a new store), for ``sms-bridge migrate`` to report.
+    schema_change: tuple[int, int] | None
 
     async def open(self, *, migrate: bool = True) -> None:
         """Connect and bring the schema up to date; with ``migrate=False`` (the read-only
@@ -63,7 +76,10 @@ class OutboxStore(Protocol):
     async def claim_due(
         self, owner: str, now: float, limit: int, lease_seconds: float
     ) -> list[StoredMessage]:
-        """Claim queued messages that are due, and ``sending`` ones whose lease expired."""
+        """Claim queued messages that are due, and ``sending`` ones whose lease expired
+        unless ``owner`` holds them (an owner's own rows are in flight there: their outcome
+        may be waiting for the store). Each claim raises the message's ``lease_epoch``; it
+        does not count as an attempt."""
         ...
 
     async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
@@ -72,25 +88,33 @@ class OutboxStore(Protocol):
         how many were released."""
         ...
 
-    async def mark_sent(
-        self,
-        message_id: int,
-        owner: str,
-        upstream: str,
-        upstream_ids: Sequence[str],
-        now: float,
-        poll_at: float | None = None,
-    ) -> None:
-        """Record the provider's acceptance; ``poll_at`` starts status polling then."""
+    async def renew_leases(self, owner: str, now: float, lease_seconds: float) -> int:
+        """Extend every outbox lease ``owner`` holds to ``now + lease_seconds`` (its sends are
+        still in flight); returns how many."""
         ...
 
-    async def schedule_retry(
-        self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
-    ) -> None: ...
+    async def record_intent(
+        self, owner: str, upstream: str, leases: Sequence[tuple[int, int]],
+        fingerprint: str, now: float,
+    ) -> SendIntent | None:
+        """Before a provider request: record it (messages with the claims' ``lease_epoch``,
+        the request's fingerprint) and count it in the ``maybe_sent`` of each message whose
+        claim still holds. Only those may be sent; None when no claim holds."""
+        ...
 
-    async def mark_failed(
-        self, message_id: int, owner: str, error: str, now: float, bounce: OutboundMail | None
-    ) -> None: ...
+    async def record_outcomes(
+        self, owner: str, intent_id: int | None, outcomes: Sequence[SendOutcome], now: float,
+    ) -> list[int]:
+        """Commit the outcomes of one request (``intent_id``), or of none (held before any
+        request: None), in one transaction, each only while the claim it names holds; end
+        the intent. An outcome of a request counts one attempt and, unless ``unknown``,
+        takes the request's doubt back from ``maybe_sent``. Returns the ids recorded."""
+        ...
+
+    async def resolve_ambiguous(self, message_id: int, *, sent: bool, now: float) -> bool:
+        """An operator settles a held (``ambiguous``) message: it was sent (``sent``), or it
+        is to be sent again now, its doubts cleared. False when it is not held."""
+        ...
 
     async def next_due_at(self) -> float | None:
         """When the earliest queued message becomes due, or ``None`` if none is queued."""
@@ -99,11 +123,18 @@ class OutboxStore(Protocol):
     async def list_messages(
         self, *, limit: int = 50, status: str | None = None
     ) -> list[StoredMessage]:
-        """Newest first; ``status`` is an outbox status (queued, sending, sent, failed) or a
-        provider's (delivered, undelivered, expired, rejected, unknown)."""
+        """Newest first; ``status`` is an outbox status (queued, sending, sent, failed,
+        ambiguous) or a provider's (delivered, undelivered, expired, rejected, unknown)."""
         ...
 
     async def message_events(self, message_id: int) -> list[dict[str, Any]]: ...
+
+    async def message_events_of(
+        self, message_ids: Sequence[int]
+    ) -> dict[int, list[dict[str, Any]]]:
+        """The status history of each of ``message_ids`` (oldest event first), in one query
+        (``messages --json`` lists hundreds)."""
+        ...
 
     async def queue_mail(self, mail: OutboundMail, now: float) -> None:
         """Queue a mail on its own (a v2 error reply, which has no sends)."""
@@ -259,4 +290,50 @@ class OutboxStore(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
     async def queue_stats(self, now: float) -> dict[str, float]: ...
+
+    # -- the operators' console and the admin API (see bridge.store.console) ---------------
+
+    async def search_messages(self, search: MessageFilter, *, limit: int = 50
+                              ) -> list[StoredMessage]:
+        """Messages matching ``search``, newest first."""
+        ...
+
+    async def message_trace(self, message_id: int) -> dict[str, Any] | None:
+        """A message with its mail (headers, capped raw mail), status history, delivery
+        reports, provider exchanges, the other messages of its mail and its bounce."""
+        ...
+
+    async def search_inbound(self, search: InboundFilter, *, limit: int = 50
+                             ) -> list[dict[str, Any]]: ...
+
+    async def inbound_detail(self, inbound_id: int) -> dict[str, Any] | None:
+        """An inbound SMS with its stored request and answer and its forwarding jobs."""
+        ...
+
+    async def list_forwards(self, *, status: str | None = None, before_id: int | None = None,
+                            limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def resolve_dead_letters(self, job_ids: Sequence[int]) -> int:
+        """Dead letters an operator dealt with: status ``resolved``, never sent again."""
+        ...
+
+    async def console_stats(self, now: float) -> dict[str, Any]:
+        """Message and forwarding counts now; sends and inbound SMS per minute over the
+        last hour (60 counts, oldest first)."""
+        ...
+
+    async def record_exchanges(self, exchanges: Sequence[ProviderExchange]) -> None: ...
+
+    async def record_upstream_outcomes(self, outcomes: dict[str, UpstreamOutcome]) -> None: ...
+
+    async def upstream_health(self) -> list[dict[str, Any]]: ...
+
+    async def prune_traces(self, before: float) -> int:
+        """Forget raw mails and provider exchanges older than ``before``."""
+        ...
+
+    async def record_audit(self, entry: AuditEntry) -> None: ...
+
+    async def list_audit(self, *, before_id: int | None = None, limit: int = 100
+                         ) -> list[dict[str, Any]]: ...
 

@@ -13,10 +13,12 @@ from typing import Any
 from bridge.models import (
     InboundMessage,
     InboundRecord,
+    SendOutcome,
     SendRequest,
     StoredMessage,
     StoredResponse,
 )
+from bridge.redact import redact_text
 
 FINAL_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
 
@@ -121,6 +123,32 @@ def settle_delivery(
     return overall, standing
 
 
+# What an outcome writes to the message's history: (event status, detail).
+_OUTCOME_EVENTS = {"sent": "sent", "queued": "retry", "failed": "failed",
+                   "ambiguous": "ambiguous", "sending": "fallback"}
+
+
+def outcome_event(outcome: SendOutcome) -> tuple[str, str | None]:
+    """The history entry of an outcome; error texts keep no secret (:func:`redact_text`)."""
+    if outcome.status not in _OUTCOME_EVENTS:
+        raise ValueError(f"unknown outcome status {outcome.status!r}")
+    if outcome.status == "sent":
+        return "sent", f"{outcome.upstream}: {', '.join(outcome.provider_ids)}"
+    return _OUTCOME_EVENTS[outcome.status], outcome_error(outcome)
+
+
+def outcome_error(outcome: SendOutcome) -> str | None:
+    return None if outcome.error is None else redact_text(outcome.error)
+
+
+def intent_summary(outcomes: Sequence[SendOutcome], recorded: Sequence[int]) -> str:
+    """How an intent ended, kept with it: each message's outcome status, or ``lost`` where
+    its claim no longer held (a newer holder decides)."""
+    kept = set(recorded)
+    return json.dumps({str(o.message_id): o.status if o.message_id in kept else "lost"
+                       for o in outcomes})
+
+
 def options_json(req: SendRequest) -> str:
     """The per-message options of a send request, as both engines store them."""
     return json.dumps({
@@ -151,8 +179,11 @@ MESSAGE_COLUMNS = (
     "m.next_attempt_at, m.upstream_used, m.delivery_status, ml.message_id"
 )
 # Claimed messages also bring their mail's stored header block, for a bounce (not listed:
-# the CLI shows messages, not mail headers).
-CLAIM_COLUMNS = MESSAGE_COLUMNS + ", ml.headers"
+# the CLI shows messages, not mail headers), and both bring the requests whose fate is
+# unknown (``maybe_sent``) and the claim's fencing token (``lease_epoch``).
+SEND_STATE_COLUMNS = "m.maybe_sent, m.lease_epoch"
+CLAIM_COLUMNS = MESSAGE_COLUMNS + ", ml.headers, " + SEND_STATE_COLUMNS
+LIST_COLUMNS = MESSAGE_COLUMNS + ", NULL, " + SEND_STATE_COLUMNS
 # ``status`` filters of list_messages that name a provider status rather than an outbox one.
 DELIVERY_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
 REPORT_KEYS = ("id", "source", "provider_id", "message_id", "status", "raw_status",
@@ -188,6 +219,8 @@ def row_to_message(row: Sequence[Any]) -> StoredMessage:
         mail_message_id=row[17],
         mail_headers=bytes(row[18] or b"").decode("utf-8", "surrogateescape")
         if len(row) > 18 else "",
+        maybe_sent=int(row[19]) if len(row) > 20 else 0,
+        lease_epoch=int(row[20]) if len(row) > 20 else 0,
     )
 
 

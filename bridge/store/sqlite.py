@@ -36,6 +36,8 @@ from bridge.models import (
     MailEnvelope,
     MessageStatus,
     OutboundMail,
+    SendIntent,
+    SendOutcome,
     SendRequest,
     StoredMessage,
     StoredResponse,
@@ -47,19 +49,23 @@ from bridge.store.common import (
     DELIVERY_STATUSES,
     FINAL_STATUSES,
     INBOUND_COLUMNS,
-    MESSAGE_COLUMNS,
+    LIST_COLUMNS,
     REPORT_COLUMNS,
     REPORT_KEYS,
     SCRIPT_COLUMNS,
     PartReport,
     inbound_content_hash,
+    intent_summary,
     options_json,
+    outcome_error,
+    outcome_event,
     report_time,
     row_to_inbound,
     row_to_message,
     row_to_script,
     settle_delivery,
 )
+from bridge.store.console_sqlite import SqliteConsoleQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -230,6 +236,75 @@ MIGRATIONS: list[str] = [
         WHERE message_id IS NOT NULL;
     ALTER TABLE inbound ADD COLUMN answer_until REAL;
     """,
+    # The operators' console: each mail as received (redacted, its first 64 KiB, kept for
+    # store.trace_retention_days), its full size and envelope recipients, the provider
+    # requests and answers of each send (one row per request, linked to every message it
+    # carried), each upstream's health, the operators' actions, and indexes for a search by
+    # phone and for the sends of the last hour.
+    """
+    ALTER TABLE mails ADD COLUMN raw BLOB;
+    ALTER TABLE mails ADD COLUMN rcpt_to TEXT;
+    ALTER TABLE mails ADD COLUMN raw_size INTEGER;
+    CREATE INDEX mails_raw_age ON mails(received_at) WHERE raw IS NOT NULL;
+    CREATE TABLE provider_exchanges (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        upstream TEXT NOT NULL,
+        method TEXT NOT NULL,
+        url TEXT NOT NULL,
+        request BLOB,
+        status INTEGER,
+        response BLOB,
+        error TEXT,
+        duration REAL
+    );
+    CREATE INDEX provider_exchanges_at ON provider_exchanges(at);
+    CREATE TABLE provider_exchange_messages (
+        message_id INTEGER NOT NULL,
+        exchange_id INTEGER NOT NULL,
+        PRIMARY KEY (message_id, exchange_id)
+    );
+    CREATE INDEX provider_exchange_messages_exchange ON provider_exchange_messages(exchange_id);
+    CREATE TABLE upstream_health (
+        upstream TEXT PRIMARY KEY,
+        last_success_at REAL,
+        last_error_at REAL,
+        last_error TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        paused_until REAL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        who TEXT NOT NULL,
+        via TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        remote TEXT NOT NULL
+    );
+    CREATE INDEX messages_phone ON messages(phone);
+    CREATE INDEX message_events_sent ON message_events(at) WHERE status = 'sent';
+    """,
+    # Every SMS sent once: each provider request is recorded as an intent before it is made
+    # (the messages and their claims' epochs, the request's fingerprint) and ended by its
+    # outcomes; a message counts its requests of unknown fate (maybe_sent) apart from its
+    # attempts, and each claim raises its fencing token (lease_epoch).
+    """
+    ALTER TABLE messages ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE send_intents (
+        id INTEGER PRIMARY KEY,
+        upstream TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        messages TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        outcome TEXT
+    );
+    CREATE INDEX send_intents_open ON send_intents(created_at) WHERE finished_at IS NULL;
+    """,
 ]
 
 
@@ -261,7 +336,7 @@ def _unavailable(exc: Exception) -> Exception:
     return exc
 
 
-class SqliteStore:
+class SqliteStore(SqliteConsoleQueries):
     """:class:`bridge.store.base.OutboxStore` on one SQLite file."""
 
     MAX_GROUP = 512
@@ -276,6 +351,7 @@ class SqliteStore:
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
         self._loop_conn: sqlite3.Connection | None = None
+        self.schema_change: tuple[int, int] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SqliteStore:
@@ -429,6 +505,7 @@ class SqliteStore:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
             conn.execute("COMMIT")
+            self.schema_change = (version, len(MIGRATIONS))
         except BaseException:
             conn.execute("ROLLBACK")
             conn.close()
@@ -490,10 +567,11 @@ class SqliteStore:
             if not fresh:
                 return EnqueueResult((), duplicate=True)
             mail_id = conn.execute(
-                "INSERT INTO mails (received_at, mail_from, message_id, peer, format, headers) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO mails (received_at, mail_from, message_id, peer, format, headers, "
+                "raw, raw_size, rcpt_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, envelope.mail_from, envelope.message_id, envelope.peer, envelope.format,
-                 envelope.headers),
+                 envelope.headers, envelope.raw or None, envelope.raw_size,
+                 json.dumps(envelope.recipients)),
             ).lastrowid
             ids: list[int] = []
             for key, requests in fresh:
@@ -554,9 +632,9 @@ class SqliteStore:
                     "  WHERE status = 'queued' AND next_attempt_at <= ?"
                     " UNION ALL"
                     " SELECT id, lease_until AS k FROM messages"
-                    "  WHERE status = 'sending' AND lease_until <= ?"
+                    "  WHERE status = 'sending' AND lease_until <= ? AND lease_owner IS NOT ?"
                     ") ORDER BY k, id LIMIT ?",
-                    (now, now, limit),
+                    (now, now, owner, limit),
                 )
             ]
             if not ids:
@@ -564,7 +642,7 @@ class SqliteStore:
             marks = ",".join("?" * len(ids))
             conn.execute(
                 f"UPDATE messages SET status = 'sending', lease_owner = ?, lease_until = ?, "
-                f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
+                f"lease_epoch = lease_epoch + 1, updated_at = ? WHERE id IN ({marks})",
                 (owner, now + lease_seconds, now, *ids),
             )
             rows = conn.execute(
@@ -597,104 +675,62 @@ class SqliteStore:
 
         return await self._call(op)
 
-    async def _finish(
-        self,
-        message_id: int,
-        owner: str,
-        sql: str,
-        params: tuple[Any, ...],
-        event: tuple[str, str | None],
-        now: float,
-        mail: OutboundMail | None = None,
-        also: Callable[[sqlite3.Connection], None] | None = None,
-    ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                f"UPDATE messages SET {sql}, lease_owner = NULL, lease_until = NULL, "
-                "updated_at = ? WHERE id = ? AND status = 'sending' AND lease_owner = ?",
-                (*params, now, message_id, owner),
-            )
-            if cursor.rowcount == 0:
-                log.warning("message %s: lease lost before its result was recorded", message_id)
-                return
+    async def renew_leases(self, owner: str, now: float, lease_seconds: float) -> int:
+        return await self._call(lambda conn: conn.execute(
+            "UPDATE messages SET lease_until = ? WHERE status = 'sending' AND lease_owner = ?",
+            (now + lease_seconds, owner)).rowcount)
+
+    async def record_intent(
+        self, owner: str, upstream: str, leases: Sequence[tuple[int, int]],
+        fingerprint: str, now: float,
+    ) -> SendIntent | None:
+        def op(conn: sqlite3.Connection) -> SendIntent | None:
+            held = [(message_id, epoch) for message_id, epoch in leases if conn.execute(
+                "UPDATE messages SET maybe_sent = maybe_sent + 1, updated_at = ? "
+                f"{_HELD}", (now, message_id, owner, epoch)).rowcount]
+            if not held:
+                return None
+            intent_id = conn.execute(
+                "INSERT INTO send_intents (upstream, owner, fingerprint, messages, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (upstream, owner, fingerprint, json.dumps(held), now)).lastrowid
+            assert intent_id is not None
+            return SendIntent(intent_id, tuple(message_id for message_id, _ in held))
+
+        return await self._call(op)
+
+    async def record_outcomes(
+        self, owner: str, intent_id: int | None, outcomes: Sequence[SendOutcome], now: float,
+    ) -> list[int]:
+        def op(conn: sqlite3.Connection) -> list[int]:
+            recorded = [o.message_id for o in outcomes
+                        if _record_outcome(conn, owner, o, now, requested=intent_id is not None)]
+            if intent_id is not None:
+                conn.execute(
+                    "UPDATE send_intents SET finished_at = ?, outcome = ? WHERE id = ?",
+                    (now, intent_summary(outcomes, recorded), intent_id))
+            return recorded
+
+        return await self._call(op)
+
+    async def resolve_ambiguous(self, message_id: int, *, sent: bool, now: float) -> bool:
+        if sent:
+            change, detail = "status = 'sent'", "sent (by the operator)"
+        else:
+            change = "status = 'queued', next_attempt_at = ?, maybe_sent = 0"
+            detail = "to be sent again (by the operator)"
+
+        def op(conn: sqlite3.Connection) -> bool:
+            params: tuple[Any, ...] = (now, message_id) if sent else (now, now, message_id)
+            if not conn.execute(f"UPDATE messages SET {change}, updated_at = ? "
+                                "WHERE id = ? AND status = 'ambiguous'", params).rowcount:
+                return False
             conn.execute(
                 "INSERT INTO message_events (message_id, at, status, detail) VALUES (?,?,?,?)",
-                (message_id, now, *event),
-            )
-            if mail is not None:
-                self._insert_mail(conn, mail, now)
-            if also is not None:
-                also(conn)
+                (message_id, now, "resolved", detail))
+            return True
 
-        await self._call(op)
-
-    async def mark_sent(
-        self,
-        message_id: int,
-        owner: str,
-        upstream: str,
-        upstream_ids: Sequence[str],
-        now: float,
-        poll_at: float | None = None,
-    ) -> None:
-        def index_ids(conn: sqlite3.Connection) -> None:
-            # Delivery reports name the provider's id; this finds the message from it.
-            conn.executemany(
-                "INSERT OR REPLACE INTO provider_ids (provider_id, message_id) VALUES (?, ?)",
-                [(provider_id, message_id) for provider_id in upstream_ids],
-            )
-            # A provider may report before its send reply was recorded here: such reports
-            # were kept unmatched, and are applied now, in the order they came.
-            marks = ",".join("?" * len(upstream_ids))
-            early = conn.execute(
-                "SELECT id, provider_id, status, raw_status, error_code, received_at "
-                f"FROM delivery_reports WHERE message_id IS NULL AND provider_id IN ({marks}) "
-                "ORDER BY id",
-                list(upstream_ids),
-            ).fetchall() if upstream_ids else []
-            for report_id, provider_id, status, raw_status, error_code, received_at in early:
-                conn.execute("UPDATE delivery_reports SET message_id = ? WHERE id = ?",
-                             (message_id, report_id))
-                _apply_report(conn, message_id, report_id, provider_id, status, raw_status,
-                              error_code, received_at)
-
-        await self._finish(
-            message_id,
-            owner,
-            "status = 'sent', upstream_used = ?, upstream_ids = ?, last_error = NULL, "
-            "next_poll_at = ?",
-            (upstream, json.dumps(list(upstream_ids)), poll_at if upstream_ids else None),
-            (MessageStatus.SENT.value, f"{upstream}: {', '.join(upstream_ids)}"),
-            now,
-            also=index_ids,
-        )
-
-    async def schedule_retry(
-        self, message_id: int, owner: str, error: str, next_attempt_at: float, now: float
-    ) -> None:
-        error = redact_text(error)  # stored error texts keep no secret
-        await self._finish(
-            message_id,
-            owner,
-            "status = 'queued', next_attempt_at = ?, last_error = ?",
-            (next_attempt_at, error),
-            ("retry", error),
-            now,
-        )
-
-    async def mark_failed(
-        self, message_id: int, owner: str, error: str, now: float, bounce: OutboundMail | None
-    ) -> None:
-        error = redact_text(error)
-        await self._finish(
-            message_id,
-            owner,
-            "status = 'failed', last_error = ?",
-            (error,),
-            (MessageStatus.FAILED.value, error),
-            now,
-            bounce,
-        )
+        return await self._call(op)
 
     async def next_due_at(self) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
@@ -714,7 +750,7 @@ class SqliteStore:
             column = "m.delivery_status" if status in DELIVERY_STATUSES else "m.status"
             where, params = (f"WHERE {column} = ?", [status]) if status else ("", [])
             rows = conn.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN mails ml "
+                f"SELECT {LIST_COLUMNS} FROM messages m LEFT JOIN mails ml "
                 f"ON ml.id = m.mail_id {where} ORDER BY m.id DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()
@@ -729,6 +765,24 @@ class SqliteStore:
                 (message_id,),
             ).fetchall()
             return [{"at": r[0], "status": r[1], "detail": r[2]} for r in rows]
+
+        return await self._read(op)
+
+    async def message_events_of(
+        self, message_ids: Sequence[int]
+    ) -> dict[int, list[dict[str, Any]]]:
+        def op(conn: sqlite3.Connection) -> dict[int, list[dict[str, Any]]]:
+            # The ids as one JSON array: a listing may name more messages than SQLite
+            # takes parameters in one statement.
+            rows = conn.execute(
+                "SELECT message_id, at, status, detail FROM message_events "
+                "WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, id",
+                (json.dumps(list(message_ids)),),
+            ).fetchall()
+            events: dict[int, list[dict[str, Any]]] = {}
+            for r in rows:
+                events.setdefault(r[0], []).append({"at": r[1], "status": r[2], "detail": r[3]})
+            return events
 
         return await self._read(op)
 
@@ -1285,6 +1339,78 @@ class SqliteStore:
         return await self._read(op)
 
 
+
+
+# The claim an outcome (or an intent) names must still hold: the row is sending, leased to
+# this owner, under the same epoch. A process whose lease was taken over (it stalled, or
+# lost the store for longer than the lease) cannot overwrite the new holder's result.
+_HELD = "WHERE id = ? AND status = 'sending' AND lease_owner = ? AND lease_epoch = ?"
+
+# What each outcome status sets, besides the counters and the lease.
+_OUTCOME_SET = {
+    "sent": "status = 'sent', upstream_used = ?, upstream_ids = ?, last_error = NULL, "
+            "next_poll_at = ?",
+    "queued": "status = 'queued', next_attempt_at = ?, last_error = ?",
+    "failed": "status = 'failed', last_error = ?",
+    "ambiguous": "status = 'ambiguous', last_error = ?",
+    "sending": "last_error = ?",  # the claim goes on with the next upstream
+}
+
+
+def _record_outcome(conn: sqlite3.Connection, owner: str, outcome: SendOutcome, now: float,
+                    *, requested: bool) -> bool:
+    """One message's outcome, if its claim still holds (see ``record_outcomes``)."""
+    event, detail = outcome_event(outcome)
+    error = outcome_error(outcome)
+    params: tuple[Any, ...]
+    if outcome.status == "sent":
+        ids = list(outcome.provider_ids)
+        params = (outcome.upstream, json.dumps(ids), outcome.poll_at if ids else None)
+    elif outcome.status == "queued":
+        params = (outcome.next_attempt_at, error)
+    else:
+        params = (error,)
+    lease = "" if outcome.status == "sending" else ", lease_owner = NULL, lease_until = NULL"
+    if not conn.execute(
+            f"UPDATE messages SET {_OUTCOME_SET[outcome.status]}{lease}, "
+            "attempts = attempts + ?, maybe_sent = max(0, maybe_sent - ?), updated_at = ? "
+            + _HELD,
+            (*params, int(requested), int(requested and not outcome.unknown), now,
+             outcome.message_id, owner, outcome.lease_epoch)).rowcount:
+        log.warning("message %s: lease lost before its result was recorded",
+                    outcome.message_id)
+        return False
+    conn.execute(
+        "INSERT INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
+        (outcome.message_id, now, event, detail))
+    if outcome.mail is not None:
+        SqliteStore._insert_mail(conn, outcome.mail, now)
+    if outcome.status == "sent" and outcome.provider_ids:
+        _index_provider_ids(conn, outcome.message_id, outcome.provider_ids)
+    return True
+
+
+def _index_provider_ids(conn: sqlite3.Connection, message_id: int,
+                        provider_ids: Sequence[str]) -> None:
+    # Delivery reports name the provider's id; this finds the message from it.
+    conn.executemany(
+        "INSERT OR REPLACE INTO provider_ids (provider_id, message_id) VALUES (?, ?)",
+        [(provider_id, message_id) for provider_id in provider_ids],
+    )
+    # A provider may report before its send reply was recorded here: such reports were kept
+    # unmatched, and are applied now, in the order they came.
+    marks = ",".join("?" * len(provider_ids))
+    early = conn.execute(
+        "SELECT id, provider_id, status, raw_status, error_code, received_at "
+        f"FROM delivery_reports WHERE message_id IS NULL AND provider_id IN ({marks}) "
+        "ORDER BY id",
+        list(provider_ids),
+    ).fetchall()
+    for report_id, provider_id, status, raw_status, error_code, received_at in early:
+        conn.execute("UPDATE delivery_reports SET message_id = ? WHERE id = ?",
+                     (message_id, report_id))
+        _apply_report(conn, message_id, report_id, provider_id, status, raw_status,
+                      error_code, received_at)
 
 
 def _apply_report(conn: sqlite3.Connection, message_id: int, report_id: int,

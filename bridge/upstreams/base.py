@@ -27,7 +27,7 @@ class OutboundSms:
 
     message_id: int
     idempotency_key: str  # unique per message and bridge; constant across retries
-    attempt: int  # 1 for the first try
+    attempt: int  # 1 for the first try: the tries that ended (a provider answered) + 1
     phone: str
     text: str
     encoding: str  # "gsm7" or "ucs2"
@@ -37,6 +37,17 @@ class OutboundSms:
     validity: int | None = None
     transliterate: bool = False
     two_byte_concat: bool = False
+    # Earlier requests of this SMS whose fate is unknown: a process died with one in flight,
+    # or one ended in an ambiguous failure (timeout, HTTP 5xx, dropped connection). While it
+    # is 0 no earlier request can have been taken, whatever ``attempt`` says: no lookup is
+    # needed, and a "duplicate" answer cannot mean "accepted before".
+    maybe_sent: int = 0
+
+    @property
+    def host_turn(self) -> int:
+        """Which host comes first (:meth:`HttpUpstream.request`): the primary while no
+        earlier request may have been taken there, then the other one after each such."""
+        return self.maybe_sent + 1
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,13 @@ class Upstream(Protocol):
     async def send(self, sms: OutboundSms) -> SendReceipt: ...
 
     async def aclose(self) -> None: ...
+
+
+def finds_earlier_sends(upstream: Upstream) -> bool:
+    """Whether ``upstream``, given an SMS with ``maybe_sent``, first asks the provider by the
+    client id the earlier request carried and sends only if the provider does not know it
+    (:attr:`HttpUpstream.finds_earlier_sends`; upstreams of other kinds do not)."""
+    return bool(getattr(upstream, "finds_earlier_sends", False))
 
 
 def provider_client() -> httpx.AsyncClient:
@@ -162,6 +180,9 @@ class HttpUpstream:
 
     kind: ClassVar[str] = ""
     idempotent: ClassVar[bool] = False
+    # True when a send with ``maybe_sent`` first looks the SMS up by the client id the
+    # earlier request carried, and sends only if the provider does not know it.
+    finds_earlier_sends: ClassVar[bool] = False
     required: ClassVar[tuple[str, ...]] = ()
     #: The most of one answer read (on the wire and decoded). Providers' largest answers are
     #: lists: 1000 inbound messages or statuses of a page take well under 1 MiB.
@@ -179,6 +200,8 @@ class HttpUpstream:
                 raise ValueError(f"upstreams.{name}.{key} is required for kind {cls.kind!r}")
 
     def _hosts(self, attempt: int) -> list[str]:
+        """The hosts in the order to try; ``attempt`` is the turn (a send passes
+        :attr:`OutboundSms.host_turn`): on an even one the backup comes first."""
         assert self.settings.base_url is not None
         hosts = [self.settings.base_url.rstrip("/")]
         if self.settings.backup_url:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -78,11 +77,6 @@ PERMANENT_CODES = frozenset({
 })
 # l. 1319: "all other statuses not listed in the tables are internal errors of the platform"
 # — so a code in neither set is treated as transient (see ``error_for_code``).
-
-# How many idempotency keys an upstream instance remembers as "the last attempt surely sent
-# nothing" (see ``KcellUpstream._skip_lookup``). A key forgotten (or unknown after a restart)
-# only costs one DR lookup more.
-NOTHING_SENT_MEMORY = 10_000
 
 # Table 5 (l. 833-841, 885-911): field limits.
 MAX_EXTRA_ID = 64
@@ -287,27 +281,23 @@ class KcellUpstream(HttpUpstream):
     by ``/dr/{message_id}/simple`` (BatchSending, StatusPolling).
 
     ``extra_id`` carries the message's idempotency key. The spec promises no deduplication on
-    it, so ``idempotent`` is False; but a retry (``attempt > 1``) first asks
-    ``/dr/external/{extra_id}/simple`` whether an earlier attempt was accepted, and if so
+    it, so ``idempotent`` is False; but a send whose earlier request may have been taken
+    (``maybe_sent``: a process died with it in flight, or it ended in an ambiguous failure)
+    first asks ``/dr/external/{extra_id}/simple`` whether the platform knows it, and if so
     returns its ``message_id`` without sending again. This narrows, but cannot close, the
-    window for a duplicate after an ambiguous failure. HTTP 404 to that lookup means the
-    platform does not know the message: it is sent.
+    window for a duplicate (a platform that lists the message only later). HTTP 404 to that
+    lookup means the platform does not know the message: it is sent.
 
-    The lookup is skipped when this instance saw the previous attempt of the same message fail
-    in a way that surely sent nothing (HTTP 429, a refusal with a table 11 code, a connection
-    that could not be opened). Whatever this instance did not see itself (an attempt made
-    before a restart, or by another process) is looked up.
+    While ``maybe_sent`` is 0 (every earlier request surely sent nothing: HTTP 429, a refusal
+    with a table 11 code, a connection that could not be opened) no lookup is made. The count
+    is the store's, so it holds across restarts and processes.
     """
 
     kind: ClassVar[str] = "kcell"
     idempotent: ClassVar[bool] = False
+    finds_earlier_sends: ClassVar[bool] = True
     required: ClassVar[tuple[str, ...]] = ("login", "password", "client_id")
     max_batch: int = MAX_BATCH
-
-    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
-        super().__init__(name, settings, client)
-        # Idempotency keys whose last send failed without sending anything; oldest first.
-        self._nothing_sent: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     def validate(cls, name: str, settings: UpstreamSettings) -> None:
@@ -391,35 +381,14 @@ class KcellUpstream(HttpUpstream):
         )
         return response, _json(response)
 
-    def _remember_failure(self, sms: OutboundSms, error: UpstreamError) -> None:
-        """After a failed send request: whether its retry may skip the lookup. Only a transient
-        failure is retried, and only one that surely sent nothing lets the retry skip it."""
-        key = sms.idempotency_key
-        if isinstance(error, TransientUpstreamError) and not error.ambiguous:
-            self._nothing_sent[key] = None
-            self._nothing_sent.move_to_end(key)
-            while len(self._nothing_sent) > NOTHING_SENT_MEMORY:
-                self._nothing_sent.popitem(last=False)
-        else:
-            self._nothing_sent.pop(key, None)
-
-    def _skip_lookup(self, sms: OutboundSms) -> bool:
-        """True when this instance saw the last attempt of ``sms`` send nothing. The key is
-        forgotten here: the attempt now being made decides afresh."""
-        try:
-            del self._nothing_sent[sms.idempotency_key]
-        except KeyError:
-            return False
-        return True
-
     async def _earlier_attempt(self, sms: OutboundSms) -> SendReceipt | None:
-        """On a retry: the ``message_id`` an earlier attempt got, found by ``extra_id``
-        (4.1, l. 608-612); None when the platform does not know it, or when the previous
-        attempt surely sent nothing (no lookup then)."""
-        if sms.attempt <= 1 or self._skip_lookup(sms):
+        """When an earlier request may have been taken (``maybe_sent``): the ``message_id``
+        it got, found by ``extra_id`` (4.1, l. 608-612); None when the platform does not
+        know it, or when no earlier request can have been taken (no lookup then)."""
+        if sms.maybe_sent == 0:
             return None
         extra_id = quote(extra_id_for(sms.idempotency_key), safe="")
-        report = await self._dr(sms.attempt, f"/dr/external/{extra_id}/simple")
+        report = await self._dr(sms.host_turn, f"/dr/external/{extra_id}/simple")
         if report is None or not report.get("message_id"):
             return None
         return SendReceipt((str(report["message_id"]),),
@@ -434,13 +403,8 @@ class KcellUpstream(HttpUpstream):
         earlier = await self._earlier_attempt(sms)
         if earlier is not None:
             return earlier
-        try:
-            response, data = await self._post(sms.attempt, "/json2/simple",
-                                              self.simple_body(sms))
-            self._raise_for_error(response, data)
-        except UpstreamError as exc:
-            self._remember_failure(sms, exc)
-            raise
+        response, data = await self._post(sms.host_turn, "/json2/simple", self.simple_body(sms))
+        self._raise_for_error(response, data)
         message_id = data.get("message_id") if isinstance(data, dict) else None
         if not isinstance(message_id, str) or not message_id.strip():
             raise TransientUpstreamError(f"{self.name}: reply without message_id", "malformed",
@@ -494,8 +458,6 @@ class KcellUpstream(HttpUpstream):
                 outcomes = [exc] * len(group)
             for index, outcome in zip(indexes, outcomes, strict=True):
                 results[index] = outcome
-                if isinstance(outcome, UpstreamError):
-                    self._remember_failure(batch[index], outcome)
         if failures and len(failures) == len(groups) and all(
                 isinstance(r, UpstreamError) for r in results):
             raise failures[0]
@@ -503,8 +465,8 @@ class KcellUpstream(HttpUpstream):
                 for r in results]
 
     async def _send_group(self, group: Sequence[OutboundSms]) -> list[SendReceipt | UpstreamError]:
-        attempt = max(sms.attempt for sms in group)
-        response, data = await self._post(attempt, "/json2/batch/sync", self.batch_body(group))
+        turn = max(sms.host_turn for sms in group)
+        response, data = await self._post(turn, "/json2/batch/sync", self.batch_body(group))
         self._raise_for_error(response, data)
         entries = data.get("messages") if isinstance(data, dict) else None
         if not isinstance(entries, list):

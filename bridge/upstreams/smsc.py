@@ -24,8 +24,11 @@ script, so statuses are asked for only where the operator configures one (``stat
 &phone=&id=&fmt=3`` → ``{"status": N, "err": E, "last_date": …}``, or for several messages
 (comma-separated ``phone`` and ``id`` lists) a JSON array of such objects carrying ``phone`` and
 ``id``. Without ``status_url`` SMSC sends have no provider status and no status request is ever
-made; with it, a retry of a single SMS first asks whether the first attempt's client id
-arrived, so that an ambiguous failure is not followed by a second copy.
+made; with it, a resend of a single SMS whose earlier request may have been taken
+(``maybe_sent``) first asks whether that request's client id arrived, which narrows the
+chance of a second copy. (A batch's client id is the whole request's, so a message sent in
+a batch is not found this way: the account's ``ambiguous`` policy still decides whether it
+may be resent.)
 
 Errors arrive in HTTP 200 bodies. Two codes punish careless clients: 4, "IP-адрес временно
 заблокирован" (the caller's IP is blocked after frequent errors, for every account behind it),
@@ -380,7 +383,7 @@ class SmscUpstream(HttpUpstream):
         ``phone:id`` for each phone."""
         sms_id = client_id([sms.idempotency_key for sms in group])
         body = await self._exchange(
-            max(sms.attempt for sms in group),
+            max(sms.host_turn for sms in group),
             "POST",
             SEND_PATH,
             content=self.form(group, sms_id),
@@ -400,14 +403,14 @@ class SmscUpstream(HttpUpstream):
     async def send_batch(self, batch: Sequence[OutboundSms]) -> list[SendReceipt | UpstreamError]:
         """Messages sharing text, sender, validity and options go in one request with several
         phones (each phone once per request; the single returned id becomes ``phone:id`` for
-        each). Retries (``attempt`` > 1) go one by one through :meth:`send`. A failure of the
+        each). Resends (``maybe_sent``) go one by one through :meth:`send`. A failure of the
         only request is raised; with several requests it is the result of its messages, and
         after a transient failure the remaining requests are not made (their messages get a
         non-ambiguous transient error: nothing was sent for them)."""
         groups: list[list[int]] = []
         open_groups: dict[tuple[Any, ...], list[int]] = {}
         for index, sms in enumerate(batch):
-            if sms.attempt > 1:
+            if sms.maybe_sent:
                 groups.append([index])
                 continue
             key = _group_key(sms)
@@ -424,7 +427,7 @@ class SmscUpstream(HttpUpstream):
                 if stop is not None:
                     raise TransientUpstreamError(f"{self.name}: not tried after: {stop.text}",
                                                  stop.code, retry_after=stop.retry_after)
-                if len(messages) == 1 and messages[0].attempt > 1:
+                if len(messages) == 1 and messages[0].maybe_sent:
                     receipts = [await self.send(messages[0])]
                 else:
                     receipts = await self._send_group(messages)
@@ -443,8 +446,9 @@ class SmscUpstream(HttpUpstream):
 
 class SmscStatusUpstream(SmscUpstream):
     """SMSC with the status script the operator configured (``status_url``): statuses are
-    polled (StatusPolling), and a retry of a single SMS first asks whether the first attempt's
-    client id arrived. :class:`SmscUpstream` gives this class when ``status_url`` is set."""
+    polled (StatusPolling), and a resend of a single SMS whose earlier request may have been
+    taken (``maybe_sent``) first asks whether that request's client id arrived.
+    :class:`SmscUpstream` gives this class when ``status_url`` is set."""
 
     def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
@@ -457,11 +461,11 @@ class SmscStatusUpstream(SmscUpstream):
         self._status_path = urlunsplit(("", "", url.path or "/", url.query, ""))
 
     async def _accepted_earlier(self, sms: OutboundSms) -> SendReceipt | None:
-        """On a retry: did the first attempt's request arrive (the status script knows its
-        client id)?"""
+        """On a resend: did the earlier request arrive (the status script knows its client
+        id)?"""
         provider_id = f"{sms.phone}:{client_id([sms.idempotency_key])}"
         try:
-            reports = await self._poll_chunk(sms.attempt, [provider_id])
+            reports = await self._poll_chunk(sms.host_turn, [provider_id])
         except PermanentUpstreamError as exc:
             if exc.code == AUTH_CODE:
                 raise
@@ -472,7 +476,7 @@ class SmscStatusUpstream(SmscUpstream):
         return None
 
     async def send(self, sms: OutboundSms) -> SendReceipt:
-        if sms.attempt > 1:
+        if sms.maybe_sent:
             earlier = await self._accepted_earlier(sms)
             if earlier is not None:
                 return earlier

@@ -301,8 +301,10 @@ def rus_for(text: str) -> str:
 class SmsTrafficV1Upstream(HttpUpstream):
     """HTTP API v1: ``POST /multi.php`` form, XML reply (002 line 794).
 
-    No idempotency key exists in v1: after an ambiguous failure (5xx, timeout after the
-    request was written) a retry may send a second copy. Use v2 where that matters.
+    No idempotency key exists in v1, and no lookup by a client id: after an ambiguous failure
+    (5xx, timeout after the request was written) or a crash mid-request, the account's
+    ``ambiguous`` policy decides whether the SMS is sent again (at most one extra copy) or
+    held (none). Use v2 where that matters.
     """
 
     kind: ClassVar[str] = "smstraffic_v1"
@@ -385,7 +387,7 @@ class SmsTrafficV1Upstream(HttpUpstream):
         return TransientUpstreamError(f"{self.name}: {exc}", "malformed", ambiguous=ambiguous)
 
     async def send(self, sms: OutboundSms) -> SendReceipt:
-        body = await self._post(sms.attempt, self.form(sms))
+        body = await self._post(sms.host_turn, self.form(sms))
         try:
             code, description, infos = parse_v1_reply(body)
         except ValueError as exc:
@@ -423,7 +425,7 @@ class SmsTrafficV1Upstream(HttpUpstream):
     async def _send_group(self, group: list[OutboundSms]) -> list[SendReceipt | UpstreamError]:
         if len(group) == 1:
             return [await self.send(group[0])]
-        body = await self._post(max(sms.attempt for sms in group), self.batch_form(group))
+        body = await self._post(max(sms.host_turn for sms in group), self.batch_form(group))
         try:
             code, description, _ = parse_v1_reply(body)
             parts = parse_v1_push_ids(body)
@@ -612,10 +614,13 @@ class SmsTrafficV2Upstream(HttpUpstream):
     ``/v2/statuses/list`` (line 314), which is how a retry learns the provider's id of an SMS
     whose answer was lost:
 
-    * a retry within the hour sends again; a 105 answer means an earlier attempt was
-      accepted, and the ids are looked up by ``trackingData`` — never sent again;
-    * a retry later than that, or one whose first attempt this process did not see (a
+    * a resend (``maybe_sent``: an earlier request may have been taken) within the hour sends
+      again; a 105 answer means an earlier request was accepted, and the ids are looked up
+      by ``trackingData`` — never sent again;
+    * a resend later than that, or one whose earlier request this process did not see (a
       restart, another instance), looks up first and sends only if nothing is listed.
+    * while ``maybe_sent`` is 0 nothing earlier can have been taken: no lookup, and a 105
+      is an error like any other.
 
     No BatchSending: ``restrictiveId`` belongs to the whole request, so a batch retried after
     a partial change (one message dropped or added) would be a new request and could send its
@@ -624,6 +629,7 @@ class SmsTrafficV2Upstream(HttpUpstream):
 
     kind: ClassVar[str] = "smstraffic_v2"
     idempotent: ClassVar[bool] = True
+    finds_earlier_sends: ClassVar[bool] = True
     required: ClassVar[tuple[str, ...]] = ("api_key",)
     # Seconds after a first attempt during which a retry relies on restrictiveId.
     restrictive_safe: ClassVar[float] = RESTRICTIVE_SAFE
@@ -674,12 +680,12 @@ class SmsTrafficV2Upstream(HttpUpstream):
     def _must_look_up(self, sms: OutboundSms, tried: _Tried | None) -> bool:
         """Whether the provider may take this request as new although an earlier attempt
         was accepted: its restrictiveId window may be over, or this process cannot tell."""
-        if sms.attempt == 1:
-            return False
-        if tried is None or tried.refused:
-            return True  # attempts this process did not see (a restart, another instance)
-        if tried.first is None:
-            return False  # every earlier attempt surely sent nothing
+        if sms.maybe_sent == 0:
+            return False  # no earlier request can have been taken
+        if tried is None or tried.refused or tried.first is None:
+            # The doubt comes from a request this process did not see (a restart, another
+            # instance), or one was accepted already: its time is unknown, so ask.
+            return True
         return self.clock() - tried.first >= self.restrictive_safe
 
     async def send(self, sms: OutboundSms) -> SendReceipt:
@@ -701,7 +707,7 @@ class SmsTrafficV2Upstream(HttpUpstream):
         started = self.clock()
         try:
             response = await self.request(
-                sms.attempt,
+                sms.host_turn,
                 "POST",
                 "/v2/send",
                 json=self.body(sms),
@@ -722,10 +728,11 @@ class SmsTrafficV2Upstream(HttpUpstream):
             code = int(error.get("code", 0) or 0)
             text = str(error.get("message", ""))
             # 105 means "restrictiveId duplicate" in the code table (line 1988) and "Invalid
-            # request format" in an example (line 296-306). On a retry of a well-formed
-            # request it can only be the former: an earlier attempt was accepted. Its ids
-            # are looked up by trackingData; it is never sent again.
-            if code == 105 and sms.attempt > 1:
+            # request format" in an example (line 296-306). On a resend of a well-formed
+            # request that may have been taken before it can only be the former: an earlier
+            # request was accepted. Its ids are looked up by trackingData; it is never sent
+            # again.
+            if code == 105 and sms.maybe_sent > 0:
                 return await self._accepted_earlier(mark, started)
             self._remember(mark, started, reached=False)  # refused: nothing was sent
             raise error_for_code(code, text, upstream=self.name)
