@@ -50,6 +50,15 @@ NUMBER: Schema = {"type": "number"}
 BOOLEAN: Schema = {"type": "boolean"}
 TIME: Schema = {"type": "number", "description": "Unix time, seconds"}
 
+FORWARD: dict[str, Schema] = {
+    "id": INTEGER, "inbound_id": INTEGER, "kind": {"type": "string",
+                                                   "enum": ["email", "webhook"]},
+    "target": STRING, "status": {"type": "string", "enum": [
+        "queued", "sending", "delivered", "dead", "resolved"]},
+    "attempts": INTEGER, "last_error": nullable(STRING), "created_at": TIME,
+    "next_attempt_at": NUMBER, "deadline": NUMBER, "phone": STRING, "source": STRING,
+}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": obj({"error": STRING, "field": STRING}, optional=("field",)),
     "Message": obj({
@@ -112,14 +121,20 @@ SCHEMAS: dict[str, Schema] = {
         "script_error": nullable(STRING), "received_at": TIME, "forwards": INTEGER,
         "delivered": INTEGER, "dead": INTEGER}),
     "InboundList": obj({"inbound": array(ref("Inbound")), "next_before": nullable(INTEGER)}),
-    "Forward": obj({
-        "id": INTEGER, "inbound_id": INTEGER, "kind": {"type": "string",
-                                                       "enum": ["email", "webhook"]},
-        "target": STRING, "status": {"type": "string", "enum": [
-            "queued", "sending", "delivered", "dead", "resolved"]},
-        "attempts": INTEGER, "last_error": nullable(STRING), "created_at": TIME,
-        "next_attempt_at": NUMBER, "deadline": NUMBER, "phone": STRING, "source": STRING,
-    }, optional=("phone", "source")),
+    "Forward": obj(FORWARD, optional=("phone", "source")),
+    "Attempt": obj({
+        "at": TIME,
+        "outcome": {"type": "string", "enum": ["delivered", "retry", "dead"]},
+        "detail": {"type": "string", "description":
+                   "What the target answered: `HTTP 500: ` and the first 512 bytes of a "
+                   "webhook's body, `SMTP 550 5.1.1 ...` for a mail; else the error. "
+                   "Credentials masked."}},
+        description="One attempt of a forward."),
+    "ForwardWithAttempts": obj({
+        **FORWARD, "attempt_history": {**array(ref("Attempt")), "description":
+                                       "Its attempts, oldest first: the last 50, kept for "
+                                       "store.trace_retention_days."}},
+        optional=("phone", "source")),
     "ForwardList": obj({"forwards": array(ref("Forward")), "next_before": nullable(INTEGER)}),
     "InboundDetail": obj({
         "id": INTEGER, "source": STRING, "kind": STRING, "sms_id": nullable(STRING),
@@ -130,7 +145,7 @@ SCHEMAS: dict[str, Schema] = {
                     "The provider's parameters as received, secret parameters masked."},
         "response": nullable(obj({"status": INTEGER, "content_type": STRING,
                                   "body": STRING})),
-        "forwards": array(ref("Forward"))}),
+        "forwards": array(ref("ForwardWithAttempts"))}),
     "Stats": obj({
         "at": TIME,
         "messages": obj({k: INTEGER for k in (*OUTBOX_STATUSES, "unknown")}),
@@ -280,8 +295,9 @@ def document() -> Schema:
             "Search inbound SMS", {ok: json_body("InboundList", "Newest first.")},
             parameters=inbound_search, errors=("400", "401", "404"), tag="inbound")},
         "/inbound/{inbound_id}": {"get": operation(
-            "One inbound SMS with its forwards",
-            {ok: json_body("InboundDetail", "The SMS, its answer and forwards.")},
+            "One inbound SMS with its forwards and their attempts",
+            {ok: json_body("InboundDetail", "The SMS, its answer, and its forwards with "
+                                            "their attempts.")},
             parameters=[path_id("inbound_id")], tag="inbound")},
         "/forwards": {"get": operation(
             "Forwarding jobs", {ok: json_body("ForwardList", "Newest first.")},

@@ -260,7 +260,9 @@ def inbound_detail_json(row: dict[str, Any]) -> dict[str, Any]:
         "response": None if row["response_status"] is None else {
             "status": row["response_status"], "content_type": row["response_type"],
             "body": text_of(body) or ""},
-        "forwards": [forward_json(f) for f in row["forwards"]],
+        "forwards": [{**forward_json(f), "attempt_history": [
+            {"at": a["at"], "outcome": a["outcome"], "detail": a["detail"]}
+            for a in f["attempt_history"]]} for f in row["forwards"]],
     }
 
 

@@ -197,9 +197,11 @@ def _status_report(settings: MailSettings, hostname: str, message: StoredMessage
 
 async def send_via_smarthost(
     settings: MailSettings, to: str, content: bytes, *, sender: str = ""
-) -> None:
-    """One mail through the configured smarthost. The default null reverse-path means a
-    bounce, a reply or a forwarded SMS can never bounce back to the bridge (RFC 5321)."""
+) -> aiosmtplib.SMTPResponse:
+    """One mail through the configured smarthost; the smarthost's reply to the data (RFC
+    5321 §4.1.1.4: the reply that says the mail was taken). The default null reverse-path
+    means a bounce, a reply or a forwarded SMS can never bounce back to the bridge (RFC
+    5321)."""
     if settings.smarthost is None:
         raise aiosmtplib.SMTPException("no smarthost configured ([mail] smarthost)")
     password = settings.password.get_secret_value() if settings.password else None
@@ -221,7 +223,7 @@ async def send_via_smarthost(
             await client.rcpt(to)
         # aiosmtplib's timeout is per read or write: the whole DATA phase gets one deadline.
         async with asyncio.timeout(settings.timeout):
-            await client.data(content, timeout=settings.timeout)
+            taken = await client.data(content, timeout=settings.timeout)
     except BaseException:
         client.close()
         raise
@@ -230,6 +232,7 @@ async def send_via_smarthost(
         async with asyncio.timeout(settings.command_timeout):
             await client.quit()
     client.close()
+    return taken
 
 
 def is_permanent_smtp_error(exc: BaseException) -> bool:

@@ -18,6 +18,10 @@ What can never succeed is a dead letter at once: a 5yz SMTP reply at any stage, 
 egress guard refuses, a target no longer configured, and HTTP 410 Gone, which also disables
 the webhook (as Standard Webhooks senders do) until ``sms-bridge enable-target NAME``.
 
+Each attempt's outcome is recorded with what the target answered (the webhook's HTTP status
+and the start of its body, the smarthost's SMTP reply) or the error, for the operators'
+console.
+
 Each target (a mailbox address, a webhook) has its own ``forward_concurrency_per_target``
 attempts in flight at most, and an attempt has a deadline (the webhook's ``timeout``;
 ``mail.command_timeout`` + ``mail.timeout`` for a mail): a slow target delays only its own
@@ -42,6 +46,7 @@ from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiosmtplib
 import httpx
 import phonenumbers
 
@@ -51,6 +56,7 @@ from bridge.inbound.routing import select_route
 from bridge.models import ClaimedForward, ForwardJob, InboundMessage
 from bridge.outbox.retry import RetryPolicy
 from bridge.parsing.mail import receiver_tag
+from bridge.redact import redact_exchange
 from bridge.relays.egress import EgressPolicy, EgressRefused, ResolutionFailed, guarded_request
 from bridge.relays.email import is_permanent_smtp_error, send_via_smarthost
 from bridge.relays.signing import signature_headers
@@ -61,15 +67,36 @@ from bridge.store.base import OutboxStore
 log = logging.getLogger(__name__)
 
 
+# What an attempt's history keeps of a webhook's answer body: its first bytes, enough for an
+# error page's message.
+ANSWER_EXCERPT_BYTES = 512
+
+
+def webhook_answer(response: httpx.Response) -> str:
+    """A webhook's answer as an attempt's history shows it: ``HTTP 500: <the first 512
+    bytes of the body>``, credentials in the body masked."""
+    excerpt = redact_exchange(response.content, ANSWER_EXCERPT_BYTES)
+    text = excerpt.decode("utf-8", "replace")  # a character cut at the end shows as U+FFFD
+    return f"HTTP {response.status_code}: {text}" if text else f"HTTP {response.status_code}"
+
+
+def smtp_answer(reply: aiosmtplib.SMTPResponse | aiosmtplib.SMTPResponseException) -> str:
+    """An SMTP reply as an attempt's history shows it: ``SMTP 550 5.1.1 …`` (the lines of a
+    multiline reply joined)."""
+    return f"SMTP {reply.code} {' '.join(reply.message.split())}"
+
+
 class WebhookFailed(BridgeError):
     """The webhook receiver did not answer 2xx; ``retry_after``: seconds it asked us to
-    wait (429, 503)."""
+    wait (429, 503); ``answer``: :func:`webhook_answer`."""
 
-    def __init__(self, status: int, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, retry_after: float | None = None,
+                 answer: str = "") -> None:
         wait = f", Retry-After {retry_after:.0f} s" if retry_after is not None else ""
         super().__init__(f"webhook answered HTTP {status}{wait}")
         self.status = status
         self.retry_after = retry_after
+        self.answer = answer
 
 
 class PermanentForwardError(BridgeError):
@@ -78,6 +105,10 @@ class PermanentForwardError(BridgeError):
 
 class TargetGone(PermanentForwardError):
     """The webhook answered 410 Gone: it is disabled until enabled again."""
+
+    def __init__(self, message: str, answer: str = "") -> None:
+        super().__init__(message)
+        self.answer = answer
 
 
 class TargetDisabled(PermanentForwardError):
@@ -394,9 +425,9 @@ class ForwardWorker(ClaimLoop):
     async def _deliver(self, job: ClaimedForward) -> None:
         try:
             if job.kind == "email":
-                await self._send_mail(job)
+                answer = await self._send_mail(job)
             else:
-                await self._post_webhook(job)
+                answer = await self._post_webhook(job)
         except Exception as exc:  # every failure is recorded; none may lose the job
             await self._failed(job, exc)
             return
@@ -404,7 +435,7 @@ class ForwardWorker(ClaimLoop):
         log.info("forwarded", extra={"job": job.id, "kind": job.kind, "target": job.target,
                                      "inbound_id": job.inbound_id})
         with contextlib.suppress(StoreUnavailable):
-            await self.store.forward_done(job.id, self.owner, time.time())
+            await self.store.forward_done(job.id, self.owner, time.time(), detail=answer)
 
     async def check_targets(self) -> None:
         """Warn at start about webhook URLs the egress guard will refuse, and webhooks
@@ -424,7 +455,8 @@ class ForwardWorker(ClaimLoop):
                         "until `sms-bridge enable-target NAME`",
                         extra={"webhook": name, "reason": info.get("reason")})
 
-    async def _send_mail(self, job: ClaimedForward) -> None:
+    async def _send_mail(self, job: ClaimedForward) -> str:
+        """Send the job's mail; the smarthost's reply (:func:`smtp_answer`)."""
         mail = self.settings.mail
         message = message_from_payload(job.payload)
         message_id = forward_message_id(self.bridge_id, job.id, mail.from_address)
@@ -434,7 +466,7 @@ class ForwardWorker(ClaimLoop):
             received_at=received_at,
             thread_root=await self._thread_root(job, message, message_id, received_at))
         # send_via_smarthost bounds each phase (mail.command_timeout, mail.timeout).
-        await send_via_smarthost(mail, job.target, content)
+        return smtp_answer(await send_via_smarthost(mail, job.target, content))
 
     async def _thread_root(self, job: ClaimedForward, message: InboundMessage,
                            message_id: str, received_at: float | None) -> str | None:
@@ -449,7 +481,8 @@ class ForwardWorker(ClaimLoop):
                                               message_id, at, idle)
         return None if root == message_id else root
 
-    async def _post_webhook(self, job: ClaimedForward) -> None:
+    async def _post_webhook(self, job: ClaimedForward) -> str:
+        """Post the job's payload; the webhook's 2xx answer (:func:`webhook_answer`)."""
         webhook = self.settings.inbound.webhooks.get(job.target)
         if webhook is None:
             raise TargetNotConfigured(f"webhook {job.target!r} is no longer configured")
@@ -464,21 +497,23 @@ class ForwardWorker(ClaimLoop):
                                     f"msg_{self.bridge_id}_{job.id}",
                                     job.payload)
         headers["Content-Type"] = "application/json"
-        # Only the status matters: the answer's body is read up to the cap, then dropped.
+        # The status decides; the answer's body is read up to the cap, and its start kept
+        # for the attempt's history.
         response = await guarded_request(self.client, self.egress, "POST", webhook.url,
                                          timeout=webhook.timeout, content=job.payload,
                                          headers=headers, truncate_answer=True)
         status = response.status_code
+        answer = webhook_answer(response)
         if 200 <= status < 300:
-            return
+            return answer
         if status == 410:
             await self._disable(job)
-            raise TargetGone("webhook answered HTTP 410 Gone: target disabled")
+            raise TargetGone("webhook answered HTTP 410 Gone: target disabled", answer)
         retry_after = None
         if status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
         # Any other answer (3xx included: redirects are not followed) is retried.
-        raise WebhookFailed(status, retry_after)
+        raise WebhookFailed(status, retry_after, answer)
 
     async def _refresh_disabled(self) -> None:
         """Which webhooks are disabled, read from the store every few seconds (another
@@ -528,9 +563,18 @@ class ForwardWorker(ClaimLoop):
         log.warning("forwarding failed", extra={"job": job.id, "kind": job.kind,
                                                 "target": job.target, "error": error,
                                                 "dead_letter": dead})
+        # What the attempt's history shows: the target's answer where it gave one.
+        if isinstance(exc, WebhookFailed | TargetGone) and exc.answer:
+            detail = exc.answer
+        elif isinstance(exc, aiosmtplib.SMTPResponseException):
+            detail = smtp_answer(exc)
+        else:
+            detail = error
         with contextlib.suppress(StoreUnavailable):
             if dead:
-                await self.store.forward_dead(job.id, self.owner, error)
+                await self.store.forward_dead(job.id, self.owner, error, now=now,
+                                              detail=detail)
             else:
-                await self.store.forward_retry(job.id, self.owner, error, now + delay)
+                await self.store.forward_retry(job.id, self.owner, error, now + delay,
+                                               now=now, detail=detail)
                 heapq.heappush(self._retries_due, now + delay)

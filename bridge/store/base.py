@@ -218,15 +218,22 @@ class OutboxStore(Protocol):
         of ``exclude_targets`` (targets the caller has enough of in flight already)."""
         ...
 
-    async def forward_done(self, job_id: int, owner: str, now: float) -> None:
-        """Record an outcome; only the current lease holder's outcome is recorded."""
+    async def forward_done(self, job_id: int, owner: str, now: float, *,
+                           detail: str = "") -> None:
+        """Record an outcome; only the current lease holder's outcome is recorded. Each
+        outcome recorded adds, in its transaction, an attempt to the job's history (kept for
+        the console: its last ones, pruned with the traces), ``at`` ``now`` (the time of the
+        call when not given) with ``detail``: the target's answer (an HTTP status and the
+        start of the body, an SMTP reply), by default the error; redacted by the store."""
         ...
 
     async def forward_retry(
-        self, job_id: int, owner: str, error: str, next_attempt_at: float
+        self, job_id: int, owner: str, error: str, next_attempt_at: float, *,
+        now: float | None = None, detail: str | None = None,
     ) -> None: ...
 
-    async def forward_dead(self, job_id: int, owner: str, error: str) -> None: ...
+    async def forward_dead(self, job_id: int, owner: str, error: str, *,
+                           now: float | None = None, detail: str | None = None) -> None: ...
 
     async def assign_thread(
         self, job_id: int, thread_key: str, message_id: str, at: float, idle: float
@@ -329,7 +336,7 @@ class OutboxStore(Protocol):
     async def upstream_health(self) -> list[dict[str, Any]]: ...
 
     async def prune_traces(self, before: float) -> int:
-        """Forget raw mails and provider exchanges older than ``before``."""
+        """Forget raw mails, provider exchanges and forward attempts older than ``before``."""
         ...
 
     async def record_audit(self, entry: AuditEntry) -> None: ...

@@ -4,7 +4,8 @@ message's timeline (provider exchanges, upstream health) and audit entries.
 
 Traces are diagnostics, not the outbox: they are capped (:data:`MAX_TRACE_BYTES`), redacted
 before they are handed to the store, written in groups off the hot path, and pruned after
-``store.trace_retention_days``.
+``store.trace_retention_days``. A forward's attempts (``forward_attempts``) are written with
+the outcome of each attempt, in its transaction, and pruned with the traces.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ REVOKED_SESSION = "console_signed_out:"
 
 # Rows of the search lists: at most this many per page.
 MAX_PAGE = 500
+
+# A forward's attempts kept (its history on the inbound page): the last ones of each job, a
+# job retried for a day can make hundreds. Each attempt's detail (the target's answer or
+# the error) is cut at MAX_ATTEMPT_DETAIL characters.
+MAX_ATTEMPTS_KEPT = 50
+MAX_ATTEMPT_DETAIL = 1024
+ATTEMPT_KEYS = ("at", "outcome", "detail")
 
 
 @dataclass(frozen=True)

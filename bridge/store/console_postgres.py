@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from bridge.models import StoredMessage
 from bridge.store.common import MESSAGE_COLUMNS, REPORT_COLUMNS, REPORT_KEYS, row_to_message
 from bridge.store.console import (
+    ATTEMPT_KEYS,
     AUDIT_KEYS,
     BOUNCE_KEYS,
     EXCHANGE_KEYS,
@@ -149,6 +150,14 @@ class PostgresConsoleQueries:
                 dict(zip(FORWARD_KEYS, tuple(r), strict=True)) for r in await conn.fetch(
                     f"SELECT {', '.join(FORWARD_KEYS)} FROM forward_jobs WHERE inbound_id = $1 "
                     "ORDER BY id", inbound_id)]
+            history: dict[int, list[dict[str, Any]]] = {f["id"]: [] for f in detail["forwards"]}
+            for r in await conn.fetch(
+                    f"SELECT a.job_id, {', '.join('a.' + k for k in ATTEMPT_KEYS)} "
+                    "FROM forward_attempts a JOIN forward_jobs f ON f.id = a.job_id "
+                    "WHERE f.inbound_id = $1 ORDER BY a.id", inbound_id):
+                history[r[0]].append(dict(zip(ATTEMPT_KEYS, tuple(r)[1:], strict=True)))
+            for forward in detail["forwards"]:
+                forward["attempt_history"] = history[forward["id"]]
             return detail
 
         result: dict[str, Any] | None = await self._run(op, write=False)
@@ -280,10 +289,12 @@ class PostgresConsoleQueries:
                                "(SELECT id FROM provider_exchanges WHERE at < $1)", before)
             exchanges = await conn.fetch("DELETE FROM provider_exchanges WHERE at < $1 "
                                          "RETURNING id", before)
+            attempts = await conn.fetch("DELETE FROM forward_attempts WHERE at < $1 "
+                                        "RETURNING id", before)
             # Signed-out console sessions, once they would have expired anyway.
             await conn.execute(f"DELETE FROM meta WHERE key LIKE '{REVOKED_SESSION}%' "
                                "AND CAST(value AS DOUBLE PRECISION) < $1", before)
-            return len(mails) + len(exchanges)
+            return len(mails) + len(exchanges) + len(attempts)
 
         result: int = await self._run(op)
         return result

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from bridge.models import StoredMessage
 from bridge.store.common import MESSAGE_COLUMNS, REPORT_COLUMNS, REPORT_KEYS, row_to_message
 from bridge.store.console import (
+    ATTEMPT_KEYS,
     AUDIT_KEYS,
     BOUNCE_KEYS,
     EXCHANGE_KEYS,
@@ -161,6 +162,14 @@ class SqliteConsoleQueries:
             detail["forwards"] = [dict(zip(FORWARD_KEYS, r, strict=True)) for r in conn.execute(
                 f"SELECT {', '.join(FORWARD_KEYS)} FROM forward_jobs WHERE inbound_id = ? "
                 "ORDER BY id", (inbound_id,))]
+            history: dict[int, list[dict[str, Any]]] = {f["id"]: [] for f in detail["forwards"]}
+            for r in conn.execute(
+                    f"SELECT a.job_id, {', '.join('a.' + k for k in ATTEMPT_KEYS)} "
+                    "FROM forward_attempts a JOIN forward_jobs f ON f.id = a.job_id "
+                    "WHERE f.inbound_id = ? ORDER BY a.id", (inbound_id,)):
+                history[r[0]].append(dict(zip(ATTEMPT_KEYS, r[1:], strict=True)))
+            for forward in detail["forwards"]:
+                forward["attempt_history"] = history[forward["id"]]
             return detail
 
         result: dict[str, Any] | None = await self._read(op)
@@ -274,7 +283,8 @@ class SqliteConsoleQueries:
         return result
 
     async def prune_traces(self, before: float) -> int:
-        """Forget the raw mails and provider exchanges older than ``before``."""
+        """Forget the raw mails, provider exchanges and forward attempts older than
+        ``before``."""
 
         def op(conn: sqlite3.Connection) -> int:
             mails = conn.execute("UPDATE mails SET raw = NULL WHERE raw IS NOT NULL AND "
@@ -283,10 +293,12 @@ class SqliteConsoleQueries:
                          "(SELECT id FROM provider_exchanges WHERE at < ?)", (before,))
             exchanges = conn.execute("DELETE FROM provider_exchanges WHERE at < ?",
                                      (before,)).rowcount
+            attempts = conn.execute("DELETE FROM forward_attempts WHERE at < ?",
+                                    (before,)).rowcount
             # Signed-out console sessions, once they would have expired anyway.
             conn.execute(f"DELETE FROM meta WHERE key LIKE '{REVOKED_SESSION}%' "
                          "AND CAST(value AS REAL) < ?", (before,))
-            return int(mails + exchanges)
+            return int(mails + exchanges + attempts)
 
         result: int = await self._call(op)
         return result

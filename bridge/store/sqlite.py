@@ -65,6 +65,7 @@ from bridge.store.common import (
     row_to_script,
     settle_delivery,
 )
+from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
 from bridge.store.console_sqlite import SqliteConsoleQueries
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,20 @@ MIGRATIONS: list[str] = [
         outcome TEXT
     );
     CREATE INDEX send_intents_open ON send_intents(created_at) WHERE finished_at IS NULL;
+    """,
+    # The operators' console: each attempt of a forward with its outcome (delivered, retry,
+    # dead) and the target's answer or the error, redacted; the last MAX_ATTEMPTS_KEPT of
+    # each job, pruned with the traces after store.trace_retention_days.
+    """
+    CREATE TABLE forward_attempts (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL,
+        at REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX forward_attempts_job ON forward_attempts(job_id, id);
+    CREATE INDEX forward_attempts_at ON forward_attempts(at);
     """,
 ]
 
@@ -1082,24 +1097,50 @@ class SqliteStore(SqliteConsoleQueries):
     # taken over must not overwrite the new holder's result (e.g. put a delivered job back).
     _FORWARD_HELD = "WHERE id = ? AND status = 'sending' AND lease_owner = ?"
 
-    async def forward_done(self, job_id: int, owner: str, now: float) -> None:
-        await self._call(lambda conn: conn.execute(
+    async def forward_done(self, job_id: int, owner: str, now: float, *,
+                           detail: str = "") -> None:
+        await self._forward_outcome(
             "UPDATE forward_jobs SET status = 'delivered', lease_until = NULL, last_error = NULL "
-            + self._FORWARD_HELD, (job_id, owner)))
+            + self._FORWARD_HELD, (job_id, owner), job_id, now, "delivered", detail)
 
     async def forward_retry(
-        self, job_id: int, owner: str, error: str, next_attempt_at: float
+        self, job_id: int, owner: str, error: str, next_attempt_at: float, *,
+        now: float | None = None, detail: str | None = None,
     ) -> None:
         error = redact_text(error)
-        await self._call(lambda conn: conn.execute(
+        await self._forward_outcome(
             "UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, last_error = ?, "
-            "lease_until = NULL " + self._FORWARD_HELD, (next_attempt_at, error, job_id, owner)))
+            "lease_until = NULL " + self._FORWARD_HELD, (next_attempt_at, error, job_id, owner),
+            job_id, time.time() if now is None else now, "retry",
+            error if detail is None else detail)
 
-    async def forward_dead(self, job_id: int, owner: str, error: str) -> None:
+    async def forward_dead(self, job_id: int, owner: str, error: str, *,
+                           now: float | None = None, detail: str | None = None) -> None:
         error = redact_text(error)
-        await self._call(lambda conn: conn.execute(
+        await self._forward_outcome(
             "UPDATE forward_jobs SET status = 'dead', last_error = ?, lease_until = NULL "
-            + self._FORWARD_HELD, (error, job_id, owner)))
+            + self._FORWARD_HELD, (error, job_id, owner),
+            job_id, time.time() if now is None else now, "dead",
+            error if detail is None else detail)
+
+    async def _forward_outcome(self, update: str, params: tuple[Any, ...], job_id: int,
+                               at: float, outcome: str, detail: str) -> None:
+        """The job's outcome and, in the same transaction, its attempt in the history (only
+        when the caller holds the lease: an outcome ignored leaves no attempt either); the
+        job keeps its last MAX_ATTEMPTS_KEPT attempts."""
+        detail = redact_text(detail)[:MAX_ATTEMPT_DETAIL]
+
+        def op(conn: sqlite3.Connection) -> None:
+            if not conn.execute(update, params).rowcount:
+                return
+            conn.execute("INSERT INTO forward_attempts (job_id, at, outcome, detail) "
+                         "VALUES (?, ?, ?, ?)", (job_id, at, outcome, detail))
+            conn.execute(
+                "DELETE FROM forward_attempts WHERE job_id = ? AND id <= (SELECT id FROM "
+                "forward_attempts WHERE job_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (job_id, job_id, MAX_ATTEMPTS_KEPT))
+
+        await self._call(op)
 
     async def assign_thread(
         self, job_id: int, thread_key: str, message_id: str, at: float, idle: float
