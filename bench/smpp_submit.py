@@ -20,7 +20,8 @@ What it measures
     fresh SQLite outbox through the store API (as ``bench/dispatch.py`` does), a bridge
     started with the ``smpp`` upstream (``concurrency`` 20) against the same SMSC, and
     sends/s = messages ``sent`` / (last ``sent`` event - ``Bridge.start()``): the
-    dispatcher's claim and durable ``mark_sent`` per message are part of that figure.
+    dispatcher's claim, the intent written before each request and the outcome committed
+    after it are part of that figure.
 
 Run
     .venv/bin/python bench/smpp_submit.py [--count 20000] [--window 10] [--senders 50]
