@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -60,6 +60,7 @@ class _Call:
     exchanges: list[_Exchange] = field(default_factory=list)
 
 
+_T = TypeVar("_T")
 _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "bridge_trace_call", default=None)
 
@@ -112,21 +113,26 @@ class TraceRecorder:
             if batch is not None:
                 upstream.send_batch = self._wrap_batch(name, batch)
 
+    async def _traced(self, call: _Call, work: Awaitable[_T]) -> _T:
+        """Await ``work`` (a send) with ``call`` as the current call, so the HTTP hooks file
+        its exchanges under it; a failure or cancellation ends the call here."""
+        token = _CURRENT.set(call)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            self._finish(call, None, outcome=False)
+            raise
+        except Exception as exc:
+            self._finish(call, exc)
+            raise
+        finally:
+            _CURRENT.reset(token)
+
     def _wrap_one(self, name: str, send: Callable[[Any], Awaitable[Any]]
                   ) -> Callable[[Any], Awaitable[Any]]:
         async def traced_send(sms: Any) -> Any:
             call = _Call(name, (int(sms.message_id),))
-            token = _CURRENT.set(call)
-            try:
-                receipt = await send(sms)
-            except asyncio.CancelledError:
-                self._finish(call, None, outcome=False)
-                raise
-            except Exception as exc:
-                self._finish(call, exc)
-                raise
-            finally:
-                _CURRENT.reset(token)
+            receipt = await self._traced(call, send(sms))
             self._finish(call, None)
             return receipt
 
@@ -136,17 +142,7 @@ class TraceRecorder:
                     ) -> Callable[[Sequence[Any]], Awaitable[Any]]:
         async def traced_send_batch(batch: Sequence[Any]) -> Any:
             call = _Call(name, tuple(int(sms.message_id) for sms in batch))
-            token = _CURRENT.set(call)
-            try:
-                results = await send_batch(batch)
-            except asyncio.CancelledError:
-                self._finish(call, None, outcome=False)
-                raise
-            except Exception as exc:
-                self._finish(call, exc)
-                raise
-            finally:
-                _CURRENT.reset(token)
+            results = await self._traced(call, send_batch(batch))
             errors = [r for r in results if isinstance(r, UpstreamError)]
             # The upstream answered: a success unless every message of the batch failed.
             self._finish(call, errors[0] if errors and len(errors) == len(results) else None)
