@@ -229,7 +229,13 @@ async def test_kills_under_smtp_load_lose_nothing_and_send_no_sms_more_than_twic
         copies = collections.Counter(sms.phone for sms in provider.accepted)
         stored = await messages(store_url)
         assert len(stored) == count  # every acknowledged mail once (Message-ID dedup)
-        assert set(copies) == set(stored)  # nothing lost
+        # Nothing lost: every message reached the provider, or is held as `ambiguous` after
+        # two requests of unknown fate (the default policy's limit of one extra copy: a
+        # second kill with its resend in flight). A held message is not silently dropped:
+        # its sender is told and `sms-bridge resolve` settles it.
+        unsent = set(stored) - set(copies)
+        assert all(stored[phone][1] == "ambiguous" and stored[phone][2] >= 2
+                   for phone in unsent), {phone: stored[phone] for phone in unsent}
         assert max(copies.values()) <= 2, copies
         assert sum(c - 1 for c in copies.values()) <= await open_intents(store_url)
         assert {status for _, status, _ in stored.values()} <= {"sent", "ambiguous"}
