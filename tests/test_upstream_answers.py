@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from bridge.errors import TransientUpstreamError
 from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import OutboundSms, provider_client
-from bridge.upstreams.smstraffic import SmsTrafficV1Upstream
+from bridge.upstreams.smstraffic.v1 import SmsTrafficV1Upstream
 
 ACCEPTED = (b'<?xml version="1.0" encoding="windows-1251"?><reply><result>OK</result>'
             b"<code>0</code><description>queued 1 messages</description>"

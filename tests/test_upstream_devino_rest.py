@@ -1,4 +1,4 @@
-"""Devino Telecom REST upstream (``bridge/upstreams/devino_rest.py``) against its test double,
+"""Devino Telecom REST upstream (``bridge/upstreams/devino/rest.py``) against its test double,
 and end to end through a bridge. Spec: ``003_2ae1dc9e2c3c1732.txt``."""
 
 from __future__ import annotations
@@ -17,19 +17,21 @@ from pydantic import SecretStr
 
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from bridge.outbox.ratelimit import limiter_for
 from bridge.settings import UpstreamSettings
 from bridge.upstreams import registry
 from bridge.upstreams.base import BatchSending, InboundPolling, OutboundSms, SendReceipt
-from bridge.upstreams.devino_rest import (
+from bridge.upstreams.devino.common import InboundCursor
+from bridge.upstreams.devino.rest import (
     SESSION_LIFETIME,
     DevinoRestUpstream,
     parse_error,
 )
-from bridge.upstreams.devino_soap import InboundCursor
 from tests.conftest import BridgeFactory
 from tests.doubles.devino_rest import FIRST_SMS_ID, DevinoRestDouble
 from tests.doubles.mailbox import MailboxDouble
 from tests.test_smtp_intake import mail, send
+from tests.test_upstream_devino_soap import busiest_second
 
 LOGIN, PASSWORD = "acme", "a+b==13!"  # the password of the spec's encoding example (l. 39)
 
@@ -207,7 +209,7 @@ async def test_bulk_ids_that_do_not_match_the_segment_count_are_split_evenly_or_
                                                                             ("3", "4")]
     double.fail_next(1, "reply", body='["1", "2", "3"]', endpoint="sms/sendbulk")
     odd = await upstream.send_batch([sms("79160000001"), sms("79160000002")])
-    assert all(isinstance(r, SendReceipt) and r.provider_ids == () and "not mapped" in r.note
+    assert all(isinstance(r, SendReceipt) and r.provider_ids == ()
                for r in odd)
 
 
@@ -363,6 +365,27 @@ async def test_twenty_concurrent_sends_after_expiry_share_one_renewal(
     assert len(double.accepted) == 21
 
 
+async def test_every_call_of_one_upstream_stays_within_10_requests_per_second(
+    double: DevinoRestDouble, client: httpx.AsyncClient
+) -> None:
+    """Devino takes 10 requests per second per account (001 line 34, the same backend):
+    sends, bulk sends, status and inbound polls, balance and session calls together, kept by
+    the rate limiter the dispatcher hands the upstream for the limit it declares."""
+    upstream = make(double, client)
+    assert upstream.requests_per_second == 10
+    limiter_for(upstream, 0.0)
+    receipt = await upstream.send(sms())
+    await asyncio.gather(
+        *(upstream.send(sms(f"7916000{n:04d}", message_id=n)) for n in range(8)),
+        upstream.send_batch([sms("79160000101", "A"), sms("79160000102", "A")]),
+        upstream.poll_statuses(list(receipt.provider_ids) * 3),
+        upstream.poll_inbound(None),
+        upstream.balance(),
+    )
+    assert len(double.requests) >= 15
+    assert busiest_second([r.at for r in double.requests]) <= 10
+
+
 async def test_twenty_concurrent_first_sends_log_in_once(
     double: DevinoRestDouble, client: httpx.AsyncClient
 ) -> None:
@@ -376,7 +399,7 @@ async def test_the_session_is_renewed_before_its_120_minutes_end(
 ) -> None:
     now = [1000.0]
     upstream = make(double, client)
-    upstream.clock = lambda: now[0]
+    upstream.sessions.clock = lambda: now[0]
     double.clock = lambda: now[0]
     await upstream.send(sms())
     now[0] += SESSION_LIFETIME - 10 * 60

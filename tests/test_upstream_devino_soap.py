@@ -18,6 +18,7 @@ from defusedxml import ElementTree as SafeET
 
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from bridge.outbox.ratelimit import limiter_for
 from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import (
     BatchSending,
@@ -26,7 +27,8 @@ from bridge.upstreams.base import (
     SendReceipt,
     StatusPolling,
 )
-from bridge.upstreams.devino_soap import DevinoSoapUpstream, InboundCursor
+from bridge.upstreams.devino.common import InboundCursor
+from bridge.upstreams.devino.soap import DevinoSoapUpstream
 from tests.conftest import BridgeFactory
 from tests.doubles.devino_soap import DevinoSoapDouble
 from tests.doubles.mailbox import MailboxDouble
@@ -228,7 +230,7 @@ async def test_a_refused_session_is_renewed_once_for_concurrent_sends(
 async def test_session_is_renewed_before_its_expiry(
     upstream: DevinoSoapUpstream, double: DevinoSoapDouble
 ) -> None:
-    upstream.session_lifetime = 0.0  # every call finds the cached session due for renewal
+    upstream.sessions.lifetime = 0.0  # every call finds the cached session due for renewal
     await upstream.send(sms())
     await upstream.send(sms())
     assert len(double.calls("GetSessionID")) == 2
@@ -259,7 +261,10 @@ async def test_every_call_of_one_upstream_stays_within_10_requests_per_second(
     upstream: DevinoSoapUpstream, double: DevinoSoapDouble
 ) -> None:
     """Line 34: 10 requests per second — sends, batches, status and inbound polls, balance
-    and session calls of one upstream together."""
+    and session calls of one upstream together, kept by the rate limiter the dispatcher
+    hands the upstream for the limit it declares."""
+    assert upstream.requests_per_second == 10
+    limiter_for(upstream, 0.0)
     first = await asyncio.gather(
         *(upstream.send(sms(f"791600000{i:02d}", mid=i)) for i in range(8)),
         upstream.send_batch([sms("79160000101", "A", mid=101), sms("79160000102", "B", mid=102)]),
@@ -405,7 +410,7 @@ async def test_a_slow_answer_is_an_ambiguous_timeout(
     double: DevinoSoapDouble, client: httpx.AsyncClient
 ) -> None:
     upstream = make(double.url, client, timeout=0.2)
-    await upstream.session()
+    await upstream.sessions.get()
     double.fail_next(1, "delay", seconds=0.5)
     with pytest.raises(TransientUpstreamError) as caught:
         await upstream.send(sms())

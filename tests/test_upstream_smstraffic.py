@@ -1,5 +1,5 @@
-"""SMS Traffic upstreams against the double: v1 batches, statuses, inbound and set_checked;
-v2 statuses and set_checked; the SOAP protocol (spec 002_e7d2ff51d5c777f0.txt)."""
+"""SMS Traffic upstreams against the double: v1 batches, statuses and inbound; v2 statuses;
+the SOAP protocol (spec 002_e7d2ff51d5c777f0.txt)."""
 
 from __future__ import annotations
 
@@ -21,23 +21,23 @@ from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.parsing.text import count_segments
 from bridge.settings import UpstreamSettings
+from bridge.upstreams._soap import SOAP12
 from bridge.upstreams.base import BatchSending, InboundPolling, OutboundSms, SendReceipt
-from bridge.upstreams.smstraffic import (
-    INBOUND_OVERLAP,
-    MSK,
-    InboundCursor,
-    SmsTrafficV1Upstream,
-    SmsTrafficV2Upstream,
-    parse_v1_statuses,
-    push_id_for,
-)
-from bridge.upstreams.smstraffic_soap import (
+from bridge.upstreams.smstraffic.soap import (
     SERVICE_NS,
-    SOAP12,
     SmsTrafficSoapUpstream,
     parse_send_response,
     parse_status_response,
 )
+from bridge.upstreams.smstraffic.v1 import (
+    INBOUND_OVERLAP,
+    MSK,
+    InboundCursor,
+    SmsTrafficV1Upstream,
+    parse_v1_statuses,
+    push_id_for,
+)
+from bridge.upstreams.smstraffic.v2 import SmsTrafficV2Upstream
 from tests.conftest import BridgeFactory
 from tests.doubles.mailbox import MailboxDouble
 from tests.doubles.smstraffic import RecordedRequest, SmsTrafficDouble
@@ -520,7 +520,7 @@ async def test_v2_duplicate_refusal_without_a_listed_message_is_still_sent(
     double: SmsTrafficDouble, client: httpx.AsyncClient
 ) -> None:
     """105 on a retry proves an earlier attempt was accepted: never resend, even if the
-    lookup does not list it (yet); the receipt says why it has no id."""
+    lookup does not list it (yet): sent, without an id."""
     upstream = v2(double, client)
     double.fail_next(1, "http500")
     with pytest.raises(TransientUpstreamError):
@@ -528,7 +528,6 @@ async def test_v2_duplicate_refusal_without_a_listed_message_is_still_sent(
     double.fail_next(1, "error", code=105, text="Duplicated request")
     receipt = await upstream.send(sms(1, attempt=2, maybe_sent=1))
     assert receipt.provider_ids == ()
-    assert "restrictiveId" in receipt.note
     assert double.accepted == []
     assert [r.path for r in double.requests] == ["/v2/send", "/v2/send", "/v2/statuses/list"]
 
@@ -550,34 +549,6 @@ async def test_v2_doubt_follows_maybe_sent_not_the_attempt_number(
     assert info.value.code == 105
     assert [r.path for r in double.requests][2:] == ["/v2/send"]
     assert len(double.accepted) == 1
-
-
-# --------------------------------------------------------------------------- set_checked
-
-async def test_v1_set_checked(double: SmsTrafficDouble, client: httpx.AsyncClient) -> None:
-    upstream = v1(double, client)
-    receipt = await upstream.send(sms(text="z" * 200))
-    assert await upstream.set_checked(receipt.provider_ids) == list(receipt.provider_ids)
-    assert dict(form_of(double.requests[-1])) == {
-        "login": LOGIN, "password": PASSWORD, "operation": "set_checked",
-        "sms_id": ",".join(receipt.provider_ids)}
-    assert double.checked == list(receipt.provider_ids)
-    with pytest.raises(PermanentUpstreamError) as info:
-        await upstream.set_checked(["42"])
-    assert info.value.code == 434
-    assert await upstream.set_checked([]) == []
-
-
-async def test_v2_set_checked(double: SmsTrafficDouble, client: httpx.AsyncClient) -> None:
-    upstream = v2(double, client)
-    receipt = await upstream.send(sms())
-    assert await upstream.set_checked([*receipt.provider_ids, "42"]) == list(receipt.provider_ids)
-    request = double.requests[-1]
-    assert (request.path, request.json) == ("/v2/statuses/checked",
-                                            [*receipt.provider_ids, "42"])
-    assert double.checked == list(receipt.provider_ids)
-    [report] = await upstream.poll_statuses(receipt.provider_ids)
-    assert (report.raw_status, report.status) == ("Checked", "delivered")
 
 
 # --------------------------------------------------------------------------- inbound

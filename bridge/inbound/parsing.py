@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 from bridge.errors import InboundError
 from bridge.models import DeliveryReport, InboundMessage
 from bridge.parsing.mail import resolve_charset
+from bridge.parsing.status import map_status
 from bridge.parsing.text import count_segments, html_to_text, normalize_newlines, strip_controls
 
 
@@ -246,26 +247,6 @@ def parse_shortcode(source: str, params: DecodedParams, raw: bytes) -> tuple[Inb
         charset_error=params.charset_error,
     )
     return message, password
-
-
-# 002, "Справка по статусам СМС сообщений" (line 2048) → the bridge's statuses.
-_STATUS_MAP = {
-    "": "sent",
-    "buffered smsc": "sent",
-    "delivered": "delivered",
-    "non delivered": "undelivered",
-    "rejected": "rejected",
-    "expired": "expired",
-    "deleted": "undelivered",
-    "unknown status": "unknown",
-    "clicked": "delivered",
-    "checked": "delivered",
-    "read": "delivered",
-}
-
-
-def map_status(raw_status: str) -> str:
-    return _STATUS_MAP.get(" ".join(raw_status.lower().split()), "unknown")
 
 
 def _error_code(value: Any) -> int | None:

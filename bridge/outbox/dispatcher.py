@@ -40,7 +40,7 @@ from bridge.errors import (
 from bridge.models import OutboundMail, SendIntent, SendOutcome, StoredMessage
 from bridge.outbox.ambiguity import request_fingerprint, resend_allowed
 from bridge.outbox.leases import make_owner
-from bridge.outbox.ratelimit import TokenBucket
+from bridge.outbox.ratelimit import gates_requests, limiter_for
 from bridge.outbox.retry import Action, RetryPolicy
 from bridge.relays.email import build_held_notice
 from bridge.settings import DispatcherSettings, Settings
@@ -100,7 +100,12 @@ class Dispatcher:
         self._configured_rate = {
             name: settings.upstreams[name].rate_per_second for name in upstreams
         }
-        self._buckets = {name: TokenBucket(rate) for name, rate in self._configured_rate.items()}
+        self._buckets = {name: limiter_for(upstreams[name], rate)
+                         for name, rate in self._configured_rate.items()}
+        # The rate each bucket keeps for the whole cluster (a provider's limit may lower it).
+        self._full_rate = {name: bucket.rate for name, bucket in self._buckets.items()}
+        # Upstreams that wait on their bucket before every request themselves.
+        self._gated = {name for name, upstream in upstreams.items() if gates_requests(upstream)}
         self._configured_batch = {
             name: settings.upstreams[name].batch_size for name in upstreams
         }
@@ -128,8 +133,7 @@ class Dispatcher:
         """Rate limits hold for the cluster as a whole: each of ``processes`` live bridge
         processes sends at most its share of an upstream's ``rate_per_second``."""
         for name, bucket in self._buckets.items():
-            rate = self._configured_rate[name] / max(1, processes)
-            bucket.rate, bucket.burst = rate, max(1.0, rate)
+            bucket.set_rate(self._full_rate[name] / max(1, processes))
 
     async def run(self) -> None:
         if self._keeper is None:
@@ -334,7 +338,8 @@ class Dispatcher:
         """One request: a receipt or an error per SMS, in order. A failure of the whole
         request is each SMS's error."""
         async with self._semaphores[name]:
-            await self._buckets[name].take()  # provider rate limits count requests
+            if name not in self._gated:  # a gated upstream waits on it per request itself
+                await self._buckets[name].take()  # provider rate limits count requests
             started = time.perf_counter()
             try:
                 if len(batch) == 1:

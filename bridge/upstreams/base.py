@@ -18,7 +18,7 @@ import httpx
 from bridge.bounded_http import AnswerRefused, request_bounded
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport, InboundMessage
-from bridge.settings import UpstreamSettings
+from bridge.upstreams.config import UpstreamSettings
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,6 @@ class SendReceipt:
     """The provider accepted the SMS: its ids (one per message, or per part)."""
 
     provider_ids: tuple[str, ...]
-    note: str = ""
 
 
 class Upstream(Protocol):
@@ -75,6 +74,20 @@ def finds_earlier_sends(upstream: Upstream) -> bool:
     client id the earlier request carried and sends only if the provider does not know it
     (:attr:`HttpUpstream.finds_earlier_sends`; upstreams of other kinds do not)."""
     return bool(getattr(upstream, "finds_earlier_sends", False))
+
+
+class RequestGate(Protocol):
+    """What an upstream waits on before each request to its provider (the dispatcher's rate
+    limiter, :func:`bridge.outbox.ratelimit.limiter_for`)."""
+
+    async def take(self) -> None: ...
+
+
+def requests_per_second(upstream: object) -> float:
+    """The most requests per second ``upstream``'s provider takes over *all* its calls
+    (sends, polls, session and balance calls), as the provider's spec states it; 0 when it
+    states none (:attr:`HttpUpstream.requests_per_second`)."""
+    return float(getattr(upstream, "requests_per_second", 0.0))
 
 
 def provider_client() -> httpx.AsyncClient:
@@ -184,6 +197,10 @@ class HttpUpstream:
     # earlier request carried, and sends only if the provider does not know it.
     finds_earlier_sends: ClassVar[bool] = False
     required: ClassVar[tuple[str, ...]] = ()
+    #: A capability: the most requests per second the provider takes from one account over
+    #: every call (0: no limit stated). Where it is set, the dispatcher's rate limiter is
+    #: handed to the upstream as its :attr:`request_gate`, which every request waits on.
+    requests_per_second: ClassVar[float] = 0.0
     #: The most of one answer read (on the wire and decoded). Providers' largest answers are
     #: lists: 1000 inbound messages or statuses of a page take well under 1 MiB.
     max_answer_bytes: ClassVar[int] = 8 * 1024 * 1024
@@ -192,6 +209,7 @@ class HttpUpstream:
         self.name = name
         self.settings = settings
         self.client = client
+        self.request_gate: RequestGate | None = None
 
     @classmethod
     def validate(cls, name: str, settings: UpstreamSettings) -> None:
@@ -220,6 +238,10 @@ class HttpUpstream:
         received and decoded (:mod:`bridge.bounded_http`): ``response.content`` would inflate
         a 100 KB gzip answer to 100 MB on the event loop.
         """
+        if self.request_gate is not None:
+            # Once per call: a switch to the backup host after a refused connection is not
+            # counted again, nothing reached the provider.
+            await self.request_gate.take()
         last: Exception | None = None
         for host in self._hosts(attempt):
             try:

@@ -1,4 +1,4 @@
-"""Provider kinds → upstream classes. Adding a provider: one module and one line here."""
+"""Provider kinds → upstream classes. Adding a provider: one folder and one line here."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from typing import Any
 
 import httpx
 
-from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import Upstream
+from bridge.upstreams.config import UpstreamSettings
 
 PROVIDERS: dict[str, str] = {
     "dryrun": "bridge.upstreams.dryrun:DryRunUpstream",
-    "smstraffic_v1": "bridge.upstreams.smstraffic:SmsTrafficV1Upstream",
-    "smstraffic_v2": "bridge.upstreams.smstraffic:SmsTrafficV2Upstream",
-    "smstraffic_soap": "bridge.upstreams.smstraffic_soap:SmsTrafficSoapUpstream",
-    "kcell": "bridge.upstreams.kcell:KcellUpstream",
-    "devino_rest": "bridge.upstreams.devino_rest:DevinoRestUpstream",
-    "devino_soap": "bridge.upstreams.devino_soap:DevinoSoapUpstream",
-    "smsc": "bridge.upstreams.smsc:SmscUpstream",
+    "smstraffic_v1": "bridge.upstreams.smstraffic.v1:SmsTrafficV1Upstream",
+    "smstraffic_v2": "bridge.upstreams.smstraffic.v2:SmsTrafficV2Upstream",
+    "smstraffic_soap": "bridge.upstreams.smstraffic.soap:SmsTrafficSoapUpstream",
+    "kcell": "bridge.upstreams.kcell.upstream:KcellUpstream",
+    "devino_rest": "bridge.upstreams.devino.rest:DevinoRestUpstream",
+    "devino_soap": "bridge.upstreams.devino.soap:DevinoSoapUpstream",
+    "smsc": "bridge.upstreams.smsc.upstream:SmscUpstream",
     "smpp": "bridge.upstreams.smpp:SmppUpstream",
 }
 
@@ -27,7 +27,7 @@ PROVIDERS: dict[str, str] = {
 # ``(content_type, raw_query, body, charset) -> list[DeliveryReport]``.
 DLR_FORMATS: dict[str, str] = {
     "smstraffic": "bridge.inbound.parsing:parse_smstraffic_dlr",
-    "kcell": "bridge.upstreams.kcell:parse_delivery_reports",
+    "kcell": "bridge.upstreams.kcell.upstream:parse_delivery_reports",
 }
 
 

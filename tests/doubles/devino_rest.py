@@ -144,6 +144,8 @@ class RecordedRequest:
     raw_body: bytes
     #: query and form body merged, names as sent, values in order (names may repeat)
     params: list[tuple[str, str]]
+    #: time.monotonic() when the request arrived
+    at: float = 0.0
 
     def get(self, name: str) -> list[str]:
         """Values of ``name`` (exact case)."""
@@ -327,7 +329,7 @@ class DevinoRestDouble(LoopbackDouble):
             raw, params, bad_encoding = await request.read(), [], True
         self.requests.append(RecordedRequest(
             request.method, path, endpoint, {k.lower(): v for k, v in request.headers.items()},
-            request.raw_path.partition("?")[2], raw, params))
+            request.raw_path.partition("?")[2], raw, params, time.monotonic()))
         await self._notify()
         if not path.lower().startswith("/rest/") or endpoint not in _ENDPOINTS:
             return web.Response(status=404, text="404 Not Found")

@@ -28,8 +28,8 @@ from prometheus_client import Counter
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import InboundMessage
 from bridge.parsing.text import normalize_newlines, strip_controls
-from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import InboundSink, OutboundSms, SendReceipt
+from bridge.upstreams.config import UpstreamSettings
 from bridge.upstreams.smpp.coding import (
     MAX_PARTS,
     Concatenation,

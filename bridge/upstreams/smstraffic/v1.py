@@ -1,12 +1,11 @@
-"""SMS Traffic: HTTP API v1 (``/multi.php``, XML) and v2 (``/v2/send``, JSON + Bearer key).
+"""SMS Traffic HTTP API v1: ``POST /multi.php`` form, XML reply.
 
-Spec: ``002_e7d2ff51d5c777f0.txt`` — HTTP API v1 (line 794), HTTP API v2 (line 105), API error
-codes (line 1988), backup host (line 88), statuses (line 2048).
+Spec: ``002_e7d2ff51d5c777f0.txt`` — HTTP API v1 (line 794), API error codes (line 1988),
+backup host (line 88), statuses (line 2048).
 
 Besides sending, v1 offers status polling (``operation=status``, line 998), batches
 (``individual_messages=1`` with ``with_push_id=1``, lines 826-979), inbound polling
-(``operation=incoming``, line 1931) and ``operation=set_checked`` (line 1136); v2 offers
-``/v2/statuses/list`` (line 306) and ``/v2/statuses/checked`` (line 501).
+(``operation=incoming``, line 1931) and the balance (``operation=account``, line 1209).
 """
 
 from __future__ import annotations
@@ -14,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlencode
 from xml.etree.ElementTree import Element
 
@@ -27,20 +25,16 @@ import defusedxml.ElementTree as SafeET
 import httpx
 from defusedxml import DefusedXmlException
 
-from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
-from bridge.inbound.parsing import map_status
+from bridge.errors import TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport, InboundMessage
+from bridge.parsing.status import map_status
 from bridge.parsing.text import fits_latin_mode
-from bridge.settings import UpstreamSettings
+from bridge.upstreams._batch import send_grouped
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
+from bridge.upstreams.config import UpstreamSettings
+from bridge.upstreams.smstraffic.common import error_for_code, poll_in_chunks
 
 log = logging.getLogger(__name__)
-
-# 002 line 1988. 1000 is "temporary problems on the server" (retry, or use the backup host).
-# 415 (insufficient funds) is transient: the message waits, within ``give_up_after``, for a
-# top-up instead of bouncing. Every other code describes the request itself: retrying the
-# same request cannot succeed.
-TRANSIENT_CODES = frozenset({1000, 415})
 
 # Codes that blame one line of an ``individual_messages`` request (a text or a phone, 002
 # line 1988: 420, 422-432, 437); they come with "no message has been sent". In a batch the
@@ -48,16 +42,9 @@ TRANSIENT_CODES = frozenset({1000, 415})
 # faulty one fails.
 PER_MESSAGE_CODES = frozenset({420, 422, 423, 424, *range(425, 433), 437})
 
-# 434: "no such message or it is not yours" (002 line 1988).
-NO_SUCH_MESSAGE = 434
-
 # v1 dates are "ГГГГ-ММ-ДД ЧЧ:ММ:СС" in UTC+3 (002 lines 1018 and 1941).
 MSK = timezone(timedelta(hours=3))
 V1_DATE = "%Y-%m-%d %H:%M:%S"
-
-# Ids per status request (v1 and v2 give no limit; set_checked takes at most 5000, line 1156).
-STATUS_CHUNK = 500
-CHECKED_CHUNK = 5000
 
 # operation=incoming (line 1931): messages are kept for two days (line 1972). A poll re-reads
 # from INBOUND_OVERLAP before the newest delivery_date seen, so that a message the provider
@@ -72,25 +59,6 @@ INBOUND_PAGES = 10
 # Ids kept in the cursor at most (the newest): a bound on its size; beyond it the store's
 # deduplication by sms_id still records a repeat once.
 INBOUND_SEEN_MAX = 5000
-
-# v2 restrictiveId: "Уникальный идентификатор, предотвращающий повторную отправку в течение
-# часа" (002 line 163). A retry relies on it only within RESTRICTIVE_SAFE of the first attempt
-# that may have reached the provider (the margin covers clocks and the request's own time);
-# later, or when that time is unknown (a restart, another instance), the retry first looks
-# the message up by trackingData.
-RESTRICTIVE_WINDOW = 3600.0
-RESTRICTIVE_SAFE = RESTRICTIVE_WINDOW - 300.0
-# restrictiveId takes at most 36 characters (line 163), trackingData 40 (line 160).
-MARK_LENGTH = 36
-# How long an upstream remembers a message's earlier attempts (its retries end long before).
-TRIED_KEEP = 2 * 86400.0
-
-
-def error_for_code(code: int, text: str, *, upstream: str) -> UpstreamError:
-    message = f"{upstream}: {text}".strip()
-    if code in TRANSIENT_CODES:
-        return TransientUpstreamError(message, code)
-    return PermanentUpstreamError(message, code)
 
 
 def _xml_root(body: bytes) -> Element:
@@ -211,11 +179,6 @@ def parse_v1_incoming(body: bytes, source: str) -> tuple[int, str, list[tuple[In
         )
         found.append((message, _msk(fields.get("delivery_date")) or _msk(fields.get("send_date"))))
     return 0, "", found
-
-
-def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
-    unique = list(dict.fromkeys(i for i in items if i))
-    return [unique[i:i + size] for i in range(0, len(unique), size)]
 
 
 def push_id_for(sms: OutboundSms) -> str:
@@ -395,7 +358,7 @@ class SmsTrafficV1Upstream(HttpUpstream):
         if code != 0:
             raise error_for_code(code, description, upstream=self.name)
         ids = tuple(sms_id for _, sms_id in infos if sms_id)
-        return SendReceipt(ids, note=description)
+        return SendReceipt(ids)
 
     # -- BatchSending ---------------------------------------------------------------------
 
@@ -404,23 +367,10 @@ class SmsTrafficV1Upstream(HttpUpstream):
         timeout, two_byte_concat) go in one ``individual_messages`` request; the part ids
         come back per ``push_id`` (002 lines 950-995). With one request, its failure is
         raised; with several, a failed request fails its own messages only."""
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for index, sms in enumerate(batch):
-            key = (rus_for(sms.text), sms.originator or None, sms.flash, sms.max_parts,
-                   sms.validity or None, sms.two_byte_concat)
-            groups.setdefault(key, []).append(index)
-        results: list[SendReceipt | UpstreamError | None] = [None] * len(batch)
-        for indexes in groups.values():
-            group = [batch[i] for i in indexes]
-            try:
-                outcome = await self._send_group(group)
-            except UpstreamError as exc:
-                if len(groups) == 1:
-                    raise
-                outcome = [exc] * len(group)
-            for index, result in zip(indexes, outcome, strict=True):
-                results[index] = result
-        return [r for r in results if r is not None]
+        return await send_grouped(
+            batch, self._send_group, upstream=self.name,
+            key=lambda sms: (rus_for(sms.text), sms.originator or None, sms.flash,
+                             sms.max_parts, sms.validity or None, sms.two_byte_concat))
 
     async def _send_group(self, group: list[OutboundSms]) -> list[SendReceipt | UpstreamError]:
         if len(group) == 1:
@@ -445,10 +395,8 @@ class SmsTrafficV1Upstream(HttpUpstream):
             raise error_for_code(code, description, upstream=self.name)
         receipts: list[SendReceipt | UpstreamError] = []
         for sms in group:
-            ids = parts.get(push_id_for(sms), [])
             # queued, but its ids missing from the reply: still accepted, never resent
-            receipts.append(SendReceipt(tuple(ids), note=description if ids else
-                                        f"{description}; no sms_id for this message"))
+            receipts.append(SendReceipt(tuple(parts.get(push_id_for(sms), []))))
         return receipts
 
     # -- StatusPolling --------------------------------------------------------------------
@@ -457,41 +405,15 @@ class SmsTrafficV1Upstream(HttpUpstream):
         """``operation=status`` with comma-separated ``sms_id`` (002 line 998). A whole-request
         434 ("no such message", the answer for ids older than two days, l. 1020) means none of
         the ids is known: an empty list."""
-        reports: list[DeliveryReport] = []
-        for chunk in _chunks(provider_ids, STATUS_CHUNK):
+        async def ask(chunk: list[str]) -> tuple[int, str, list[DeliveryReport]]:
             body = await self._post(1, [*self._auth(), ("operation", "status"),
                                         ("sms_id", ",".join(chunk))])
             try:
-                code, description, found = parse_v1_statuses(body)
+                return parse_v1_statuses(body)
             except ValueError as exc:
                 raise self._malformed(exc, ambiguous=False) from exc
-            if code == NO_SUCH_MESSAGE:
-                continue
-            if code != 0:
-                raise error_for_code(code, description, upstream=self.name)
-            reports.extend(found)
-        return reports
 
-    # -- set_checked ----------------------------------------------------------------------
-
-    async def set_checked(self, sms_ids: Sequence[str]) -> list[str]:
-        """``operation=set_checked`` (002 line 1136; idempotent, ≤ 5000 ids per request):
-        the ids the provider marked ``Checked`` (``<sms_ids><sms_id>``, l. 1183)."""
-        done: list[str] = []
-        for chunk in _chunks(sms_ids, CHECKED_CHUNK):
-            body = await self._post(1, [*self._auth(), ("operation", "set_checked"),
-                                        ("sms_id", ",".join(chunk))])
-            try:
-                root = _xml_root(body)
-                result = _v1_result(root)
-                if result is None:
-                    raise ValueError("reply without result/code")
-            except ValueError as exc:
-                raise self._malformed(exc, ambiguous=False) from exc
-            if result[0] != 0:
-                raise error_for_code(result[0], result[1], upstream=self.name)
-            done.extend((e.text or "").strip() for e in root.iter("sms_id") if e.text)
-        return done
+        return await poll_in_chunks(provider_ids, ask, upstream=self.name)
 
     # -- balance --------------------------------------------------------------------------
 
@@ -575,276 +497,3 @@ class SmsTrafficV1Upstream(HttpUpstream):
         new_cursor = InboundCursor(newest, seen, resume).dump()
         return fresh, (new_cursor if newest is not None or resume is not None or seen
                        else cursor)
-
-
-def request_mark(sms: OutboundSms) -> str:
-    """The message's ``restrictiveId`` and ``trackingData`` (002 lines 160-163): its
-    idempotency key, constant across retries; a key longer than those fields allow is
-    replaced by a digest rather than cut, so that two messages never share a mark."""
-    key = sms.idempotency_key
-    if len(key) <= MARK_LENGTH:
-        return key
-    return "h" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:MARK_LENGTH - 1]
-
-
-@dataclass
-class _Tried:
-    """What this upstream saw of a message's earlier attempts."""
-
-    since: float  # clock() at the first of them
-    # clock() when the first attempt that may have reached the provider began; None while
-    # every attempt surely sent nothing (refused connection, HTTP 429, an error answer)
-    first: float | None = None
-    refused: bool = False  # answered 105: an earlier attempt was accepted, never send again
-
-
-@dataclass
-class _Lookup:
-    ids: tuple[str, ...] = ()
-    error: UpstreamError | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-class SmsTrafficV2Upstream(HttpUpstream):
-    """HTTP API v2: ``POST /v2/send`` JSON with ``Authorization: Bearer`` (002 line 105).
-
-    Every request carries the message's mark (:func:`request_mark`) as ``restrictiveId``
-    and as the destination's ``trackingData``. ``restrictiveId`` makes the provider refuse
-    the same request for an hour (code 105, line 163); ``trackingData`` finds the message in
-    ``/v2/statuses/list`` (line 314), which is how a retry learns the provider's id of an SMS
-    whose answer was lost:
-
-    * a resend (``maybe_sent``: an earlier request may have been taken) within the hour sends
-      again; a 105 answer means an earlier request was accepted, and the ids are looked up
-      by ``trackingData`` — never sent again;
-    * a resend later than that, or one whose earlier request this process did not see (a
-      restart, another instance), looks up first and sends only if nothing is listed.
-    * while ``maybe_sent`` is 0 nothing earlier can have been taken: no lookup, and a 105
-      is an error like any other.
-
-    No BatchSending: ``restrictiveId`` belongs to the whole request, so a batch retried after
-    a partial change (one message dropped or added) would be a new request and could send its
-    messages twice. One message per request keeps retries safe.
-    """
-
-    kind: ClassVar[str] = "smstraffic_v2"
-    idempotent: ClassVar[bool] = True
-    finds_earlier_sends: ClassVar[bool] = True
-    required: ClassVar[tuple[str, ...]] = ("api_key",)
-    # Seconds after a first attempt during which a retry relies on restrictiveId.
-    restrictive_safe: ClassVar[float] = RESTRICTIVE_SAFE
-
-    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
-        super().__init__(name, settings, client)
-        self.clock: Callable[[], float] = time.monotonic
-        # mark -> earlier attempts, in insertion order (so the oldest are pruned first).
-        self._tried: dict[str, _Tried] = {}
-
-    def body(self, sms: OutboundSms) -> dict[str, Any]:
-        channel: dict[str, Any] = {
-            "message": sms.text,
-            "maxParts": sms.max_parts,
-            "transliterate": sms.transliterate,
-        }
-        if sms.validity:
-            # "timeout" is in the request example (002 line 201), not in the parameter table
-            channel["timeout"] = sms.validity
-        mark = request_mark(sms)
-        body: dict[str, Any] = {
-            "channels": {"sms": channel},
-            "destinations": [{"to": int(sms.phone), "trackingData": mark}],
-            "restrictiveId": mark,
-        }
-        if sms.originator:
-            body["originator"] = sms.originator
-        return body
-
-    def _headers(self) -> dict[str, str]:
-        assert self.settings.api_key is not None
-        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
-
-    def _remember(self, mark: str, started: float, *, reached: bool,
-                  refused: bool = False) -> None:
-        """Note a failed attempt begun at ``started``: whether it may have ``reached`` the
-        provider (an ambiguous failure), whether it was ``refused`` as a duplicate."""
-        tried = self._tried.setdefault(mark, _Tried(started))
-        if reached and tried.first is None:
-            tried.first = started
-        tried.refused = tried.refused or refused
-        while self._tried:  # prune from the oldest
-            oldest = next(iter(self._tried))
-            if self._tried[oldest].since >= started - TRIED_KEEP:
-                break
-            del self._tried[oldest]
-
-    def _must_look_up(self, sms: OutboundSms, tried: _Tried | None) -> bool:
-        """Whether the provider may take this request as new although an earlier attempt
-        was accepted: its restrictiveId window may be over, or this process cannot tell."""
-        if sms.maybe_sent == 0:
-            return False  # no earlier request can have been taken
-        if tried is None or tried.refused or tried.first is None:
-            # The doubt comes from a request this process did not see (a restart, another
-            # instance), or one was accepted already: its time is unknown, so ask.
-            return True
-        return self.clock() - tried.first >= self.restrictive_safe
-
-    async def send(self, sms: OutboundSms) -> SendReceipt:
-        mark = request_mark(sms)
-        tried = self._tried.get(mark)
-        if self._must_look_up(sms, tried):
-            # The provider may take this request as new: find an earlier copy first.
-            found = await self._lookup(mark)
-            if isinstance(found.error, TransientUpstreamError):
-                raise found.error  # nothing was sent; the next attempt looks up again
-            if found.ids:
-                self._tried.pop(mark, None)
-                return SendReceipt(found.ids, note="accepted by an earlier attempt; found by "
-                                                   "trackingData")
-            if tried is not None and tried.refused:
-                return await self._accepted_earlier(mark, tried.since, found)
-            # Nothing listed: send. (A lookup this key may not make, HTTP 403, leaves
-            # restrictiveId as the only guard, as it is within the hour.)
-        started = self.clock()
-        try:
-            response = await self.request(
-                sms.host_turn,
-                "POST",
-                "/v2/send",
-                json=self.body(sms),
-                headers=self._headers(),
-            )
-        except TransientUpstreamError as exc:
-            self._remember(mark, started, reached=exc.ambiguous)
-            raise
-        try:
-            reply = response.json()
-            success = reply["success"]
-        except (ValueError, KeyError, TypeError) as exc:
-            self._remember(mark, started, reached=True)
-            raise TransientUpstreamError(f"{self.name}: malformed JSON reply", "malformed",
-                                         ambiguous=True) from exc
-        if not success:
-            error = reply.get("error") or {}
-            code = int(error.get("code", 0) or 0)
-            text = str(error.get("message", ""))
-            # 105 means "restrictiveId duplicate" in the code table (line 1988) and "Invalid
-            # request format" in an example (line 296-306). On a resend of a well-formed
-            # request that may have been taken before it can only be the former: an earlier
-            # request was accepted. Its ids are looked up by trackingData; it is never sent
-            # again.
-            if code == 105 and sms.maybe_sent > 0:
-                return await self._accepted_earlier(mark, started)
-            self._remember(mark, started, reached=False)  # refused: nothing was sent
-            raise error_for_code(code, text, upstream=self.name)
-        ids: list[str] = []
-        for destination in reply.get("destinations") or []:
-            error = destination.get("error")
-            if error:
-                raise error_for_code(int(error.get("code", 0) or 0),
-                                     str(error.get("message", "")), upstream=self.name)
-            if destination.get("id"):
-                ids.append(str(destination["id"]))
-        self._tried.pop(mark, None)
-        return SendReceipt(tuple(ids))
-
-    async def _accepted_earlier(self, mark: str, started: float,
-                                found: _Lookup | None = None) -> SendReceipt:
-        """After a 105 on a retry: the ids of the accepted copy. A lookup that fails for now
-        is retried (the next attempt looks up without sending); one that lists nothing, or
-        that this key may not make, leaves the SMS sent without an id."""
-        if found is None:
-            found = await self._lookup(mark)
-        if isinstance(found.error, TransientUpstreamError):
-            self._remember(mark, started, reached=True, refused=True)
-            raise TransientUpstreamError(
-                f"{self.name}: accepted by an earlier attempt (restrictiveId); its id is not "
-                f"known yet: {found.error.text}", found.error.code,
-                retry_after=found.error.retry_after)
-        self._tried.pop(mark, None)
-        if not found.ids and found.error is None:
-            found.notes.append("not listed by trackingData, so its id is unknown")
-        return SendReceipt(found.ids, note="accepted by an earlier attempt (restrictiveId)"
-                           + "".join(f"; {note}" for note in found.notes))
-
-    async def _lookup(self, mark: str) -> _Lookup:
-        """The ids of the SMS sent with ``trackingData`` ``mark``: ``POST /v2/statuses/list``
-        with ``trackingData`` (002 line 314); each ``data`` item has ``smsId`` and
-        ``trackingData`` (line 353). An error is returned, not raised: what it means depends
-        on why the lookup was made."""
-        try:
-            data = await self._call("/v2/statuses/list", {"trackingData": [mark]})
-            if not isinstance(data, list):
-                raise TransientUpstreamError(f"{self.name}: statuses without data", "malformed")
-        except UpstreamError as exc:
-            log.warning("lookup by trackingData failed",
-                        extra={"upstream": self.name, "error": str(exc)})
-            return _Lookup(error=exc, notes=[f"lookup by trackingData failed: {exc.text}"])
-        ids = [str(item["smsId"]) for item in data
-               if isinstance(item, dict) and item.get("smsId")
-               and item.get("trackingData", mark) == mark]
-        return _Lookup(tuple(dict.fromkeys(ids)))
-
-    async def _call(self, path: str, payload: Any) -> Any:
-        """A v2 call that is not a send: POST JSON, ``{"success", "error", "data"}`` back
-        (002 lines 117-119 and 238-256). Nothing is sent by it, so nothing is ambiguous."""
-        response = await self.request(1, "POST", path, json=payload, headers=self._headers())
-        try:
-            reply = response.json()
-            success = reply["success"]
-            if not success:
-                error = reply.get("error") or {}
-                code = int(error.get("code", 0) or 0)
-                raise error_for_code(code, str(error.get("message", "")), upstream=self.name)
-            return reply.get("data")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise TransientUpstreamError(f"{self.name}: malformed JSON reply",
-                                         "malformed") from exc
-
-    async def balance(self) -> Decimal:
-        """``GET /v2/account`` (002 line 583): ``data.account``, a string, may be negative."""
-        response = await self.request(1, "GET", "/v2/account", headers=self._headers())
-        try:
-            reply = response.json()
-            if not reply["success"]:
-                error = reply.get("error") or {}
-                raise error_for_code(int(error.get("code", 0) or 0),
-                                     str(error.get("message", "")), upstream=self.name)
-            return Decimal(str(reply["data"]["account"]).strip())
-        except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
-            raise TransientUpstreamError(f"{self.name}: malformed balance reply",
-                                         "malformed") from exc
-
-    async def poll_statuses(self, provider_ids: Sequence[str]) -> list[DeliveryReport]:
-        """``POST /v2/statuses/list`` with ``ids`` and ``extendedInfo`` (002 line 306);
-        ``data[]`` holds ``smsId``, ``status``, ``deliveryDate`` and, with ``extendedInfo``,
-        ``statusExtended.code`` (the operator's error code). Unknown ids are not listed."""
-        reports: list[DeliveryReport] = []
-        for chunk in _chunks(provider_ids, STATUS_CHUNK):
-            data = await self._call("/v2/statuses/list", {"ids": chunk, "extendedInfo": True})
-            if not isinstance(data, list):
-                raise TransientUpstreamError(f"{self.name}: statuses without data", "malformed")
-            for item in data:
-                if not isinstance(item, dict) or not item.get("smsId"):
-                    continue
-                raw = str(item.get("status") or "").strip()
-                extended = item.get("statusExtended")
-                code = extended.get("code") if isinstance(extended, dict) else None
-                reports.append(DeliveryReport(
-                    str(item["smsId"]), map_status(raw), raw,
-                    code if isinstance(code, int) and not isinstance(code, bool) else None,
-                    str(item.get("deliveryDate") or item.get("sendDate") or ""),
-                ))
-        return reports
-
-    async def set_checked(self, sms_ids: Sequence[str]) -> list[str]:
-        """``POST /v2/statuses/checked`` with a JSON array of ids (002 line 501): the ids in
-        ``data.updated``; those in ``data.failed`` (unknown, not ours) are left out."""
-        done: list[str] = []
-        for chunk in _chunks(sms_ids, CHECKED_CHUNK):
-            data = await self._call("/v2/statuses/checked", chunk)
-            updated = data.get("updated") if isinstance(data, dict) else None
-            if not isinstance(updated, list):
-                raise TransientUpstreamError(f"{self.name}: reply without data.updated",
-                                             "malformed")
-            done.extend(str(i) for i in updated)
-        return done

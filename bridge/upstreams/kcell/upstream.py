@@ -25,7 +25,6 @@ the platform picks the coding from the text (section 5, l. 720) and ``sms.flash`
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -42,8 +41,10 @@ from bridge.errors import (
     UpstreamError,
 )
 from bridge.models import DeliveryReport
-from bridge.settings import UpstreamSettings
+from bridge.upstreams._batch import send_grouped
+from bridge.upstreams._poll import poll_each
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt, parse_retry_after
+from bridge.upstreams.config import UpstreamSettings
 
 # Table 11 (l. 1186-1323) lists most errors twice, an old 102xx and a new 360xx code; both are
 # mapped. Transient: internal errors (10216/36020; 36020 is listed twice, once as "security
@@ -391,8 +392,7 @@ class KcellUpstream(HttpUpstream):
         report = await self._dr(sms.host_turn, f"/dr/external/{extra_id}/simple")
         if report is None or not report.get("message_id"):
             return None
-        return SendReceipt((str(report["message_id"]),),
-                           note="accepted by an earlier attempt (extra_id)")
+        return SendReceipt((str(report["message_id"]),))  # accepted by an earlier attempt
 
     # -- Upstream ----------------------------------------------------------------------------
 
@@ -432,39 +432,19 @@ class KcellUpstream(HttpUpstream):
 
     async def send_batch(self, batch: Sequence[OutboundSms]) -> list[SendReceipt | UpstreamError]:
         """``POST /{client_id}/json2/batch/sync`` (2, l. 134-360), one request per distinct
-        (alpha name, ttl). A failure of the only request, or of every request, is raised; when
-        some requests succeeded, the messages of a failed one get its error each, so that the
-        sent ones are not sent again."""
-        results: list[SendReceipt | UpstreamError | None] = [None] * len(batch)
-        groups: dict[tuple[str | None, int], list[int]] = {}
-        for index, sms in enumerate(batch):
-            try:
-                self._check_originator(sms)
-                earlier = await self._earlier_attempt(sms)
-            except UpstreamError as exc:
-                results[index] = exc
-                continue
-            if earlier is not None:
-                results[index] = earlier
-                continue
-            groups.setdefault((sms.originator or None, ttl_for(sms.validity)), []).append(index)
-        failures: list[UpstreamError] = []
-        for indexes in groups.values():
-            group = [batch[i] for i in indexes]
-            try:
-                outcomes = await self._send_group(group)
-            except UpstreamError as exc:
-                failures.append(exc)
-                outcomes = [exc] * len(group)
-            for index, outcome in zip(indexes, outcomes, strict=True):
-                results[index] = outcome
-        if failures and len(failures) == len(groups) and all(
-                isinstance(r, UpstreamError) for r in results):
-            raise failures[0]
-        return [r if r is not None else TransientUpstreamError(f"{self.name}: not sent")
-                for r in results]
+        (alpha name, ttl), after the originator check and, for a message an earlier request
+        may have sent, the lookup by ``extra_id`` (:func:`bridge.upstreams._batch.send_grouped`
+        says which failure is raised)."""
 
-    async def _send_group(self, group: Sequence[OutboundSms]) -> list[SendReceipt | UpstreamError]:
+        async def settle(sms: OutboundSms) -> SendReceipt | None:
+            self._check_originator(sms)
+            return await self._earlier_attempt(sms)
+
+        return await send_grouped(
+            batch, self._send_group, upstream=self.name, settle=settle,
+            key=lambda sms: (sms.originator or None, ttl_for(sms.validity)))
+
+    async def _send_group(self, group: list[OutboundSms]) -> list[SendReceipt | UpstreamError]:
         turn = max(sms.host_turn for sms in group)
         response, data = await self._post(turn, "/json2/batch/sync", self.batch_body(group))
         self._raise_for_error(response, data)
@@ -540,11 +520,8 @@ class KcellUpstream(HttpUpstream):
         """One ``/dr/{message_id}/simple`` per id (4.1, l. 596-638), ``concurrency`` at a time.
         Ids the platform does not know are left out; an error is raised only when no id could
         be asked for."""
-        semaphore = asyncio.Semaphore(self.settings.concurrency)
-
         async def one(provider_id: str) -> DeliveryReport | None:
-            async with semaphore:
-                data = await self._dr(1, f"/dr/{quote(provider_id, safe='')}/simple")
+            data = await self._dr(1, f"/dr/{quote(provider_id, safe='')}/simple")
             if data is None:
                 return None
             data.setdefault("message_id", provider_id)
@@ -554,20 +531,7 @@ class KcellUpstream(HttpUpstream):
                                         report.error_code, report.at)
             return report
 
-        outcomes = await asyncio.gather(*(one(p) for p in provider_ids), return_exceptions=True)
-        reports: list[DeliveryReport] = []
-        errors: list[BaseException] = []
-        for outcome in outcomes:
-            if isinstance(outcome, DeliveryReport):
-                reports.append(outcome)
-            elif isinstance(outcome, BaseException):
-                errors.append(outcome)
-        for error in errors:
-            if not isinstance(error, UpstreamError):
-                raise error
-        if errors and len(errors) == len(provider_ids):
-            raise errors[0]
-        return reports
+        return await poll_each(provider_ids, one, concurrency=self.settings.concurrency)
 
 
 def _json(response: httpx.Response) -> Any:

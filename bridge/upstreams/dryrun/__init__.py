@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import httpx
 
-from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import OutboundSms, SendReceipt
+from bridge.upstreams.config import UpstreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class DryRunUpstream:
             extra={"message_id": sms.message_id, "phone": sms.phone, "provider_id": provider_id,
                    "chars": len(sms.text), "upstream": self.name},
         )
-        return SendReceipt((provider_id,), note="dry run: nothing was sent")
+        return SendReceipt((provider_id,))  # a dry run: nothing was sent
 
     async def aclose(self) -> None:
         return None

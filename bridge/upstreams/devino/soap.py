@@ -3,9 +3,10 @@
 Spec: ``001_600c633d74a81c97.txt`` — faults (line 36), ``GetSessionID`` (line 50, Табл. 1),
 ``GetBalance`` (line 98, Табл. 2), ``SendMessage`` (line 212, Табл. 4), ``GetMessageState``
 (line 352, Табл. 6/7), ``GetIncomingMessages`` (line 491, Табл. 10/11), message states
-(line 563, Табл. 16). Requests are UTF-8, at most 10 per second (line 34): every request of
-one upstream (session, sends, status and inbound polls, balance) is paced, see
-:data:`MIN_REQUEST_GAP`.
+(line 563, Табл. 16). Requests are UTF-8, at most 10 per second (line 34): the limit covers
+every request of one upstream (session, sends, status and inbound polls, balance), and is
+declared as :attr:`DevinoSoapUpstream.requests_per_second` for the dispatcher's rate limiter to
+keep.
 
 Element names: the service is ASP.NET (ASMX), whose XmlSerializer binds a parameter only by
 its exact name, case included, and skips any other element — a ``Login`` where ``login`` is
@@ -34,31 +35,45 @@ What the API does not have, and how the bridge copes:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
 import re
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
 from xml.etree.ElementTree import Element
-from xml.sax.saxutils import escape
 
-import defusedxml.ElementTree as SafeET
 import httpx
-from defusedxml import DefusedXmlException
 
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport, InboundMessage
-from bridge.settings import UpstreamSettings
-from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
+from bridge.upstreams._batch import send_grouped
+from bridge.upstreams._session import SessionKeeper
+from bridge.upstreams._soap import (
+    SOAP12,
+    SoapFault,
+    SoapReplyError,
+    SoapUpstream,
+    child,
+    element,
+    local,
+    parse_envelope,
+    text,
+)
+from bridge.upstreams.base import OutboundSms, SendReceipt
+from bridge.upstreams.config import UpstreamSettings
+from bridge.upstreams.devino.common import (
+    INBOUND_OVERLAP,
+    MAX_SEEN_INBOUND,
+    REQUESTS_PER_SECOND,
+    InboundCursor,
+    parse_datetime,
+    soap_datetime,
+)
 
 NAMESPACE = "http://ws.devinosms.com"
-SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 # Line 26-30: the endpoint is ``/SmsService.asmx`` (the examples write ``/smsservice.asmx``;
 # IIS paths are case-insensitive).
 PATH = "/SmsService.asmx"
@@ -68,17 +83,6 @@ SESSION_TTL = 120 * 60.0
 SESSION_RENEW_MARGIN = 10 * 60.0
 # Line 214: up to 1000 addresses in one SendMessage.
 MAX_ADDRESSES = 1000
-# Line 34: "Количество запросов 10 запросов/1 сек." Requests start at least 1/9 s apart: ten
-# gaps then span 1.11 s, so a request that is up to ~0.1 s slower on its way than the next one
-# still cannot put an eleventh request into one second of the provider's count.
-MIN_REQUEST_GAP = 1 / 9
-
-# Inbound windows overlap by this much: a message may become visible to GetIncomingMessages
-# up to 30 minutes after its CreateDateUtc and still be fetched, with 5 minutes to spare for a
-# skew between our clock and the provider's.
-INBOUND_OVERLAP = timedelta(minutes=35)
-# An inbound cursor remembers at most this many ids (it is stored after every poll).
-MAX_SEEN_INBOUND = 5000
 
 _ENVELOPE = (
     '<?xml version="1.0" encoding="utf-8"?>\n'
@@ -90,10 +94,6 @@ _ENVELOPE = (
     "</soap12:Body>"
     "</soap12:Envelope>"
 )
-
-
-def _el(name: str, value: str) -> str:
-    return f"<{name}>{escape(value)}</{name}>"
 
 
 def envelope(method: str, inner: str) -> bytes:
@@ -109,107 +109,16 @@ def content_type(method: str) -> str:
     return f'application/soap+xml; charset=utf-8; action="{NAMESPACE}/{method}"'
 
 
-def soap_datetime(moment: datetime) -> str:
-    """``xsd:dateTime`` in UTC without a zone suffix, as the spec's examples write it
-    (``2012-01-18T23:59:00``, Табл. 8 and 10)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def parse_datetime(value: str) -> datetime | None:
-    """A dateTime as .NET serialises it (``…T…``, optional fraction, optional ``Z``/offset);
-    a value without a zone is UTC (the fields are all ``…Utc``)."""
-    text = value.strip()
-    if not text:
-        return None
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    # .NET writes up to 7 fractional digits; fromisoformat takes at most 6.
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-# ---------------------------------------------------------------------------- XML replies
-
-
-def _local(tag: str) -> str:
-    """Element name without namespace: replies are matched whatever prefix they use."""
-    return tag.rsplit("}", 1)[-1]
-
-
-def _child(element: Element, name: str) -> Element | None:
-    """First child named ``name`` (any namespace, any case: the spec's tables and examples
-    spell names differently)."""
-    wanted = name.lower()
-    for child in element:
-        if _local(child.tag).lower() == wanted:
-            return child
-    return None
-
-
-def _text(element: Element, name: str) -> str:
-    child = _child(element, name)
-    return (child.text or "").strip() if child is not None else ""
-
-
-@dataclass(frozen=True)
-class SoapFault:
-    """``soap:Fault`` (line 36-48): ``Code/Value``, optional ``Subcode/Value``, ``Reason``."""
-
-    code: str  # local name of Code/Value: Sender, Receiver, VersionMismatch, …
-    subcode: str
-    reason: str
-
-    @property
-    def message(self) -> str:
-        """The service's own message: ASP.NET writes ``Server was unable to process request.
-        ---> <exception message>`` (line 44-45, ``&gt;`` being the ``>``)."""
-        return re.split(r"-+\s*>", self.reason)[-1].strip()
-
-
-class SoapReplyError(ValueError):
-    """The reply is not a SOAP envelope of the expected shape."""
-
-
-def parse_reply(body: bytes, method: str) -> Element | SoapFault:
-    """The ``<method>Result`` element of a reply, or its fault.
-
-    Parsed with defusedxml (no entities, no external resources); namespace prefixes are
-    ignored (``soap:``, ``soap12:`` and ``env:`` are all seen in the wild)."""
-    try:
-        root: Element = SafeET.fromstring(body.strip())
-    except (SafeET.ParseError, DefusedXmlException, ValueError) as exc:
-        raise SoapReplyError("malformed XML reply") from exc
-    if _local(root.tag) != "Envelope":
-        raise SoapReplyError(f"unexpected XML root {_local(root.tag)!r}")
-    soap_body = _child(root, "Body")
-    if soap_body is None or len(soap_body) == 0:
-        raise SoapReplyError("SOAP reply without a body")
-    first = soap_body[0]
-    if _local(first.tag) == "Fault":
-        code = _child(first, "Code")
-        value = _text(code, "Value") if code is not None else ""
-        subcode = _child(code, "Subcode") if code is not None else None
-        reason = _child(first, "Reason")
-        reason_text = _text(reason, "Text") if reason is not None else ""
-        return SoapFault(
-            code=value.rsplit(":", 1)[-1],
-            subcode=(_text(subcode, "Value").rsplit(":", 1)[-1] if subcode is not None else ""),
-            reason=" ".join(reason_text.split()),
-        )
-    if _local(first.tag).lower() != f"{method}Response".lower():
-        raise SoapReplyError(f"unexpected reply element {_local(first.tag)!r}")
-    result = _child(first, f"{method}Result")
+def parse_reply(body: bytes, method: str) -> Element:
+    """The ``<method>Result`` element of a reply; a fault is raised as :class:`SoapFault`,
+    a reply of another shape as :class:`SoapReplyError`."""
+    first = parse_envelope(body)
+    if local(first.tag).lower() != f"{method}Response".lower():
+        raise SoapReplyError(f"unexpected reply element {local(first.tag)!r}")
+    result = child(first, f"{method}Result")
     if result is None:
         raise SoapReplyError(f"{method}Result missing")
     return result
-
-
-def _looks_like_fault(body: bytes) -> bool:
-    return b"Fault" in body and b"Envelope" in body
 
 
 # ---------------------------------------------------------------------------- faults
@@ -326,59 +235,10 @@ def inbound_id(record: dict[str, str], occurrence: int) -> str:
     return "d" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:31]
 
 
-@dataclass(frozen=True)
-class InboundCursor:
-    """Where the next inbound window starts, and the ids already handed out from there on:
-    successive windows overlap, and what was handed out is not handed out again. Used by both
-    Devino interfaces (``GetIncomingMessages`` here, ``Sms/In`` in ``devino_rest``)."""
-
-    since: datetime
-    seen: frozenset[str]
-
-    def dump(self) -> str:
-        return json.dumps({"v": 1, "since": soap_datetime(self.since), "seen": sorted(self.seen)},
-                          separators=(",", ":"))
-
-    @classmethod
-    def load(cls, text: str | None) -> InboundCursor | None:
-        if not text:
-            return None
-        try:
-            data = json.loads(text)
-            since = parse_datetime(str(data["since"]))
-            seen = frozenset(str(item) for item in data.get("seen", []))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return cls(since, seen) if since is not None else None
-
-    @classmethod
-    def after_poll(cls, window_start: datetime, now: datetime, overlap: timedelta,
-                   records: Sequence[tuple[datetime | None, str]], limit: int) -> InboundCursor:
-        """The cursor after a poll at ``now`` whose window began at ``window_start`` and
-        answered ``records`` (creation time, id).
-
-        The next window starts ``overlap`` before ``now`` (never before this one), on a whole
-        second as the requests carry it, and the ids of the records from there on are
-        remembered. A record without a readable time is remembered while it is answered.
-
-        At most ``limit`` ids are kept: with more, the next window starts just after the
-        second of the ``limit``-th newest record, so that what is forgotten is no longer
-        asked for (never handed out twice, nor again and again); only for such a burst the
-        overlap is shorter than ``overlap``."""
-        since = max(window_start, now - overlap).replace(microsecond=0)
-        kept = [(created or now, sms_id) for created, sms_id in records
-                if created is None or created >= since]
-        if len(kept) > limit:
-            kept.sort(reverse=True)
-            since = kept[max(limit, 1) - 1][0].replace(microsecond=0) + timedelta(seconds=1)
-            kept = [(created, sms_id) for created, sms_id in kept if created >= since]
-        return cls(since, frozenset(sms_id for _, sms_id in kept))
-
-
 # ---------------------------------------------------------------------------- the upstream
 
 
-class DevinoSoapUpstream(HttpUpstream):
+class DevinoSoapUpstream(SoapUpstream):
     """Devino Telecom over SOAP 1.2: sends, batches, status and inbound polling, balance."""
 
     kind: ClassVar[str] = "devino_soap"
@@ -386,6 +246,7 @@ class DevinoSoapUpstream(HttpUpstream):
     required: ClassVar[tuple[str, ...]] = ("login", "password")
 
     max_batch: int = MAX_ADDRESSES
+    requests_per_second: ClassVar[float] = REQUESTS_PER_SECOND
     #: With no cursor, inbound polling starts this far back (the provider keeps no "unread"
     #: flag; a first start forwards the last day).
     initial_lookback: timedelta = timedelta(days=1)
@@ -397,33 +258,19 @@ class DevinoSoapUpstream(HttpUpstream):
 
     def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
-        self.session_lifetime = SESSION_TTL - SESSION_RENEW_MARGIN
-        self._session_id: str | None = None
-        self._session_expires = 0.0
-        self._generation = 0
-        self._session_lock = asyncio.Lock()
-        # The operator's rate_per_second may ask for fewer requests than the spec allows.
-        rate = settings.rate_per_second
-        self.request_gap = max(MIN_REQUEST_GAP, 1 / rate if rate > 0 else 0.0)
-        self._next_slot = 0.0
+        self.sessions = SessionKeeper(self._new_session, SESSION_TTL - SESSION_RENEW_MARGIN)
 
     # -- transport -------------------------------------------------------------------------
 
-    def _check_status(self, response: httpx.Response) -> None:
-        # SOAP 1.2 over HTTP sends faults with 400 (Sender) or 500 (Receiver): the fault's
-        # code decides, not the HTTP status.
-        if response.status_code in (400, 500) and _looks_like_fault(response.content):
-            return
-        super()._check_status(response)
-
     async def _soap(self, method: str, inner: str, attempt: int) -> Element:
-        await self._pace()
         response = await self.request(
             attempt, "POST", PATH, content=envelope(method, inner),
             headers={"Content-Type": content_type(method)},
         )
         try:
-            result = parse_reply(response.content, method)
+            return parse_reply(response.content, method)
+        except SoapFault as fault:
+            raise fault_error(fault, self.name) from fault
         except SoapReplyError as exc:
             if response.status_code != 200:
                 raise PermanentUpstreamError(
@@ -431,15 +278,12 @@ class DevinoSoapUpstream(HttpUpstream):
                 ) from exc
             raise TransientUpstreamError(f"{self.name}: {exc}", "malformed",
                                          ambiguous=True) from exc
-        if isinstance(result, SoapFault):
-            raise fault_error(result, self.name)
-        return result
 
     async def _new_session(self, attempt: int) -> str:
         """``GetSessionID`` (line 50; names as in the example, lines 65-66: ``login``,
         ``password`` — Табл. 1's ``Login``/``Password`` would not be read)."""
         assert self.settings.login and self.settings.password
-        inner = _el("login", self.settings.login) + _el(
+        inner = element("login", self.settings.login) + element(
             "password", self.settings.password.get_secret_value())
         try:
             result = await self._soap("GetSessionID", inner, attempt)
@@ -450,48 +294,15 @@ class DevinoSoapUpstream(HttpUpstream):
             raise TransientUpstreamError(f"{self.name}: empty session id", "malformed")
         return session_id
 
-    async def session(self, attempt: int = 1) -> tuple[str, int]:
-        """The cached session id and its generation, fetched when missing or near expiry."""
-        if self._session_id is not None and time.monotonic() < self._session_expires:
-            return self._session_id, self._generation
-        return await self.renew_session(self._generation, attempt)
-
-    async def renew_session(self, stale: int, attempt: int = 1) -> tuple[str, int]:
-        """One renewal for all callers that saw generation ``stale`` fail or expire: the
-        first takes the lock and asks; the others find a newer generation and use it."""
-        async with self._session_lock:
-            if (self._generation != stale and self._session_id is not None
-                    and time.monotonic() < self._session_expires):
-                return self._session_id, self._generation
-            session_id = await self._new_session(attempt)
-            self._session_id = session_id
-            self._session_expires = time.monotonic() + self.session_lifetime
-            self._generation += 1
-            return session_id, self._generation
-
     async def call(self, method: str, params: str, attempt: int = 1) -> Element:
         """``method`` with the session id first (line 52), as ``sessionID`` — the name every
         request example of the methods used here writes (lines 109, 229, 365, 502). A refused
         session is renewed once (shared with concurrent callers) and the call repeated: the
         refusal came before the service acted, so repeating cannot duplicate."""
-        session_id, generation = await self.session(attempt)
-        try:
-            return await self._soap(method, _el("sessionID", session_id) + params, attempt)
-        except SessionFault:
-            session_id, _ = await self.renew_session(generation, attempt)
-            return await self._soap(method, _el("sessionID", session_id) + params, attempt)
-
-    async def _pace(self) -> None:
-        """Line 34: at most 10 requests per second, counted over every request of this
-        upstream. Each request takes the next free start slot, ``request_gap`` after the
-        previous one, and waits for it; slots are handed out in call order. (A switch to the
-        backup host after a refused connection is not paced again: nothing reached the
-        provider.)"""
-        now = time.monotonic()
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + self.request_gap
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return await self.sessions.call(
+            attempt, lambda session: self._soap(method, element("sessionID", session) + params,
+                                                attempt),
+            lambda exc: isinstance(exc, SessionFault))
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -499,14 +310,14 @@ class DevinoSoapUpstream(HttpUpstream):
         """``<message>`` of SendMessage (lines 230-240; the example's names, which here are
         also Табл. 4's)."""
         assert sms.originator
-        inner = _el("Data", sms.text)
-        inner += "<DestinationAddresses>" + "".join(_el("string", p) for p in phones)
+        inner = element("Data", sms.text)
+        inner += "<DestinationAddresses>" + "".join(element("string", p) for p in phones)
         inner += "</DestinationAddresses>"
-        inner += _el("SourceAddress", sms.originator)
-        inner += _el("ReceiptRequested", "true")
+        inner += element("SourceAddress", sms.originator)
+        inner += element("ReceiptRequested", "true")
         if sms.validity:
             # Табл. 4: Validity in minutes (default 2880); the bridge's validity is seconds.
-            inner += _el("Validity", str(max(1, math.ceil(sms.validity / 60))))
+            inner += element("Validity", str(max(1, math.ceil(sms.validity / 60))))
         return f"<message>{inner}</message>"
 
     async def _send_message(self, sms: OutboundSms, phones: Sequence[str],
@@ -519,7 +330,7 @@ class DevinoSoapUpstream(HttpUpstream):
         When the count does not divide, the SMS were accepted but their ids cannot be told
         apart: each address gets none (no status polling for them)."""
         result = await self.call("SendMessage", self._message(sms, phones), attempt)
-        ids = [(item.text or "").strip() for item in result if _local(item.tag) == "string"]
+        ids = [(item.text or "").strip() for item in result if local(item.tag) == "string"]
         ids = [i for i in ids if i]
         count = len(phones)
         if count == 1:
@@ -546,46 +357,32 @@ class DevinoSoapUpstream(HttpUpstream):
 
         A batch that is one request raises its failure; with several requests, a failed
         request's messages get its error and the others their receipts."""
-        results: list[SendReceipt | UpstreamError | None] = [None] * len(batch)
-        groups: dict[tuple[str, str, int | None], list[int]] = {}
-        for index, sms in enumerate(batch):
-            if not sms.originator:
-                results[index] = self._no_source()
-                continue
-            groups.setdefault((sms.text, sms.originator, sms.validity), []).append(index)
-        chunks = [indexes[i:i + MAX_ADDRESSES] for indexes in groups.values()
-                  for i in range(0, len(indexes), MAX_ADDRESSES)]
-        for chunk in chunks:
-            first = batch[chunk[0]]
-            attempt = max(batch[i].attempt for i in chunk)
-            try:
-                per_phone = await self._send_message(first, [batch[i].phone for i in chunk],
-                                                     attempt)
-            except UpstreamError as exc:
-                if len(chunks) == 1 and len(chunk) == len(batch):
-                    raise
-                for index in chunk:
-                    results[index] = exc
-                continue
-            for index, ids in zip(chunk, per_phone, strict=True):
-                note = "" if ids else "accepted; the reply's ids could not be matched"
-                results[index] = SendReceipt(ids, note=note)
-        return [r for r in results if r is not None]
+        async def no_source(sms: OutboundSms) -> UpstreamError | None:
+            return None if sms.originator else self._no_source()
+
+        async def send_group(group: list[OutboundSms]) -> list[SendReceipt]:
+            attempt = max(sms.attempt for sms in group)
+            per_phone = await self._send_message(group[0], [sms.phone for sms in group], attempt)
+            return [SendReceipt(ids) for ids in per_phone]
+
+        return await send_grouped(batch, send_group, key=lambda sms: (sms.text, sms.originator,
+                                                                     sms.validity),
+                                  upstream=self.name, max_group=MAX_ADDRESSES, settle=no_source)
 
     # -- statuses --------------------------------------------------------------------------
 
     async def message_state(self, provider_id: str) -> DeliveryReport | None:
         """``GetMessageState`` (line 352, Табл. 6/7): one id (segment) per request."""
         # Табл. 6 and the example (line 366) agree on ``messageID``.
-        result = await self.call("GetMessageState", _el("messageID", provider_id))
-        raw = _text(result, "State")
+        result = await self.call("GetMessageState", element("messageID", provider_id))
+        raw = text(result, "State")
         state = parse_state(raw)
         if state is None:
             raise TransientUpstreamError(f"{self.name}: unreadable State {raw!r}", "malformed")
         if state == UNKNOWN_STATE:
             return None
-        description = _text(result, "StateDescription")
-        at = _text(result, "ReportedDateUtc") or _text(result, "SubmittedDateUtc")
+        description = text(result, "StateDescription")
+        at = text(result, "ReportedDateUtc") or text(result, "SubmittedDateUtc")
         return DeliveryReport(
             provider_id=provider_id,
             status=bridge_status(state),
@@ -631,15 +428,15 @@ class DevinoSoapUpstream(HttpUpstream):
                                                             frozenset())
         until = now + timedelta(minutes=1)
         # The example's names (lines 502-504); Табл. 10's ``sessionId`` would not be read.
-        params = _el("maxDateUTC", soap_datetime(until)) + _el("minDateUTC",
+        params = element("maxDateUTC", soap_datetime(until)) + element("minDateUTC",
                                                                   soap_datetime(state.since))
         result = await self.call("GetIncomingMessages", params)
         records: list[tuple[datetime | None, str, dict[str, str]]] = []
         occurrences: dict[tuple[tuple[str, str], ...], int] = {}
         for item in result:
-            if _local(item.tag).lower() != "incomingmessage":
+            if local(item.tag).lower() != "incomingmessage":
                 continue
-            record = {_local(field.tag): (field.text or "") for field in item}
+            record = {local(field.tag): (field.text or "") for field in item}
             key = tuple(sorted(record.items()))
             occurrence = occurrences.get(key, 0)
             occurrences[key] = occurrence + 1

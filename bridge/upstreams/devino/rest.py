@@ -12,10 +12,11 @@ Settings: ``base_url`` is the API root including ``/rest`` (``https://integratio
 ``SourceAddress`` for messages without an originator (the spec makes the sender mandatory,
 Табл. 3 line 187).
 
-Rate limit: Devino accepts at most 10 requests per second per account. Configure it as the
-operator's setting ``rate_per_second = 10``: the dispatcher paces sends with it, and this module
-paces every request it makes (session, send, status and inbound polls, balance) with its own
-token bucket at the same rate, so that polls of many ids cannot burst past the limit.
+Rate limit: Devino accepts at most 10 requests per second per account (001 line 34, the same
+backend). It is declared as :attr:`DevinoRestUpstream.requests_per_second`: the dispatcher's
+rate limiter paces every request of the upstream (session, send, status and inbound polls,
+balance) with it, so that polls of many ids cannot burst past the limit. The operator's
+``rate_per_second`` may ask for fewer.
 
 Idempotency: the API has no client-side id or idempotency key, so ``idempotent`` is False: a
 retry after an ambiguous failure (timeout, HTTP 5xx, code 8/9) may send a second copy.
@@ -28,11 +29,9 @@ used for the same reason.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,11 +42,13 @@ import httpx
 
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport, InboundMessage
-from bridge.outbox.ratelimit import TokenBucket
 from bridge.parsing.text import count_segments
-from bridge.settings import UpstreamSettings
+from bridge.upstreams._batch import send_grouped
+from bridge.upstreams._poll import poll_each
+from bridge.upstreams._session import SessionKeeper
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
-from bridge.upstreams.devino_soap import MAX_SEEN_INBOUND, InboundCursor
+from bridge.upstreams.config import UpstreamSettings
+from bridge.upstreams.devino.common import MAX_SEEN_INBOUND, REQUESTS_PER_SECOND, InboundCursor
 
 #: Line 101: "Полученный идентификатор сессии действителен в течение 120 минут."
 SESSION_LIFETIME = 120 * 60.0
@@ -208,11 +209,6 @@ def _created(record: Any) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _copy_error(error: UpstreamError) -> UpstreamError:
-    return type(error)(error.text, error.code, retry_after=error.retry_after,
-                       ambiguous=error.ambiguous)
-
-
 class DevinoRestUpstream(HttpUpstream):
     """Devino Telecom REST API; see the module docstring."""
 
@@ -225,21 +221,13 @@ class DevinoRestUpstream(HttpUpstream):
     inbound_overlap: timedelta = INBOUND_OVERLAP
     #: The most inbound ids a cursor remembers (see :meth:`InboundCursor.after_poll`).
     max_seen_inbound: int = MAX_SEEN_INBOUND
+    requests_per_second: ClassVar[float] = REQUESTS_PER_SECOND
 
     def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
-        #: Monotonic clock for the session's life; tests may replace it.
-        self.clock: Callable[[], float] = time.monotonic
+        self.sessions = SessionKeeper(self._login, SESSION_LIFETIME - SESSION_RENEW_MARGIN)
         #: Wall clock (UTC) for ``Sms/In`` windows; tests may replace it.
         self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
-        self._session: str | None = None
-        self._session_renew_at = 0.0
-        # One renewal is shared by every call that saw the same session fail: a call remembers
-        # the generation it used, and renews only if nobody renewed since.
-        self._generation = 0
-        self._session_lock = asyncio.Lock()
-        self._bucket = TokenBucket(settings.rate_per_second)
-        self._polls = asyncio.Semaphore(settings.concurrency)
 
     # ------------------------------------------------------------------ HTTP and errors
 
@@ -259,7 +247,6 @@ class DevinoRestUpstream(HttpUpstream):
     async def _raw(self, attempt: int, method: str, path: str, params: list[tuple[str, str]]
                    ) -> httpx.Response:
         """One request; a ``{Code, Desc}`` error is raised even when it came with HTTP 200."""
-        await self._bucket.take()
         if method == "GET":
             response = await self.request(attempt, method, path, params=params)
         else:
@@ -278,15 +265,11 @@ class DevinoRestUpstream(HttpUpstream):
         """A call with ``SessionID`` first: on code 3 or 4 the session is renewed (once, shared
         by concurrent callers) and the call repeated once. A request refused for its session
         was not processed, so repeating it cannot send twice."""
-        session, generation = await self._session_id(attempt)
         try:
-            return await self._raw(attempt, method, path, [("SessionID", session), *params])
-        except UpstreamError as exc:
-            if exc.code not in SESSION_CODES:
-                raise
-        session, _ = await self._session_id(attempt, stale=generation)
-        try:
-            return await self._raw(attempt, method, path, [("SessionID", session), *params])
+            return await self.sessions.call(
+                attempt, lambda session: self._raw(attempt, method, path,
+                                                   [("SessionID", session), *params]),
+                lambda exc: exc.code in SESSION_CODES)
         except UpstreamError as exc:
             if exc.code == 3:
                 # A fresh session refused again: the provider's trouble, not the message's.
@@ -298,24 +281,6 @@ class DevinoRestUpstream(HttpUpstream):
                                       ambiguous=ambiguous)
 
     # ------------------------------------------------------------------ session
-
-    async def _session_id(self, attempt: int, *, stale: int | None = None) -> tuple[str, int]:
-        """The cached session id and its generation; renewed when its 120 minutes (line 101)
-        are nearly over, or when ``stale`` is the generation a call just saw refused."""
-        if self._fresh(stale):
-            assert self._session is not None
-            return self._session, self._generation
-        async with self._session_lock:
-            if not self._fresh(stale):
-                self._session = await self._login(attempt)
-                self._session_renew_at = self.clock() + SESSION_LIFETIME - SESSION_RENEW_MARGIN
-                self._generation += 1
-            assert self._session is not None
-            return self._session, self._generation
-
-    def _fresh(self, stale: int | None) -> bool:
-        return (self._session is not None and self.clock() < self._session_renew_at
-                and (stale is None or stale != self._generation))
 
     async def _login(self, attempt: int) -> str:
         """``GET /user/sessionid`` (line 28). Табл. 1 names the parameters ``Login`` and
@@ -370,31 +335,9 @@ class DevinoRestUpstream(HttpUpstream):
         ``Sms/Send``. The answer lists all segment ids of the first number, then of the next
         (line 402): each number takes ``segments_of(text)`` ids. A failed request fails the
         messages it carried; when the batch was a single request, the error is raised."""
-        groups: list[list[int]] = []
-        keys: dict[tuple[str, str | None, int | None], list[list[int]]] = {}
-        for index, sms in enumerate(batch):
-            key = (sms.text, sms.originator, sms.validity)
-            for group in keys.setdefault(key, []):
-                if all(batch[i].phone != sms.phone for i in group) and len(group) < self.max_batch:
-                    group.append(index)
-                    break
-            else:
-                group = [index]
-                keys[key].append(group)
-                groups.append(group)
-        results: list[SendReceipt | UpstreamError | None] = [None] * len(batch)
-        for group in groups:
-            try:
-                receipts = await self._send_group([batch[i] for i in group])
-            except UpstreamError as exc:
-                if len(groups) == 1:
-                    raise
-                for i in group:
-                    results[i] = _copy_error(exc)
-                continue
-            for i, receipt in zip(group, receipts, strict=True):
-                results[i] = receipt
-        return [r for r in results if r is not None]
+        return await send_grouped(batch, self._send_group, upstream=self.name,
+                                  key=lambda sms: (sms.text, sms.originator, sms.validity),
+                                  max_group=self.max_batch, distinct_phones=True)
 
     async def _send_group(self, group: list[OutboundSms]) -> list[SendReceipt]:
         if len(group) == 1:
@@ -408,17 +351,13 @@ class DevinoRestUpstream(HttpUpstream):
         except ValueError as exc:
             raise self._malformed("bulk send", ambiguous=True) from exc
         per = segments_of(first.text)
-        note = ""
         if len(ids) != per * len(group):
             if len(ids) % len(group):
                 # Accepted, but the ids cannot be told apart: no resend (it would duplicate),
                 # no status polling for these messages.
-                note = f"{len(ids)} ids for {len(group)} numbers: not mapped"
-                return [SendReceipt((), note=note) for _ in group]
-            per = len(ids) // len(group)
-            note = f"{per} segment ids per number (expected {segments_of(first.text)})"
-        return [SendReceipt(tuple(ids[i * per:(i + 1) * per]), note=note)
-                for i in range(len(group))]
+                return [SendReceipt(()) for _ in group]
+            per = len(ids) // len(group)  # the provider counted the segments otherwise
+        return [SendReceipt(tuple(ids[i * per:(i + 1) * per])) for i in range(len(group))]
 
     # ------------------------------------------------------------------ statuses
 
@@ -429,25 +368,11 @@ class DevinoRestUpstream(HttpUpstream):
         template (line 443), the example (line 449) and the error text (line 504) all say
         ``messageId``, which is sent. Ids the provider rejects (codes 1, 2) are left out; if no
         id could be asked for, the first error is raised."""
-        results = await asyncio.gather(*(self._state(pid) for pid in provider_ids),
-                                       return_exceptions=True)
-        reports: list[DeliveryReport] = []
-        errors: list[UpstreamError] = []
-        for result in results:
-            if isinstance(result, DeliveryReport):
-                reports.append(result)
-            elif isinstance(result, UpstreamError):
-                if result.code not in (1, 2):
-                    errors.append(result)
-            elif isinstance(result, BaseException):
-                raise result
-        if errors and not reports:
-            raise errors[0]
-        return reports
+        return await poll_each(provider_ids, self._state, concurrency=self.settings.concurrency,
+                               unknown=lambda exc: exc.code in (1, 2))
 
     async def _state(self, provider_id: str) -> DeliveryReport:
-        async with self._polls:
-            response = await self._call(1, "GET", "/Sms/State", [("messageId", provider_id)])
+        response = await self._call(1, "GET", "/Sms/State", [("messageId", provider_id)])
         try:
             value = json.loads(response.content.decode("utf-8"))
             keys = {str(k).lower(): v for k, v in value.items()}

@@ -61,8 +61,9 @@ from defusedxml import DefusedXmlException
 
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport
-from bridge.settings import UpstreamSettings
+from bridge.upstreams._batch import send_grouped
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
+from bridge.upstreams.config import UpstreamSettings
 
 SEND_PATH = "/sys/send.php"
 
@@ -255,6 +256,9 @@ def split_provider_id(provider_id: str) -> tuple[str, str] | None:
 
 
 def _group_key(sms: OutboundSms) -> tuple[Any, ...]:
+    """What one send.php request shares; a resend (``maybe_sent``) goes alone."""
+    if sms.maybe_sent:
+        return ("alone", sms.message_id, sms.idempotency_key)
     return (sms.text, sms.originator, valid_hours(sms.validity), sms.flash, sms.max_parts)
 
 
@@ -389,12 +393,10 @@ class SmscUpstream(HttpUpstream):
             content=self.form(group, sms_id),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-        returned, parts = parse_send_reply(body)
-        note = f"{parts} SMS for {len(group)} phone(s)" if parts is not None else ""
-        if returned is None:
-            return [SendReceipt((), note=note or "accepted; the reply names no id")
-                    for _ in group]
-        return [SendReceipt((f"{sms.phone}:{returned}",), note=note) for sms in group]
+        returned, _parts = parse_send_reply(body)
+        if returned is None:  # accepted; the reply names no id
+            return [SendReceipt(()) for _ in group]
+        return [SendReceipt((f"{sms.phone}:{returned}",)) for sms in group]
 
     async def send(self, sms: OutboundSms) -> SendReceipt:
         [receipt] = await self._send_group([sms])
@@ -407,41 +409,13 @@ class SmscUpstream(HttpUpstream):
         only request is raised; with several requests it is the result of its messages, and
         after a transient failure the remaining requests are not made (their messages get a
         non-ambiguous transient error: nothing was sent for them)."""
-        groups: list[list[int]] = []
-        open_groups: dict[tuple[Any, ...], list[int]] = {}
-        for index, sms in enumerate(batch):
-            if sms.maybe_sent:
-                groups.append([index])
-                continue
-            key = _group_key(sms)
-            group = open_groups.get(key)
-            if group is None or any(batch[i].phone == sms.phone for i in group):
-                group = open_groups[key] = []
-                groups.append(group)
-            group.append(index)
-        results: list[SendReceipt | UpstreamError | None] = [None] * len(batch)
-        stop: TransientUpstreamError | None = None
-        for group in groups:
-            messages = [batch[i] for i in group]
-            try:
-                if stop is not None:
-                    raise TransientUpstreamError(f"{self.name}: not tried after: {stop.text}",
-                                                 stop.code, retry_after=stop.retry_after)
-                if len(messages) == 1 and messages[0].maybe_sent:
-                    receipts = [await self.send(messages[0])]
-                else:
-                    receipts = await self._send_group(messages)
-            except UpstreamError as exc:
-                if len(groups) == 1:
-                    raise
-                if isinstance(exc, TransientUpstreamError) and stop is None:
-                    stop = exc
-                for i in group:
-                    results[i] = exc
-                continue
-            for i, receipt in zip(group, receipts, strict=True):
-                results[i] = receipt
-        return [r for r in results if r is not None]
+        async def send_group(group: list[OutboundSms]) -> list[SendReceipt]:
+            if len(group) == 1:
+                return [await self.send(group[0])]
+            return await self._send_group(group)
+
+        return await send_grouped(batch, send_group, upstream=self.name, key=_group_key,
+                                  distinct_phones=True, stop_after_transient=True)
 
 
 class SmscStatusUpstream(SmscUpstream):
@@ -472,7 +446,7 @@ class SmscStatusUpstream(SmscUpstream):
             # A refusal of the question (not of the SMS) must not fail the SMS: send it.
             return None
         if reports:
-            return SendReceipt((provider_id,), note="accepted by an earlier attempt")
+            return SendReceipt((provider_id,))  # accepted by an earlier attempt
         return None
 
     async def send(self, sms: OutboundSms) -> SendReceipt:
