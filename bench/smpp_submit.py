@@ -65,7 +65,7 @@ async def _round(port: int, count: int, window: int, senders: int) -> tuple[floa
     sys.path.insert(0, str(ROOT))
     from pydantic import SecretStr
 
-    from bridge.settings import UpstreamSettings
+    from bridge.settings import upstream_settings
     from bridge.upstreams.base import OutboundSms
     from bridge.upstreams.smpp import SmppUpstream
 
@@ -82,7 +82,7 @@ async def _round(port: int, count: int, window: int, senders: int) -> tuple[floa
         async def release_receiver(self, upstream: str) -> None:
             return None
 
-    settings = UpstreamSettings(kind="smpp", base_url=f"smpp://127.0.0.1:{port}",
+    settings = upstream_settings(kind="smpp", base_url=f"smpp://127.0.0.1:{port}",
                                 login=LOGIN, password=SecretStr(PASSWORD), window=window,
                                 timeout=30.0)
     upstream = SmppUpstream("bench", settings)

@@ -16,7 +16,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -39,6 +40,16 @@ from pydantic_settings import (
 from bridge.redact import MASK as _SECRET_MASK
 from bridge.redact import redact_url as redact_url
 from bridge.upstreams.config import UpstreamSettings as UpstreamSettings
+from bridge.upstreams.devino.settings import DevinoRestSettings, DevinoSoapSettings
+from bridge.upstreams.dryrun.settings import DryRunSettings
+from bridge.upstreams.kcell.settings import KcellSettings
+from bridge.upstreams.smpp.settings import SmppSettings
+from bridge.upstreams.smsc.settings import SmscSettings
+from bridge.upstreams.smstraffic.settings import (
+    SmsTrafficSoapSettings,
+    SmsTrafficV1Settings,
+    SmsTrafficV2Settings,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -359,6 +370,45 @@ class AccountSettings(_Section):
         return value
 
 
+# ``[upstreams.NAME]``: each provider package's own model, chosen by ``kind`` (``dryrun``
+# when the table names none).
+AnyUpstreamSettings = Annotated[
+    DryRunSettings | SmsTrafficV1Settings | SmsTrafficV2Settings | SmsTrafficSoapSettings
+    | SmppSettings | KcellSettings | DevinoRestSettings | DevinoSoapSettings | SmscSettings,
+    Field(discriminator="kind"),
+]
+_UPSTREAM_MODELS: dict[str, type[UpstreamSettings]] = {
+    model.model_fields["kind"].default: model
+    for model in get_args(get_args(AnyUpstreamSettings)[0])}
+UPSTREAM_KINDS = frozenset(_UPSTREAM_MODELS)
+# Every key some kind has. Before each kind had its own model, one model held them all, so a
+# table could carry another kind's key (an ``api_key`` under ``smstraffic_v1``): such a key is
+# still accepted, and ignored as it always was; a key no kind has is refused.
+_UPSTREAM_KEYS = frozenset().union(*(model.model_fields for model in _UPSTREAM_MODELS.values()))
+_UPSTREAM = TypeAdapter[UpstreamSettings](AnyUpstreamSettings)
+
+# Formats of delivery-report callbacks (``[inbound.sources.X] dlr_format``); their parsers
+# are named in ``bridge/upstreams/registry.py``.
+DLR_FORMATS = frozenset({"smstraffic", "kcell"})
+
+
+def _upstream_table(name: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    """A table with its ``kind`` (``dryrun`` when it names none), without the keys only other
+    kinds have (see ``_UPSTREAM_KEYS``); an unknown kind is named with its table."""
+    kind = table.get("kind", "dryrun")
+    if kind not in UPSTREAM_KINDS:
+        raise ValueError(f"upstreams.{name}.kind: unknown provider {kind!r} "
+                         f"(known: {', '.join(sorted(UPSTREAM_KINDS))})")
+    own = _UPSTREAM_MODELS[kind].model_fields
+    return {key: value for key, value in {**table, "kind": kind}.items()
+            if key in own or key not in _UPSTREAM_KEYS}
+
+
+def upstream_settings(**values: Any) -> UpstreamSettings:
+    """One ``[upstreams.NAME]`` table's model, of the class its ``kind`` names."""
+    return _UPSTREAM.validate_python(_upstream_table("NAME", values))
+
+
 DEMO_LOGIN = "demo"
 DEMO_SOURCE = "demo"  # its secret is "demo" too: /in/demo/demo/mo
 # The demo source's secret is printed and documented: only this machine may use it, even
@@ -387,7 +437,7 @@ class Settings(BaseSettings):
     workers: WorkersSettings = Field(default_factory=WorkersSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
-    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    upstreams: dict[str, AnyUpstreamSettings] = Field(default_factory=dict)
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
 
     @classmethod
@@ -404,10 +454,18 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
         return tuple(sources)
 
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _upstream_kinds(cls, value: Any) -> Any:
+        """Each table as its kind's model reads it (``_upstream_table``); the union alone
+        would not say which table names an unknown kind."""
+        if not isinstance(value, Mapping):
+            return value
+        return {name: _upstream_table(str(name), table) if isinstance(table, Mapping) else table
+                for name, table in value.items()}
+
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
-        from bridge.upstreams import registry
-
         # The embedded defaults: the ``dryrun`` upstream always exists unless redefined, and
         # the ``demo`` account (password ``demo``) only while no account and no upstream is
         # configured at all — a real configuration never keeps it by accident. The ``demo``
@@ -419,17 +477,12 @@ class Settings(BaseSettings):
                 self.inbound.sources[DEMO_SOURCE] = InboundSourceSettings(
                     secret=SecretStr(DEMO_SOURCE), allowed_networks=list(DEMO_SOURCE_NETWORKS))
                 self._embedded_demo = True
-        self.upstreams.setdefault("dryrun", UpstreamSettings(kind="dryrun"))
+        self.upstreams.setdefault("dryrun", DryRunSettings())
 
         for name, upstream in self.upstreams.items():
             if not _NAME.match(name):
                 raise ValueError(f"upstreams.{name}: names are letters, digits, '_', '.', '-'")
-            if upstream.kind not in registry.kinds():
-                raise ValueError(
-                    f"upstreams.{name}.kind: unknown provider {upstream.kind!r} "
-                    f"(known: {', '.join(sorted(registry.kinds()))})"
-                )
-            registry.validate(name, upstream)
+            upstream.check(name)
         for login, account in self.accounts.items():
             if login.lower() == "multi":
                 raise ValueError("accounts.multi: 'multi' is the v2 address, not a login")
@@ -442,10 +495,10 @@ class Settings(BaseSettings):
                     raise ValueError(f"accounts.{login}.{key}: no upstream named {name!r}")
         inbound = self.inbound
         for name, source in inbound.sources.items():
-            if source.dlr_format not in registry.DLR_FORMATS:
+            if source.dlr_format not in DLR_FORMATS:
                 raise ValueError(
                     f"inbound.sources.{name}.dlr_format: unknown format {source.dlr_format!r} "
-                    f"(known: {', '.join(sorted(registry.DLR_FORMATS))})"
+                    f"(known: {', '.join(sorted(DLR_FORMATS))})"
                 )
         for index, route in enumerate(inbound.routes):
             for hook in route.webhooks:

@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from bridge.errors import TransientUpstreamError
-from bridge.settings import UpstreamSettings
+from bridge.settings import upstream_settings
 from bridge.upstreams.base import OutboundSms, provider_client
 from bridge.upstreams.smstraffic.v1 import SmsTrafficV1Upstream
 
@@ -78,7 +78,7 @@ async def provider() -> AsyncIterator[HostileProvider]:
 
 
 def upstream(url: str, client: httpx.AsyncClient, timeout: float = 2.0) -> SmsTrafficV1Upstream:
-    settings = UpstreamSettings(kind="smstraffic_v1", base_url=url, login="acme",
+    settings = upstream_settings(kind="smstraffic_v1", base_url=url, login="acme",
                                 password=SecretStr("s3cret"), timeout=timeout)
     return SmsTrafficV1Upstream("st", settings, client)
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.outbox.ratelimit import limiter_for
-from bridge.settings import UpstreamSettings
+from bridge.settings import upstream_settings
 from bridge.upstreams import registry
 from bridge.upstreams.base import BatchSending, InboundPolling, OutboundSms, SendReceipt
 from bridge.upstreams.devino.common import InboundCursor
@@ -50,7 +50,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 def make(double: DevinoRestDouble, client: httpx.AsyncClient, **extra: Any) -> DevinoRestUpstream:
     config: dict[str, Any] = {"timeout": 2.0, **extra}
-    settings = UpstreamSettings(kind="devino_rest", base_url=double.url, login=LOGIN,
+    settings = upstream_settings(kind="devino_rest", base_url=double.url, login=LOGIN,
                                 password=SecretStr(PASSWORD), **config)
     upstream = registry.build("dv", settings, client)
     assert isinstance(upstream, DevinoRestUpstream)
@@ -318,7 +318,7 @@ async def test_bad_credentials_are_permanent_code_4_without_a_send(
 
 def test_validate_names_the_missing_setting() -> None:
     with pytest.raises(ValueError, match=r"upstreams\.dv\.password"):
-        registry.validate("dv", UpstreamSettings(kind="devino_rest", base_url="http://x",
+        registry.validate("dv", upstream_settings(kind="devino_rest", base_url="http://x",
                                                  login="a"))
 
 

@@ -19,7 +19,7 @@ from defusedxml import ElementTree as SafeET
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.outbox.ratelimit import limiter_for
-from bridge.settings import UpstreamSettings
+from bridge.settings import upstream_settings
 from bridge.upstreams.base import (
     BatchSending,
     InboundPolling,
@@ -53,7 +53,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 def make(url: str, client: httpx.AsyncClient, **extra: Any) -> DevinoSoapUpstream:
     config: dict[str, Any] = {"kind": "devino_soap", "base_url": url, "login": LOGIN,
                               "password": PASSWORD, "timeout": 2.0, **extra}
-    return DevinoSoapUpstream("p", UpstreamSettings(**config), client)
+    return DevinoSoapUpstream("p", upstream_settings(**config), client)
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_capabilities_and_required_settings(client: httpx.AsyncClient) -> None:
     assert upstream.max_batch == 1000
     assert DevinoSoapUpstream.kind == "devino_soap" and DevinoSoapUpstream.idempotent is False
     with pytest.raises(ValueError, match=r"upstreams\.p\.password"):
-        DevinoSoapUpstream.validate("p", UpstreamSettings(kind="devino_soap",
+        DevinoSoapUpstream.validate("p", upstream_settings(kind="devino_soap",
                                                           base_url="http://127.0.0.1:1",
                                                           login="x"))
 

@@ -20,7 +20,7 @@ from bridge.errors import (
     TransientUpstreamError,
     UpstreamError,
 )
-from bridge.settings import UpstreamSettings
+from bridge.settings import upstream_settings
 from bridge.upstreams.base import BatchSending, OutboundSms, SendReceipt, StatusPolling
 from bridge.upstreams.kcell import KcellUpstream, map_status, parse_delivery_reports
 from tests.conftest import BridgeFactory
@@ -47,7 +47,7 @@ async def make_upstream(double: KcellDouble) -> AsyncIterator[MakeUpstream]:
         values: dict[str, Any] = {"kind": "kcell", "base_url": double.url, **CREDENTIALS,
                                   "callback_url": "https://bridge.example/in/kcell/s/dlr",
                                   **overrides}
-        settings = UpstreamSettings(**values)
+        settings = upstream_settings(**values)
         KcellUpstream.validate("p", settings)
         client = httpx.AsyncClient()
         clients.append(client)
@@ -140,10 +140,10 @@ async def test_forbidden_alpha_name_is_permanent_36055(make_upstream: MakeUpstre
 
 async def test_validate_names_the_missing_key() -> None:
     with pytest.raises(ValueError, match=r"upstreams\.p\.client_id"):
-        KcellUpstream.validate("p", UpstreamSettings(kind="kcell", base_url="http://127.0.0.1:9",
+        KcellUpstream.validate("p", upstream_settings(kind="kcell", base_url="http://127.0.0.1:9",
                                                      login="a", password="b"))
     with pytest.raises(ValueError, match=r"upstreams\.p\.callback_url"):
-        KcellUpstream.validate("p", UpstreamSettings(
+        KcellUpstream.validate("p", upstream_settings(
             kind="kcell", base_url="http://127.0.0.1:9", login="a", password="b",
             client_id="c", callback_url="https://x/" + "a" * 300))
 

@@ -26,10 +26,11 @@ from pydantic import SecretStr, ValidationError
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError
 from bridge.models import DeliveryReport, InboundMessage
-from bridge.settings import UpstreamSettings, load_settings
+from bridge.settings import load_settings
 from bridge.upstreams.base import OutboundSms, ReceivingUpstream
 from bridge.upstreams.smpp import SmppUpstream
 from bridge.upstreams.smpp.coding import encode_message, parse_receipt_text
+from bridge.upstreams.smpp.settings import SmppSettings
 from tests.conftest import BOTH_STORES, BridgeFactory
 from tests.doubles.mailbox import MailboxDouble
 from tests.doubles.receiver import HttpReceiver, Scripted
@@ -48,11 +49,11 @@ async def smsc() -> AsyncIterator[SmppSmscDouble]:
         yield double
 
 
-def config(url: str, **extra: Any) -> UpstreamSettings:
+def config(url: str, **extra: Any) -> SmppSettings:
     values: dict[str, Any] = {"kind": "smpp", "base_url": url, "login": LOGIN,
                               "password": SecretStr(PASSWORD), "timeout": 2.0,
                               "enquire_link_interval": 0.2, "link_dead_after": 1.0, **extra}
-    return UpstreamSettings(**values)
+    return SmppSettings(**values)
 
 
 def quick(upstream: SmppUpstream) -> SmppUpstream:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
-from bridge.settings import UpstreamSettings
+from bridge.settings import upstream_settings
 from bridge.upstreams.base import BatchSending, OutboundSms, SendReceipt, StatusPolling
 from bridge.upstreams.smsc.upstream import (
     AUTH_FAILURE_TTL,
@@ -54,7 +54,7 @@ class FakeClock:
 
 
 def make_upstream(double: SmscDouble, client: httpx.AsyncClient, **extra: Any) -> SmscUpstream:
-    settings = UpstreamSettings(kind="smsc", base_url=double.url, login="acme",
+    settings = upstream_settings(kind="smsc", base_url=double.url, login="acme",
                                 password=SecretStr(extra.pop("password", "s3cret")),
                                 timeout=extra.pop("timeout", 5.0), **extra)
     SmscUpstream.validate("p", settings)
@@ -130,9 +130,9 @@ def test_parse_smsc_error(body: bytes, expected: tuple[int, str] | None) -> None
 
 def test_validate_names_missing_credentials() -> None:
     with pytest.raises(ValueError, match=r"upstreams\.p\.login"):
-        SmscUpstream.validate("p", UpstreamSettings(kind="smsc", base_url="http://127.0.0.1:1"))
+        SmscUpstream.validate("p", upstream_settings(kind="smsc", base_url="http://127.0.0.1:1"))
     with pytest.raises(ValueError, match=r"upstreams\.p\.password"):
-        SmscUpstream.validate("p", UpstreamSettings(kind="smsc", base_url="http://127.0.0.1:1",
+        SmscUpstream.validate("p", upstream_settings(kind="smsc", base_url="http://127.0.0.1:1",
                                                     login="acme"))
 
 
@@ -457,7 +457,7 @@ async def test_timeout_is_transient_and_ambiguous(
 async def test_connection_refused_is_transient(client: httpx.AsyncClient) -> None:
     async with SmscDouble() as gone:
         url = gone.url
-    upstream = SmscUpstream("p", UpstreamSettings(kind="smsc", base_url=url, login="acme",
+    upstream = SmscUpstream("p", upstream_settings(kind="smsc", base_url=url, login="acme",
                                                   password=SecretStr("s3cret")), client)
     with pytest.raises(TransientUpstreamError) as info:
         await upstream.send(sms())

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from bridge.app import Bridge
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.parsing.text import count_segments
-from bridge.settings import UpstreamSettings
+from bridge.settings import UpstreamSettings, upstream_settings
 from bridge.upstreams._soap import SOAP12
 from bridge.upstreams.base import BatchSending, InboundPolling, OutboundSms, SendReceipt
 from bridge.upstreams.smstraffic.soap import (
@@ -61,7 +61,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def config(kind: str, url: str, **extra: Any) -> UpstreamSettings:
-    return UpstreamSettings(kind=kind, base_url=url, login=LOGIN, password=SecretStr(PASSWORD),
+    return upstream_settings(kind=kind, base_url=url, login=LOGIN, password=SecretStr(PASSWORD),
                             api_key=SecretStr(KEY), timeout=2.0, **extra)
 
 

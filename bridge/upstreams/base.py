@@ -196,7 +196,6 @@ class HttpUpstream:
     # True when a send with ``maybe_sent`` first looks the SMS up by the client id the
     # earlier request carried, and sends only if the provider does not know it.
     finds_earlier_sends: ClassVar[bool] = False
-    required: ClassVar[tuple[str, ...]] = ()
     #: A capability: the most requests per second the provider takes from one account over
     #: every call (0: no limit stated). Where it is set, the dispatcher's rate limiter is
     #: handed to the upstream as its :attr:`request_gate`, which every request waits on.
@@ -213,9 +212,9 @@ class HttpUpstream:
 
     @classmethod
     def validate(cls, name: str, settings: UpstreamSettings) -> None:
-        for key in ("base_url", *cls.required):
-            if getattr(settings, key) in (None, ""):
-                raise ValueError(f"upstreams.{name}.{key} is required for kind {cls.kind!r}")
+        """Raise ``ValueError`` naming the first key of ``upstreams.NAME`` that is missing or
+        wrong; the provider's settings model knows its keys."""
+        settings.check(name)
 
     def _hosts(self, attempt: int) -> list[str]:
         """The hosts in the order to try; ``attempt`` is the turn (a send passes

@@ -1,36 +1,27 @@
-"""An upstream's settings (``[upstreams.NAME]``): what every provider module is built from.
-
-Owned by the providers' layer, so that provider modules know no configuration file: the
-bridge's settings compose it (``bridge/settings.py``).
+"""An upstream's settings (``[upstreams.NAME]``): the fields every provider has. Each provider
+package adds its own model (``bridge/upstreams/<vendor>/settings.py``) with its ``kind`` and
+its keys; the bridge's settings compose them as one union discriminated by ``kind``
+(``bridge/settings.py``). Provider modules know no configuration file.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-UpstreamKind = str
-
 
 class UpstreamSettings(BaseModel):
-    """One SMS provider endpoint. ``kind`` names a registered provider module."""
+    """One SMS provider endpoint: what the dispatcher and the pollers read of any kind."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: UpstreamKind = "dryrun"
+    #: The keys a configuration of this kind must set.
+    required: ClassVar[tuple[str, ...]] = ()
+
+    kind: str = "dryrun"
     base_url: str | None = None
     backup_url: str | None = None
-    login: str | None = None
-    password: SecretStr | None = None
-    api_key: SecretStr | None = None
-    client_id: str | None = None
-    callback_url: str | None = None
-    # kind "smsc": the absolute URL of the provider's status script (SMSC.ru convention:
-    # https://smsc.ru/sys/status.php). Only with it are statuses polled and a retry asks
-    # whether the earlier attempt arrived; the SMSC spec names no status script.
-    status_url: str | None = None
     originator: str | None = None
     concurrency: int = Field(8, ge=1, le=1024)
     rate_per_second: float = Field(0.0, ge=0)
@@ -39,11 +30,17 @@ class UpstreamSettings(BaseModel):
     status_poll_interval: float = Field(60.0, ge=0)
     status_poll_max: float = Field(259200.0, gt=0)
     inbound_poll_interval: float = Field(0.0, ge=0)
-    # kind "smpp" (base_url/backup_url are smpp://HOST:PORT or smpps://HOST:PORT for TLS,
-    # login is the system_id): the binds held, the submit_sm outstanding at once, and the
-    # link timers (002 "SMPP протокол": enquire_link every 30 s, a link silent 2 min is dead).
-    bind_mode: Literal["transceiver", "transmitter_receiver", "transmitter"] = "transceiver"
-    window: int = Field(10, ge=1, le=1000)
-    enquire_link_interval: float = Field(30.0, gt=0)
-    link_dead_after: float = Field(120.0, gt=0)
-    tls_ca_file: Path | None = None  # smpps://: CAs to verify the SMSC by (else the system's)
+
+    def check(self, name: str) -> None:
+        """Raise ``ValueError`` naming the first key of ``upstreams.NAME`` that is missing
+        or wrong (called when the settings are loaded, and by ``Upstream.validate``)."""
+        for key in self.required:
+            if getattr(self, key) in (None, ""):
+                raise ValueError(f"upstreams.{name}.{key} is required for kind {self.kind!r}")
+
+
+class LoginSettings(UpstreamSettings):
+    """A provider that signs in with a login and a password."""
+
+    login: str | None = None
+    password: SecretStr | None = None

@@ -49,8 +49,9 @@ def dlr_parser(name: str) -> Any:
 
 
 def validate(name: str, settings: UpstreamSettings) -> None:
-    """Raise ``ValueError`` naming the missing key (called from settings validation)."""
-    provider_class(settings.kind).validate(name, settings)
+    """Raise ``ValueError`` naming the missing or wrong key (the provider's settings model
+    knows its keys)."""
+    settings.check(name)
 
 
 def build(name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> Upstream:

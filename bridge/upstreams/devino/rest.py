@@ -49,6 +49,7 @@ from bridge.upstreams._session import SessionKeeper
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
 from bridge.upstreams.config import UpstreamSettings
 from bridge.upstreams.devino.common import MAX_SEEN_INBOUND, REQUESTS_PER_SECOND, InboundCursor
+from bridge.upstreams.devino.settings import DevinoRestSettings
 
 #: Line 101: "Полученный идентификатор сессии действителен в течение 120 минут."
 SESSION_LIFETIME = 120 * 60.0
@@ -213,8 +214,8 @@ class DevinoRestUpstream(HttpUpstream):
     """Devino Telecom REST API; see the module docstring."""
 
     kind: ClassVar[str] = "devino_rest"
+    settings: DevinoRestSettings
     idempotent: ClassVar[bool] = False
-    required: ClassVar[tuple[str, ...]] = ("login", "password")
     #: No recipient limit is given for ``Sms/SendBulk``; one request carries at most this many.
     max_batch: int = 100
     #: See :data:`INBOUND_OVERLAP`.

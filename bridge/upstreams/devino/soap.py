@@ -72,6 +72,7 @@ from bridge.upstreams.devino.common import (
     parse_datetime,
     soap_datetime,
 )
+from bridge.upstreams.devino.settings import DevinoSoapSettings
 
 NAMESPACE = "http://ws.devinosms.com"
 # Line 26-30: the endpoint is ``/SmsService.asmx`` (the examples write ``/smsservice.asmx``;
@@ -242,8 +243,8 @@ class DevinoSoapUpstream(SoapUpstream):
     """Devino Telecom over SOAP 1.2: sends, batches, status and inbound polling, balance."""
 
     kind: ClassVar[str] = "devino_soap"
+    settings: DevinoSoapSettings
     idempotent: ClassVar[bool] = False
-    required: ClassVar[tuple[str, ...]] = ("login", "password")
 
     max_batch: int = MAX_ADDRESSES
     requests_per_second: ClassVar[float] = REQUESTS_PER_SECOND

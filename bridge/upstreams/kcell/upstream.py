@@ -44,7 +44,7 @@ from bridge.models import DeliveryReport
 from bridge.upstreams._batch import send_grouped
 from bridge.upstreams._poll import poll_each
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt, parse_retry_after
-from bridge.upstreams.config import UpstreamSettings
+from bridge.upstreams.kcell.settings import KcellSettings
 
 # Table 11 (l. 1186-1323) lists most errors twice, an old 102xx and a new 360xx code; both are
 # mapped. Transient: internal errors (10216/36020; 36020 is listed twice, once as "security
@@ -295,17 +295,10 @@ class KcellUpstream(HttpUpstream):
     """
 
     kind: ClassVar[str] = "kcell"
+    settings: KcellSettings
     idempotent: ClassVar[bool] = False
     finds_earlier_sends: ClassVar[bool] = True
-    required: ClassVar[tuple[str, ...]] = ("login", "password", "client_id")
     max_batch: int = MAX_BATCH
-
-    @classmethod
-    def validate(cls, name: str, settings: UpstreamSettings) -> None:
-        super().validate(name, settings)
-        if settings.callback_url and len(settings.callback_url) > MAX_CALLBACK_URL:
-            raise ValueError(f"upstreams.{name}.callback_url is longer than {MAX_CALLBACK_URL} "
-                             "characters (kind 'kcell', spec 000 table 5)")
 
     # -- wire helpers ------------------------------------------------------------------------
 

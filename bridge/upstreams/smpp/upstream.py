@@ -19,7 +19,7 @@ import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -29,7 +29,6 @@ from bridge.errors import PermanentUpstreamError, TransientUpstreamError, Upstre
 from bridge.models import InboundMessage
 from bridge.parsing.text import normalize_newlines, strip_controls
 from bridge.upstreams.base import InboundSink, OutboundSms, SendReceipt
-from bridge.upstreams.config import UpstreamSettings
 from bridge.upstreams.smpp.coding import (
     MAX_PARTS,
     Concatenation,
@@ -68,6 +67,9 @@ from bridge.upstreams.smpp.session import (
     ResponseTimeout,
     SmppSession,
 )
+
+if TYPE_CHECKING:
+    from bridge.upstreams.smpp.settings import SmppSettings
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,7 @@ class SmppUpstream:
     """An ESME bound to SMS Traffic's SMSC: primary host, then the backup (002 line 96-97)."""
 
     kind: ClassVar[str] = "smpp"
+    settings: SmppSettings
     # SMPP has no idempotency key: a submit_sm whose resp was lost may have been sent.
     idempotent: ClassVar[bool] = False
     # Reconnects back off from ``reconnect_base`` to ``reconnect_max`` seconds (with jitter);
@@ -203,7 +206,7 @@ class SmppUpstream:
     # after the parts the SMSC accepted (bounded; forgotten on restart).
     PROGRESS_LIMIT: ClassVar[int] = 10_000
 
-    def __init__(self, name: str, settings: UpstreamSettings,
+    def __init__(self, name: str, settings: SmppSettings,
                  client: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self.settings = settings
@@ -223,31 +226,6 @@ class SmppUpstream:
         self._assemblies: dict[tuple[str, str, int, int], _Assembly] = {}
         self._commits: set[asyncio.Task[None]] = set()
         self.bound_to: Host | None = None  # where the sending session is bound (tests, logs)
-
-    @classmethod
-    def validate(cls, name: str, settings: UpstreamSettings) -> None:
-        for key in ("base_url", "login", "password"):
-            if getattr(settings, key) in (None, ""):
-                raise ValueError(f"upstreams.{name}.{key} is required for kind 'smpp'")
-        for key in ("base_url", "backup_url"):
-            url = getattr(settings, key)
-            if url:
-                try:
-                    parse_host(url)
-                except ValueError as exc:
-                    raise ValueError(f"upstreams.{name}.{key}: {exc}") from None
-        # SMPP 3.4 §4.1.1: system_id is at most 16 octets and password 9, NULL included.
-        assert settings.login is not None and settings.password is not None
-        if len(settings.login) > 15 or not settings.login.isascii():
-            raise ValueError(f"upstreams.{name}.login: an SMPP system_id is at most 15 "
-                             "ASCII characters")
-        password = settings.password.get_secret_value()
-        if len(password) > 8 or not password.isascii():
-            raise ValueError(f"upstreams.{name}.password: an SMPP password is at most 8 "
-                             "ASCII characters")
-        if settings.link_dead_after <= settings.enquire_link_interval:
-            raise ValueError(f"upstreams.{name}.link_dead_after must be longer than "
-                             "enquire_link_interval")
 
     # -- sessions -----------------------------------------------------------------------------
 

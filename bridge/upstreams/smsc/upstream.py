@@ -63,7 +63,7 @@ from bridge.errors import PermanentUpstreamError, TransientUpstreamError, Upstre
 from bridge.models import DeliveryReport
 from bridge.upstreams._batch import send_grouped
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
-from bridge.upstreams.config import UpstreamSettings
+from bridge.upstreams.smsc.settings import SmscSettings
 
 SEND_PATH = "/sys/send.php"
 
@@ -271,18 +271,18 @@ class SmscUpstream(HttpUpstream):
     """
 
     kind: ClassVar[str] = "smsc"
+    settings: SmscSettings
     idempotent: ClassVar[bool] = False
-    required: ClassVar[tuple[str, ...]] = ("login", "password")
     max_batch: int = 100
 
-    def __new__(cls, name: str, settings: UpstreamSettings,
+    def __new__(cls, name: str, settings: SmscSettings,
                 client: httpx.AsyncClient) -> SmscUpstream:
         del name, client
         if cls is SmscUpstream and settings.status_url:
             return super().__new__(SmscStatusUpstream)
         return super().__new__(cls)
 
-    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, settings: SmscSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
         #: Monotonic clock for the error caches; tests may replace it.
         self.clock: Callable[[], float] = time.monotonic
@@ -290,16 +290,6 @@ class SmscUpstream(HttpUpstream):
         self._auth_failure: tuple[int, str] = (AUTH_CODE, "")
         self._paused_until = 0.0
         self._pause: tuple[int, str] = (IP_BLOCKED_CODE, "")
-
-    @classmethod
-    def validate(cls, name: str, settings: UpstreamSettings) -> None:
-        super().validate(name, settings)
-        if settings.status_url is not None:
-            url = urlsplit(settings.status_url)
-            if url.scheme not in ("http", "https") or not url.netloc:
-                raise ValueError(
-                    f"upstreams.{name}.status_url must be an absolute http(s) URL of the "
-                    "status script, e.g. https://smsc.ru/sys/status.php (kind 'smsc')")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -424,7 +414,7 @@ class SmscStatusUpstream(SmscUpstream):
     taken (``maybe_sent``) first asks whether that request's client id arrived.
     :class:`SmscUpstream` gives this class when ``status_url`` is set."""
 
-    def __init__(self, name: str, settings: UpstreamSettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, settings: SmscSettings, client: httpx.AsyncClient) -> None:
         super().__init__(name, settings, client)
         assert settings.status_url, "SmscStatusUpstream needs upstreams.<name>.status_url"
         url = urlsplit(settings.status_url)

@@ -34,6 +34,7 @@ from bridge.upstreams._soap import (
 )
 from bridge.upstreams.base import OutboundSms, SendReceipt
 from bridge.upstreams.smstraffic.common import error_for_code, poll_in_chunks
+from bridge.upstreams.smstraffic.settings import SmsTrafficSoapSettings
 
 SERVICE_NS = "http://soap.smstraffic.ru/soap.wsdl"
 CONTENT_TYPE = "application/soap+xml; charset=utf-8"
@@ -114,8 +115,8 @@ class SmsTrafficSoapUpstream(SoapUpstream):
     """
 
     kind: ClassVar[str] = "smstraffic_soap"
+    settings: SmsTrafficSoapSettings
     idempotent: ClassVar[bool] = False
-    required: ClassVar[tuple[str, ...]] = ("login", "password")
 
     def _hosts(self, attempt: int) -> list[str]:
         # base_url may be given as the service address of line 1535 itself.

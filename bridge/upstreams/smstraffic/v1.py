@@ -33,6 +33,7 @@ from bridge.upstreams._batch import send_grouped
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
 from bridge.upstreams.config import UpstreamSettings
 from bridge.upstreams.smstraffic.common import error_for_code, poll_in_chunks
+from bridge.upstreams.smstraffic.settings import SmsTrafficV1Settings
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,8 @@ class SmsTrafficV1Upstream(HttpUpstream):
     """
 
     kind: ClassVar[str] = "smstraffic_v1"
+    settings: SmsTrafficV1Settings
     idempotent: ClassVar[bool] = False
-    required: ClassVar[tuple[str, ...]] = ("login", "password")
     # want_sms_ids allows at most 6000 messages per request (002 line 830); a smaller batch
     # keeps one failed request cheap.
     BATCH: ClassVar[int] = 200

@@ -23,6 +23,7 @@ from bridge.parsing.status import map_status
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
 from bridge.upstreams.config import UpstreamSettings
 from bridge.upstreams.smstraffic.common import STATUS_CHUNK, chunks, error_for_code
+from bridge.upstreams.smstraffic.settings import SmsTrafficV2Settings
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,9 @@ class SmsTrafficV2Upstream(HttpUpstream):
     """
 
     kind: ClassVar[str] = "smstraffic_v2"
+    settings: SmsTrafficV2Settings
     idempotent: ClassVar[bool] = True
     finds_earlier_sends: ClassVar[bool] = True
-    required: ClassVar[tuple[str, ...]] = ("api_key",)
     # Seconds after a first attempt during which a retry relies on restrictiveId.
     restrictive_safe: ClassVar[float] = RESTRICTIVE_SAFE
 
