@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from bridge.upstreams.config import LoginSettings
-from bridge.upstreams.smpp.upstream import parse_host
+from bridge.upstreams.smpp.wire import parse_host
 
 
 class SmppSettings(LoginSettings):
