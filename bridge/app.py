@@ -14,12 +14,13 @@ from aiohttp import web
 from bridge.console.ops import ConsoleService
 from bridge.console.trace import TraceRecorder
 from bridge.inbound.app import make_http_app, make_http_runner
+from bridge.inbound.polling import InboundPoller
 from bridge.inbound.views import InboundService
 from bridge.listen import Listeners, bind_listeners
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.outbox.leases import make_owner, owner_is_dead
-from bridge.outbox.polling import InboundPoller, StatusPoller
+from bridge.outbox.polling import StatusPoller
 from bridge.outbox.receiving import StoreSink, UpstreamReceivers
 from bridge.redact import redact_url, register_settings
 from bridge.relays.email import MailRelay, build_bounce

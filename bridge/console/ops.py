@@ -18,11 +18,11 @@ from typing import Any
 
 from bridge.errors import InboundError
 from bridge.inbound.parsing import clean_reply
-from bridge.inbound.routing import ReplyScript
 from bridge.inbound.views import InboundService
 from bridge.models import ForwardJob, InboundMessage, StoredMessage
 from bridge.redact import redact_text
 from bridge.relays.replies import call_reply_script
+from bridge.relays.routing import ReplyScript
 from bridge.settings import Settings, masked_dump
 from bridge.store.base import OutboxStore
 from bridge.store.console import (

@@ -52,13 +52,13 @@ import phonenumbers
 
 from bridge import metrics
 from bridge.errors import BridgeError, StoreUnavailable
-from bridge.inbound.routing import select_route
 from bridge.models import ClaimedForward, ForwardJob, InboundMessage
 from bridge.outbox.retry import RetryPolicy
 from bridge.parsing.mail import receiver_tag
 from bridge.redact import redact_exchange
 from bridge.relays.egress import EgressPolicy, EgressRefused, ResolutionFailed, guarded_request
 from bridge.relays.email import is_permanent_smtp_error, send_via_smarthost
+from bridge.relays.routing import select_route
 from bridge.relays.signing import signature_headers
 from bridge.relays.worker import ClaimLoop
 from bridge.settings import Settings
