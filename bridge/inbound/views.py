@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
 from bridge import metrics
-from bridge.errors import InboundError, StoreUnavailable
+from bridge.errors import EgressRefused, InboundError, StoreUnavailable
 from bridge.inbound.answers import AnswerCache
 from bridge.inbound.parsing import (
     DecodedParams,
@@ -43,7 +43,7 @@ from bridge.inbound.parsing import (
 )
 from bridge.models import ForwardJob, InboundMessage, InboundRecord, StoredResponse
 from bridge.redact import redact_params, redact_path, redact_text
-from bridge.relays.egress import EgressPolicy, EgressRefused
+from bridge.relays.egress import EgressPolicy
 from bridge.relays.forward import plan_forwarding
 from bridge.relays.replies import call_reply_script
 from bridge.relays.routing import ReplyScript, select_script

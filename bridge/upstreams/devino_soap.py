@@ -52,7 +52,13 @@ import defusedxml.ElementTree as SafeET
 import httpx
 from defusedxml import DefusedXmlException
 
-from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from bridge.errors import (
+    PermanentUpstreamError,
+    SessionFault,
+    SoapFault,
+    TransientUpstreamError,
+    UpstreamError,
+)
 from bridge.models import DeliveryReport, InboundMessage
 from bridge.settings import UpstreamSettings
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
@@ -155,21 +161,6 @@ def _text(element: Element, name: str) -> str:
     return (child.text or "").strip() if child is not None else ""
 
 
-@dataclass(frozen=True)
-class SoapFault:
-    """``soap:Fault`` (line 36-48): ``Code/Value``, optional ``Subcode/Value``, ``Reason``."""
-
-    code: str  # local name of Code/Value: Sender, Receiver, VersionMismatch, …
-    subcode: str
-    reason: str
-
-    @property
-    def message(self) -> str:
-        """The service's own message: ASP.NET writes ``Server was unable to process request.
-        ---> <exception message>`` (line 44-45, ``&gt;`` being the ``>``)."""
-        return re.split(r"-+\s*>", self.reason)[-1].strip()
-
-
 class SoapReplyError(ValueError):
     """The reply is not a SOAP envelope of the expected shape."""
 
@@ -228,10 +219,6 @@ _RECEIVER_MESSAGES: tuple[tuple[re.Pattern[str], str], ...] = (
                 r"|invalid argument|invalid operation|cannot be null|can not be null"
                 r"|too long|invalid", re.I), "permanent"),
 )
-
-
-class SessionFault(TransientUpstreamError):
-    """The session id was refused: renew it and repeat the call once."""
 
 
 def fault_error(fault: SoapFault, upstream: str) -> UpstreamError:

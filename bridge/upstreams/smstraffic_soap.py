@@ -23,7 +23,7 @@ import defusedxml.ElementTree as SafeET
 import httpx
 from defusedxml import DefusedXmlException
 
-from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from bridge.errors import PermanentUpstreamError, SoapFault, TransientUpstreamError, UpstreamError
 from bridge.inbound.parsing import map_status
 from bridge.models import DeliveryReport
 from bridge.upstreams.base import HttpUpstream, OutboundSms, SendReceipt
@@ -59,13 +59,6 @@ def _children(element: Element, name: str) -> list[Element]:
 def _text(element: Element | None, name: str) -> str:
     child = _child(element, name) if element is not None else None
     return (child.text or "").strip() if child is not None else ""
-
-
-class SoapFault(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
 
 
 def parse_envelope(body: bytes) -> Element:
