@@ -157,7 +157,7 @@ def message_json(message: StoredMessage) -> dict[str, Any]:
         "created_at": message.created_at, "last_error": message.last_error,
         "mail_from": message.mail_from, "mail_message_id": message.mail_message_id,
         "provider_ids": list(message.upstream_ids),
-        "originator": message.options.get("originator"),
+        "originator": message.options.originator,
     }
 
 

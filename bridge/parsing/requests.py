@@ -17,7 +17,7 @@ import phonenumbers
 from pydantic import SecretStr
 
 from bridge.errors import IntakeError
-from bridge.models import SendRequest
+from bridge.models import SendOptions, SendRequest
 from bridge.parsing.mail import ParsedMail, Recipient, receiver_tag
 from bridge.parsing.phones import normalize_phone, split_phone_list, validate_originator
 from bridge.parsing.replies import (
@@ -134,15 +134,17 @@ def make_request(
         text=text,
         parts=segments.parts,
         encoding=segments.encoding,
-        originator=originator,
-        flash=flash,
-        max_parts=max_parts,
-        not_before=not_before,
-        validity=validity,
-        transliterate=transliterated,
-        two_byte_concat=two_byte_concat,
-        push_id=push_id,
-        fallbacks=tuple(account.fallback_upstreams),
+        options=SendOptions(
+            originator=originator,
+            flash=flash,
+            max_parts=max_parts,
+            not_before=not_before,
+            validity=validity,
+            transliterate=transliterated,
+            two_byte_concat=two_byte_concat,
+            push_id=push_id,
+            fallbacks=tuple(account.fallback_upstreams),
+        ),
     )
 
 
