@@ -70,9 +70,28 @@ class Bridge:
         self.http_port = 0
 
     async def start(self) -> None:
-        settings = self.settings
+        """Bind the ports, open the store, start the workers, then serve SMTP and HTTP.
+
+        A start that fails part-way (the store unreachable once the ports are bound, a
+        certificate unreadable once the workers run, an HTTP listener refused once SMTP
+        serves) stops what it started as :meth:`stop` does and closes the listening
+        sockets, then raises: nothing is left bound or running."""
         # Bound first: a port in use is reported before the store is opened or created.
-        listeners = self.listeners or bind_listeners(settings, reuse_port=self.reuse_port)
+        listeners = self.listeners or bind_listeners(self.settings, reuse_port=self.reuse_port)
+        try:
+            await self._start(listeners)
+        except BaseException:
+            try:
+                await self._shut_down()
+            except Exception:
+                log.exception("stopping what a failed start had started failed")
+            finally:
+                listeners.close()  # those no server took over (a server closes its own)
+            log.info("sms-bridge start failed; what it had started is stopped")
+            raise
+
+    async def _start(self, listeners: Listeners) -> None:
+        settings = self.settings
         await self.store.open()
         bridge_id = await self.store.bridge_id()
         self._client = provider_client()
@@ -187,6 +206,13 @@ class Bridge:
             await asyncio.sleep(self.HEARTBEAT)
 
     async def stop(self) -> None:
+        await self._shut_down()
+        log.info("sms-bridge stopped")
+
+    async def _shut_down(self) -> None:
+        """Stop whatever runs, in the order that loses nothing: the servers first (no new
+        work), then the workers (in-flight work records its outcome), then the upstreams,
+        the HTTP client and the store. Safe on a bridge that started only in part."""
         for smtp in self._smtp:
             smtp.close()
         self._smtp = []
@@ -216,7 +242,6 @@ class Bridge:
         if self._client is not None:
             await self._client.aclose()
         await self.store.close()
-        log.info("sms-bridge stopped")
 
     async def __aenter__(self) -> Bridge:
         await self.start()

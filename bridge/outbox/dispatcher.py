@@ -132,6 +132,8 @@ class Dispatcher:
             bucket.rate, bucket.burst = rate, max(1.0, rate)
 
     async def run(self) -> None:
+        if self._stopping:
+            return  # stopped before it ran (a start that failed): no keeper to leave behind
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
         try:
