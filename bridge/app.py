@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from bridge.console.api import AdminApi
 from bridge.console.ops import ConsoleService
+from bridge.console.pages import add_console
 from bridge.console.trace import TraceRecorder
 from bridge.inbound.app import make_http_app, make_http_runner
 from bridge.inbound.polling import InboundPoller
@@ -149,7 +151,12 @@ class Bridge:
             self.upstreams, StoreSink(self.store, service.accept_polled, owner=owner))
         self._tasks.append(asyncio.create_task(self.receivers.run(), name="upstream-receivers"))
         console = ConsoleService(settings, self.store, service, self.upstreams)
-        app = make_http_app(self.store, service, console)
+        # The admin API audits the reply-script changes made through the inbound service's
+        # endpoints; its other routes and the operators' pages (/admin/) come after those.
+        api = AdminApi(console)
+        app = make_http_app(self.store, service, audited=api.audited)
+        api.add_routes(app)
+        add_console(app, console)
         # The bridge's own HTTP server: JSON refusals, no request line in any log.
         self._http = make_http_runner(app, settings.http)
         await self._http.setup()
