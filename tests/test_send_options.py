@@ -5,9 +5,12 @@ dropped on the way (v2 ``push_id`` and ``start_date`` included, 002 "HTTP API v1
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import datetime, timedelta
 from typing import Any
+
+import pytest
 
 from bridge.app import Bridge
 from bridge.models import OutboundSms, SendOptions
@@ -66,3 +69,17 @@ async def test_push_id_and_start_date_reach_the_provider_request(
                                       validity=3600, push_id="p-7", fallbacks=("dryrun",))
     [stored] = await bridge.store.list_messages()
     assert stored.options == sms.options
+
+
+def test_a_request_carries_the_options_it_was_given_and_providers_read_them_by_name() -> None:
+    sms = OutboundSms(1, "b-1", 1, "79161234567", "hi", "gsm7", options=OPTIONS)
+    assert (sms.originator, sms.flash, sms.max_parts, sms.validity, sms.push_id,
+            sms.not_before) == ("Shop", True, 3, 3600, "p-7", 1_700_000_000.5)
+    # Fields given by hand are a shorthand for the options, never a second copy of them.
+    by_hand = OutboundSms(1, "b-1", 1, "79161234567", "hi", "gsm7", originator="Shop",
+                          flash=True)
+    assert by_hand.options == SendOptions(originator="Shop", flash=True)
+    with pytest.raises(TypeError):
+        OutboundSms(1, "b-1", 1, "79161234567", "hi", "gsm7", options=OPTIONS, flash=True)
+    moved = dataclasses.replace(sms, options=dataclasses.replace(OPTIONS, originator="Other"))
+    assert (moved.originator, moved.message_id, moved.push_id) == ("Other", 1, "p-7")
