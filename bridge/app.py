@@ -11,15 +11,18 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from bridge.console.api import AdminApi
 from bridge.console.ops import ConsoleService
+from bridge.console.pages import add_console
 from bridge.console.trace import TraceRecorder
 from bridge.inbound.app import make_http_app, make_http_runner
+from bridge.inbound.polling import InboundPoller
 from bridge.inbound.views import InboundService
 from bridge.listen import Listeners, bind_listeners
 from bridge.models import OutboundMail, StoredMessage
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.outbox.leases import make_owner, owner_is_dead
-from bridge.outbox.polling import InboundPoller, StatusPoller
+from bridge.outbox.polling import StatusPoller
 from bridge.outbox.receiving import StoreSink, UpstreamReceivers
 from bridge.redact import redact_url, register_settings
 from bridge.relays.email import MailRelay, build_bounce
@@ -69,9 +72,28 @@ class Bridge:
         self.http_port = 0
 
     async def start(self) -> None:
-        settings = self.settings
+        """Bind the ports, open the store, start the workers, then serve SMTP and HTTP.
+
+        A start that fails part-way (the store unreachable once the ports are bound, a
+        certificate unreadable once the workers run, an HTTP listener refused once SMTP
+        serves) stops what it started as :meth:`stop` does and closes the listening
+        sockets, then raises: nothing is left bound or running."""
         # Bound first: a port in use is reported before the store is opened or created.
-        listeners = self.listeners or bind_listeners(settings, reuse_port=self.reuse_port)
+        listeners = self.listeners or bind_listeners(self.settings, reuse_port=self.reuse_port)
+        try:
+            await self._start(listeners)
+        except BaseException:
+            try:
+                await self._shut_down()
+            except Exception:
+                log.exception("stopping what a failed start had started failed")
+            finally:
+                listeners.close()  # those no server took over (a server closes its own)
+            log.info("sms-bridge start failed; what it had started is stopped")
+            raise
+
+    async def _start(self, listeners: Listeners) -> None:
+        settings = self.settings
         await self.store.open()
         bridge_id = await self.store.bridge_id()
         self._client = provider_client()
@@ -129,7 +151,12 @@ class Bridge:
             self.upstreams, StoreSink(self.store, service.accept_polled, owner=owner))
         self._tasks.append(asyncio.create_task(self.receivers.run(), name="upstream-receivers"))
         console = ConsoleService(settings, self.store, service, self.upstreams)
-        app = make_http_app(self.store, service, console)
+        # The admin API audits the reply-script changes made through the inbound service's
+        # endpoints; its other routes and the operators' pages (/admin/) come after those.
+        api = AdminApi(console)
+        app = make_http_app(self.store, service, audited=api.audited)
+        api.add_routes(app)
+        add_console(app, console)
         # The bridge's own HTTP server: JSON refusals, no request line in any log.
         self._http = make_http_runner(app, settings.http)
         await self._http.setup()
@@ -186,6 +213,13 @@ class Bridge:
             await asyncio.sleep(self.HEARTBEAT)
 
     async def stop(self) -> None:
+        await self._shut_down()
+        log.info("sms-bridge stopped")
+
+    async def _shut_down(self) -> None:
+        """Stop whatever runs, in the order that loses nothing: the servers first (no new
+        work), then the workers (in-flight work records its outcome), then the upstreams,
+        the HTTP client and the store. Safe on a bridge that started only in part."""
         for smtp in self._smtp:
             smtp.close()
         self._smtp = []
@@ -215,7 +249,6 @@ class Bridge:
         if self._client is not None:
             await self._client.aclose()
         await self.store.close()
-        log.info("sms-bridge stopped")
 
     async def __aenter__(self) -> Bridge:
         await self.start()

@@ -25,20 +25,13 @@ from typing import Any
 
 import httpx
 
-from bridge.errors import BridgeError
+from bridge.errors import AnswerRefused as AnswerRefused
+from bridge.errors import AnswerTooLarge as AnswerTooLarge
 
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024
 
 # Hop-by-hop or body-framing headers that no longer describe a body read (and decoded) here.
 _FRAMING_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
-
-
-class AnswerRefused(BridgeError):
-    """An answer was not read: larger than the cap, or in a content coding we refuse."""
-
-
-class AnswerTooLarge(AnswerRefused):
-    """The answer is larger than the cap, on the wire or decoded."""
 
 
 class _Inflater:

@@ -24,8 +24,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from bridge import __version__
-from bridge.errors import BridgeError, StoreUnavailable
-from bridge.listen import ListenError, Listeners, bind_listeners
+from bridge.errors import BridgeError, ListenError, StoreUnavailable
+from bridge.listen import Listeners, bind_listeners
 from bridge.logs import setup_logging
 from bridge.redact import redact_text, redact_url, register_settings
 from bridge.settings import Settings, load_settings, masked_dump, unknown_environment

@@ -13,12 +13,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from bridge.errors import BridgeError
+from bridge.errors import ListenError as ListenError
 from bridge.settings import Settings
-
-
-class ListenError(BridgeError):
-    """A port cannot be listened on (in use, no permission, unknown host): one line."""
 
 
 @dataclass

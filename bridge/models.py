@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -21,6 +22,50 @@ class MessageStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class SendOptions:
+    """How one SMS is to be sent, beyond its phone and text: one value from the mail it came
+    in to the provider's request. Parsed at intake (:class:`SendRequest`), stored with the
+    message through one codec (:meth:`to_json`, :meth:`from_json`), read back with it
+    (:class:`StoredMessage`) and handed to the provider (:class:`OutboundSms`)."""
+
+    originator: str | None = None
+    flash: bool = False
+    max_parts: int = 255
+    not_before: float | None = None  # epoch seconds (v2 ``start_date``)
+    validity: int | None = None  # seconds (v2 ``timeout``)
+    transliterate: bool = False
+    two_byte_concat: bool = False
+    push_id: str | None = None  # v2 ``with_push_id``: the sender's own id of this SMS
+    fallbacks: tuple[str, ...] = ()  # the account's next upstreams, in order
+
+    def to_json(self) -> str:
+        """The options as the store keeps them: a JSON object, one key per field."""
+        return json.dumps({
+            "originator": self.originator,
+            "flash": self.flash,
+            "max_parts": self.max_parts,
+            "not_before": self.not_before,
+            "validity": self.validity,
+            "transliterate": self.transliterate,
+            "two_byte_concat": self.two_byte_concat,
+            "push_id": self.push_id,
+            "fallbacks": list(self.fallbacks),
+        })
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SendOptions:
+        """The options :meth:`to_json` wrote; a key a row lacks (written before the field
+        existed) or holds as null reads as the field's default."""
+        stored: dict[str, Any] = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in stored.items()
+                  if key in known and value is not None}
+        if "fallbacks" in values:
+            values["fallbacks"] = tuple(values["fallbacks"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class SendRequest:
     """One SMS to one phone, as parsed from a mail, before it is stored."""
 
@@ -30,15 +75,7 @@ class SendRequest:
     text: str
     parts: int
     encoding: str
-    originator: str | None = None
-    flash: bool = False
-    max_parts: int = 255
-    not_before: float | None = None  # epoch seconds (v2 ``start_date``)
-    validity: int | None = None  # seconds (v2 ``timeout``)
-    transliterate: bool = False
-    two_byte_concat: bool = False
-    push_id: str | None = None
-    fallbacks: tuple[str, ...] = ()
+    options: SendOptions = SendOptions()
 
 
 @dataclass(frozen=True)
@@ -81,7 +118,7 @@ class StoredMessage:
     status: str
     attempts: int
     created_at: float
-    options: dict[str, Any] = field(default_factory=dict)
+    options: SendOptions = SendOptions()
     upstream_ids: list[str] = field(default_factory=list)
     last_error: str | None = None
     mail_from: str = ""
@@ -102,7 +139,83 @@ class StoredMessage:
 
     @property
     def fallbacks(self) -> list[str]:
-        return list(self.options.get("fallbacks", []))
+        return list(self.options.fallbacks)
+
+
+@dataclass(frozen=True, init=False)
+class OutboundSms:
+    """One SMS to one phone, as handed to a provider: the stored message's text and
+    :class:`SendOptions`, with what this attempt adds (its key, its number, the doubts)."""
+
+    message_id: int
+    idempotency_key: str  # unique per message and bridge; constant across retries
+    attempt: int  # 1 for the first try: the tries that ended (a provider answered) + 1
+    phone: str
+    text: str
+    encoding: str  # "gsm7" or "ucs2"
+    options: SendOptions
+    # Earlier requests of this SMS whose fate is unknown: a process died with one in flight,
+    # or one ended in an ambiguous failure (timeout, HTTP 5xx, dropped connection). While it
+    # is 0 no earlier request can have been taken, whatever ``attempt`` says: no lookup is
+    # needed, and a "duplicate" answer cannot mean "accepted before".
+    maybe_sent: int
+
+    def __init__(self, message_id: int, idempotency_key: str, attempt: int, phone: str,
+                 text: str, encoding: str, *, options: SendOptions | None = None,
+                 maybe_sent: int = 0, originator: str | None = None, flash: bool = False,
+                 max_parts: int = 255, validity: int | None = None,
+                 transliterate: bool = False, two_byte_concat: bool = False) -> None:
+        """``options``, or (a shorthand for requests built by hand) the fields of the
+        options a provider reads, the others left at their defaults."""
+        shorthand = SendOptions(originator=originator, flash=flash, max_parts=max_parts,
+                                validity=validity, transliterate=transliterate,
+                                two_byte_concat=two_byte_concat)
+        if options is not None and shorthand != SendOptions():
+            raise TypeError("give the options or their fields, not both")
+        for name, value in (("message_id", message_id), ("idempotency_key", idempotency_key),
+                            ("attempt", attempt), ("phone", phone), ("text", text),
+                            ("encoding", encoding), ("options", options or shorthand),
+                            ("maybe_sent", maybe_sent)):
+            object.__setattr__(self, name, value)
+
+    # The options, read where providers read them.
+    @property
+    def originator(self) -> str | None:
+        return self.options.originator
+
+    @property
+    def flash(self) -> bool:
+        return self.options.flash
+
+    @property
+    def max_parts(self) -> int:
+        return self.options.max_parts
+
+    @property
+    def validity(self) -> int | None:
+        return self.options.validity
+
+    @property
+    def transliterate(self) -> bool:
+        return self.options.transliterate
+
+    @property
+    def two_byte_concat(self) -> bool:
+        return self.options.two_byte_concat
+
+    @property
+    def push_id(self) -> str | None:
+        return self.options.push_id
+
+    @property
+    def not_before(self) -> float | None:
+        return self.options.not_before
+
+    @property
+    def host_turn(self) -> int:
+        """Which host comes first (``HttpUpstream.request``): the primary while no earlier
+        request may have been taken there, then the other one after each such."""
+        return self.maybe_sent + 1
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def test_v1_no_text_is_405(text: str) -> None:
 def test_v1_max_parts_exceeded_is_420_and_exact_limit_accepted() -> None:
     (req,) = v1("login@d", "a" * 306, PHONE, max_parts=2)
     assert req.parts == 2
-    assert req.max_parts == 2
+    assert req.options.max_parts == 2
     err = v1_error("login@d", "a" * 307, PHONE, max_parts=2)
     assert err.api_code == 420
     assert err.smtp_code == 550
@@ -132,14 +132,14 @@ def test_v1_one_disallowed_number_refuses_the_whole_mail() -> None:
 def test_v1_transliterate_account() -> None:
     (req,) = v1("login@d", "Привет, мир", PHONE, encoding="transliterate")
     assert req.text == "Privet, mir"
-    assert req.transliterate is True
+    assert req.options.transliterate is True
     assert req.encoding == "gsm7"
 
 
 def test_v1_unicode_account_keeps_cyrillic() -> None:
     (req,) = v1("login@d", "Привет, мир", PHONE)
     assert req.text == "Привет, мир"
-    assert (req.encoding, req.transliterate) == ("ucs2", False)
+    assert (req.encoding, req.options.transliterate) == ("ucs2", False)
 
 
 def test_v1_transliteration_counts_segments_after_transliterating() -> None:
@@ -151,8 +151,8 @@ def test_v1_transliteration_counts_segments_after_transliterating() -> None:
 def test_v1_account_originator_and_fallbacks() -> None:
     (req,) = v1("login@d", "Hi", PHONE, originator="MyCompany",
                 fallback_upstreams=["backup"])
-    assert req.originator == "MyCompany"
-    assert req.fallbacks == ("backup",)
+    assert req.options.originator == "MyCompany"
+    assert req.options.fallbacks == ("backup",)
 
 
 def test_v1_account_originator_too_long_is_421() -> None:
@@ -258,7 +258,7 @@ def test_v2_basic() -> None:
     out = v2({**BASE, "originator": "MyCompany"})
     assert out.login == "login"
     (req,) = out.requests
-    assert (req.phone, req.text, req.originator) == (PHONE, "Hello", "MyCompany")
+    assert (req.phone, req.text, req.options.originator) == (PHONE, "Hello", "MyCompany")
     assert out.reply_to_email is False and out.want_sms_ids is False
     assert out.skipped_phones == []
 
@@ -325,7 +325,7 @@ def test_v2_individual_messages_with_push_id() -> None:
         "with_push_id": "1",
         "phones": f"id-1:{PHONE} first\nid-2:{PHONE2} second",
     })
-    assert [(r.push_id, r.phone, r.text) for r in out.requests] == [
+    assert [(r.options.push_id, r.phone, r.text) for r in out.requests] == [
         ("id-1", PHONE, "first"),
         ("id-2", PHONE2, "second"),
     ]
@@ -365,7 +365,7 @@ def test_v2_start_date_in_the_past_is_417() -> None:
 def test_v2_start_date_in_the_future_is_kept_in_utc_plus_3() -> None:
     value = provider_time(NOW + 3600)
     (req,) = v2({**BASE, "start_date": value}).requests
-    assert req.not_before == NOW + 3600
+    assert req.options.not_before == NOW + 3600
     midnight_utc = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
     assert parse_start_date("2030-01-01 03:00:00", NOW) == midnight_utc
     assert parse_start_date("", NOW) is None
@@ -373,7 +373,7 @@ def test_v2_start_date_in_the_future_is_kept_in_utc_plus_3() -> None:
 
 def test_v2_start_date_just_now_accepted() -> None:
     (req,) = v2({**BASE, "start_date": provider_time(NOW - 60)}).requests
-    assert req.not_before == NOW - 60
+    assert req.options.not_before == NOW - 60
 
 
 def test_v2_want_sms_ids_with_future_start_date_is_418() -> None:
@@ -387,7 +387,7 @@ def test_v2_want_sms_ids_without_start_date() -> None:
 
 def test_v2_rus_0_transliterates() -> None:
     (req,) = v2({"phones": PHONE, "message": "Привет", "rus": "0"}).requests
-    assert (req.text, req.transliterate, req.encoding) == ("Privet", True, "gsm7")
+    assert (req.text, req.options.transliterate, req.encoding) == ("Privet", True, "gsm7")
 
 
 @pytest.mark.parametrize("rus", ["1", "5"])
@@ -409,7 +409,7 @@ def test_v2_bad_rus_is_404(rus: str) -> None:
 
 def test_v2_max_parts_field() -> None:
     (req,) = v2({"phones": PHONE, "message": "a" * 306, "max_parts": "2"}, max_parts=1).requests
-    assert (req.parts, req.max_parts) == (2, 2)
+    assert (req.parts, req.options.max_parts) == (2, 2)
     err = v2_error({"phones": PHONE, "message": "a" * 307, "max_parts": "2"})
     assert err.api_code == 420
 
@@ -432,7 +432,9 @@ def test_v2_non_ascii_digits_are_404(name: str, value: str) -> None:
 def test_v2_two_byte_concat_and_flash_and_timeout() -> None:
     (req,) = v2({"phones": PHONE, "message": "a" * 305, "two_byte_concat": "1",
                  "flash": "1", "timeout": "3600"}).requests
-    assert (req.parts, req.two_byte_concat, req.flash, req.validity) == (3, True, True, 3600)
+    options = req.options
+    assert (req.parts, options.two_byte_concat, options.flash, options.validity) == (
+        3, True, True, 3600)
 
 
 @pytest.mark.parametrize("name", ["flash", "reply_to_email", "individual_messages",
@@ -447,10 +449,9 @@ def test_v2_reply_to_email_flag() -> None:
 
 
 def test_v2_originator_from_field_or_account() -> None:
-    assert v2(BASE, originator="AcctName").requests[0].originator == "AcctName"
-    assert v2({**BASE, "originator": "Field"}, originator="AcctName").requests[0].originator == (
-        "Field"
-    )
+    assert v2(BASE, originator="AcctName").requests[0].options.originator == "AcctName"
+    [req] = v2({**BASE, "originator": "Field"}, originator="AcctName").requests
+    assert req.options.originator == "Field"
 
 
 def test_v2_originator_too_long_is_421() -> None:

@@ -23,6 +23,7 @@ from bridge.models import (
     InboundRecord,
     MailEnvelope,
     OutboundMail,
+    SendOptions,
     SendRequest,
     StoredResponse,
 )
@@ -36,9 +37,9 @@ WINDOW = 600.0
 LEASE = 60.0
 
 
-def req(phone: str = "+79990000001", **kwargs: object) -> SendRequest:
+def req(phone: str = "+79990000001", **options: object) -> SendRequest:
     return SendRequest(account="acc", upstream="up", phone=phone, text="hello", parts=1,
-                       encoding="gsm7", **kwargs)  # type: ignore[arg-type]
+                       encoding="gsm7", options=SendOptions(**options))  # type: ignore[arg-type]
 
 
 def env(message_id: str | None = "<m1@example.org>") -> MailEnvelope:
@@ -132,7 +133,7 @@ async def test_enqueue_claim_mark_sent_and_events(store: OutboxStore) -> None:
     first, second = claimed
     # A claim is no attempt: attempts counts the tries that ended (issue 12).
     assert (first.status, first.attempts, first.mail_from) == ("sending", 0, "alice@example.org")
-    assert first.options["originator"] == "Shop" and first.fallbacks == ["b"]
+    assert first.options.originator == "Shop" and first.fallbacks == ["b"]
     assert (first.phone, first.text, first.parts, first.created_at) == (
         "+79990000001", "hello", 1, NOW)
     assert await store.claim_due("o2", NOW, 10, LEASE) == []
@@ -208,7 +209,7 @@ async def test_enqueue_many_at_once_keeps_each_mail_its_own(store: OutboxStore) 
             assert not result.duplicate
             got = [messages[i] for i in result.message_ids]
             assert [m.phone for m in got] == [r.phone for r in phones(n)]
-            assert {m.options["originator"] for m in got} == {f"o{n}"}
+            assert {m.options.originator for m in got} == {f"o{n}"}
             assert list(result.message_ids) == sorted(result.message_ids)
         else:
             assert result.duplicate and result.message_ids == ()

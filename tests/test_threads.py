@@ -331,7 +331,7 @@ def test_v1_requests_answer_from_the_receiving_number_within_the_upstreams_limit
     recipient = parse_recipient(f"{CUSTOMER}.helpdesk+375291234567-{tag}@d")
     [wide] = build_v1_requests("helpdesk", account, recipient, mail)
     [narrow] = build_v1_requests("helpdesk", account, recipient, mail, numeric_originator_max=11)
-    assert (wide.originator, narrow.originator) == ("375291234567", "Acme")
+    assert (wide.options.originator, narrow.options.originator) == ("375291234567", "Acme")
 
 
 # --- bounces ----------------------------------------------------------------------------------

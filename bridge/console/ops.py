@@ -18,11 +18,11 @@ from typing import Any
 
 from bridge.errors import InboundError
 from bridge.inbound.parsing import clean_reply
-from bridge.inbound.routing import ReplyScript
 from bridge.inbound.views import InboundService
 from bridge.models import ForwardJob, InboundMessage, StoredMessage
 from bridge.redact import redact_text
 from bridge.relays.replies import call_reply_script
+from bridge.relays.routing import ReplyScript
 from bridge.settings import Settings, masked_dump
 from bridge.store.base import OutboxStore
 from bridge.store.console import (
@@ -157,7 +157,7 @@ def message_json(message: StoredMessage) -> dict[str, Any]:
         "created_at": message.created_at, "last_error": message.last_error,
         "mail_from": message.mail_from, "mail_message_id": message.mail_message_id,
         "provider_ids": list(message.upstream_ids),
-        "originator": message.options.get("originator"),
+        "originator": message.options.originator,
     }
 
 

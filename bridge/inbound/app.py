@@ -29,6 +29,7 @@ import logging
 import re
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -50,9 +51,6 @@ from aiohttp.web_server import Server
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics
-from bridge.console.api import AdminApi
-from bridge.console.ops import ConsoleService
-from bridge.console.pages import add_console
 from bridge.errors import StoreUnavailable
 from bridge.inbound.views import RETRY_AFTER, InboundService, json_errors
 from bridge.redact import redact_path, redact_text
@@ -342,8 +340,16 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_http_app(store: OutboxStore, service: InboundService,
-                  console: ConsoleService | None = None) -> web.Application:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Wraps an endpoint that changes the reply scripts: the console records its calls.
+Audit = Callable[[str, Handler], Handler]
+
+
+def make_http_app(store: OutboxStore, service: InboundService, *,
+                  audited: Audit | None = None) -> web.Application:
+    """The inbound endpoints, the reply-script API, health, readiness and metrics. The
+    composition root adds the operators' console and the rest of the admin API, and passes
+    their audit as ``audited``."""
     app = web.Application(middlewares=[json_errors],
                           client_max_size=service.settings.http.max_body_bytes)
     app.on_response_prepare.append(_server_header)
@@ -356,18 +362,12 @@ def make_http_app(store: OutboxStore, service: InboundService,
         for path in (f"/in/{{source}}/{{secret}}/{kind}", f"/in/{{source}}/{kind}"):
             app.router.add_route("GET", path, handler)
             app.router.add_route("POST", path, handler)
-    # The admin API; with the console, its changes are audited and the rest of the API
-    # and the operators' pages (/admin/) are added.
-    api = AdminApi(console) if console is not None else None
-    audited = api.audited if api is not None else (lambda action, handler: handler)
+    audit = audited or (lambda action, handler: handler)
     app.router.add_get("/api/v1/reply-scripts", service.list_scripts)
-    app.router.add_post("/api/v1/reply-scripts", audited("script.create", service.create_script))
+    app.router.add_post("/api/v1/reply-scripts", audit("script.create", service.create_script))
     app.router.add_get("/api/v1/reply-scripts/{script_id}", service.get_script)
     app.router.add_put("/api/v1/reply-scripts/{script_id}",
-                       audited("script.update", service.update_script))
+                       audit("script.update", service.update_script))
     app.router.add_delete("/api/v1/reply-scripts/{script_id}",
-                          audited("script.delete", service.delete_script))
-    if api is not None and console is not None:
-        api.add_routes(app)
-        add_console(app, console)
+                          audit("script.delete", service.delete_script))
     return app

@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
 from bridge import metrics
-from bridge.errors import InboundError, StoreUnavailable
+from bridge.errors import EgressRefused, InboundError, StoreUnavailable
 from bridge.inbound.answers import AnswerCache
 from bridge.inbound.parsing import (
     DecodedParams,
@@ -41,12 +41,12 @@ from bridge.inbound.parsing import (
     parse_shortcode,
     peek_sms_id,
 )
-from bridge.inbound.routing import ReplyScript, select_script
 from bridge.models import ForwardJob, InboundMessage, InboundRecord, StoredResponse
 from bridge.redact import redact_params, redact_path, redact_text
-from bridge.relays.egress import EgressPolicy, EgressRefused
+from bridge.relays.egress import EgressPolicy
 from bridge.relays.forward import plan_forwarding
 from bridge.relays.replies import call_reply_script
+from bridge.relays.routing import ReplyScript, select_script
 from bridge.settings import InboundSourceSettings, ReplyScriptSettings, Settings
 from bridge.store.base import OutboxStore
 from bridge.store.common import inbound_content_hash

@@ -136,6 +136,8 @@ class Dispatcher:
             bucket.set_rate(self._full_rate[name] / max(1, processes))
 
     async def run(self) -> None:
+        if self._stopping:
+            return  # stopped before it ran (a start that failed): no keeper to leave behind
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
         try:
@@ -253,7 +255,6 @@ class Dispatcher:
                 log.info("cannot renew the leases of the sends in flight: %s", exc)
 
     def _sms(self, message: StoredMessage) -> OutboundSms:
-        options = message.options
         return OutboundSms(
             message_id=message.id,
             idempotency_key=f"{self.bridge_id}-{message.id}",
@@ -261,19 +262,16 @@ class Dispatcher:
             phone=message.phone,
             text=message.text,
             encoding=message.encoding,
-            originator=options.get("originator"),
-            flash=bool(options.get("flash")),
-            max_parts=int(options.get("max_parts") or 255),
-            validity=options.get("validity"),
-            transliterate=bool(options.get("transliterate")),
-            two_byte_concat=bool(options.get("two_byte_concat")),
+            options=message.options,
             maybe_sent=message.maybe_sent,
         )
 
     def _for(self, name: str, sms: OutboundSms) -> OutboundSms:
         """The account's originator, else the upstream's default sender, if it has one."""
         if sms.originator is None and self._default_originator.get(name):
-            return dataclasses.replace(sms, originator=self._default_originator[name])
+            options = dataclasses.replace(sms.options,
+                                          originator=self._default_originator[name])
+            return dataclasses.replace(sms, options=options)
         return sms
 
     @staticmethod

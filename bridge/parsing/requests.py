@@ -1,4 +1,5 @@
-"""Parsed mail → send requests, for SMTP v1 and v2. Pure functions over settings.
+"""Parsed mail → send requests, for SMTP v1 and v2. Pure functions over the account the mail
+came for (:class:`SendingAccount`, what the parsers read of ``AccountSettings``).
 
 Errors carry the spec's API codes (002, "Коды ошибок API", line 1988) so a mail sender sees
 the same code the provider's HTTP API would give for the same mistake.
@@ -7,13 +8,16 @@ the same code the provider's HTTP API would give for the same mistake.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Protocol, TypeVar
 
 import phonenumbers
+from pydantic import SecretStr
 
 from bridge.errors import IntakeError
-from bridge.models import SendRequest
+from bridge.models import SendOptions, SendRequest
 from bridge.parsing.mail import ParsedMail, Recipient, receiver_tag
 from bridge.parsing.phones import normalize_phone, split_phone_list, validate_originator
 from bridge.parsing.replies import (
@@ -23,13 +27,63 @@ from bridge.parsing.replies import (
     html_reply_text,
 )
 from bridge.parsing.text import count_segments, strip_controls, transliterate
-from bridge.settings import AccountSettings, Settings
+
+
+class SendingAccount(Protocol):
+    """What the parsers read of an account; the settings' ``AccountSettings`` is one. The
+    parsers take it by its shape so they depend on the core alone."""
+
+    @property
+    def password(self) -> SecretStr: ...
+    @property
+    def upstream(self) -> str: ...
+    @property
+    def fallback_upstreams(self) -> Sequence[str]: ...
+    @property
+    def originator(self) -> str | None: ...
+    @property
+    def allowed_prefixes(self) -> Sequence[str]: ...
+    @property
+    def encoding(self) -> str: ...
+    @property
+    def max_parts(self) -> int: ...
+    @property
+    def trim_quoted(self) -> bool: ...
+    @property
+    def trim_signature(self) -> bool: ...
+    @property
+    def signature_starts(self) -> Sequence[str]: ...
+
+
+AccountT = TypeVar("AccountT", bound=SendingAccount)
+AccountT_co = TypeVar("AccountT_co", bound=SendingAccount, covariant=True)
+
+
+class AccountBook(Protocol[AccountT_co]):
+    """The accounts by login (the settings are one): a case-insensitive lookup and the
+    login as configured."""
+
+    def account(self, login: str) -> AccountT_co | None: ...
+    def canonical_login(self, login: str) -> str: ...
+
+
+class _UpstreamKind(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+class UpstreamKinds(Protocol):
+    """The configured upstreams by name, of which the parsers read the kind."""
+
+    @property
+    def upstreams(self) -> Mapping[str, _UpstreamKind]: ...
+
 
 # 002, HTTP API v1 ``start_date``: "ГГГГ-ММ-ДД ЧЧ:ММ:СС", time zone UTC+3.
 PROVIDER_TZ = timezone(timedelta(hours=3))
 
 
-def check_phone_allowed(account: AccountSettings, phone: str) -> None:
+def check_phone_allowed(account: SendingAccount, phone: str) -> None:
     """An account may be limited to phone prefixes (002 line 1768: "ограничить список")."""
     if account.allowed_prefixes and not any(
         phone.startswith(prefix) for prefix in account.allowed_prefixes
@@ -39,7 +93,7 @@ def check_phone_allowed(account: AccountSettings, phone: str) -> None:
 
 def make_request(
     login: str,
-    account: AccountSettings,
+    account: SendingAccount,
     phone: str,
     text: str,
     *,
@@ -80,19 +134,21 @@ def make_request(
         text=text,
         parts=segments.parts,
         encoding=segments.encoding,
-        originator=originator,
-        flash=flash,
-        max_parts=max_parts,
-        not_before=not_before,
-        validity=validity,
-        transliterate=transliterated,
-        two_byte_concat=two_byte_concat,
-        push_id=push_id,
-        fallbacks=tuple(account.fallback_upstreams),
+        options=SendOptions(
+            originator=originator,
+            flash=flash,
+            max_parts=max_parts,
+            not_before=not_before,
+            validity=validity,
+            transliterate=transliterated,
+            two_byte_concat=two_byte_concat,
+            push_id=push_id,
+            fallbacks=tuple(account.fallback_upstreams),
+        ),
     )
 
 
-def clean_text(mail: ParsedMail, account: AccountSettings) -> str:
+def clean_text(mail: ParsedMail, account: SendingAccount) -> str:
     """The mail's text as an SMS: with the account's trimming, only the agent's own words
     (:func:`bridge.parsing.replies.extract_reply`)."""
     trimming = ReplyTrimming(account.trim_quoted, account.trim_signature,
@@ -111,7 +167,7 @@ NUMERIC_SENDER_DIGITS = 15
 _NUMERIC_SENDER_DIGITS_BY_KIND = {"kcell": 11}
 
 
-def numeric_originator_max(settings: Settings, account: AccountSettings) -> int:
+def numeric_originator_max(settings: UpstreamKinds, account: SendingAccount) -> int:
     """The longest numeric originator every upstream the account may send through (its own
     and its fallbacks) takes: an answer must not fail on the fallback it is moved to."""
     names = [account.upstream, *account.fallback_upstreams]
@@ -150,7 +206,7 @@ def reply_originator(receiver: str | None, phone: str, longest: int, *,
 
 
 def build_v1_requests(
-    login: str, account: AccountSettings, recipient: Recipient, mail: ParsedMail, *,
+    login: str, account: SendingAccount, recipient: Recipient, mail: ParsedMail, *,
     numeric_originator_max: int = NUMERIC_SENDER_DIGITS,
 ) -> list[SendRequest]:
     """002 line 1768: phone in the address (Subject ignored) or in the Subject; body = text.
@@ -231,7 +287,9 @@ def parse_start_date(value: str, now: float) -> float | None:
     return epoch
 
 
-def authenticate_v2(settings: Settings, fields: dict[str, str]) -> tuple[str, AccountSettings]:
+def authenticate_v2(
+    settings: AccountBook[AccountT], fields: dict[str, str]
+) -> tuple[str, AccountT]:
     login = fields.get("login", "").strip()
     if not login:
         raise IntakeError(550, "5.7.8", "login param is missing", 401)
@@ -269,7 +327,7 @@ def _individual_pairs(
 
 
 def build_v2_requests(
-    fields: dict[str, str], login: str, account: AccountSettings, now: float
+    fields: dict[str, str], login: str, account: SendingAccount, now: float
 ) -> V2Mail:
     """002 line 1811: the body carries HTTP API v1 parameters as ``field: value`` pairs.
 

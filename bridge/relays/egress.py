@@ -38,7 +38,8 @@ from typing import Any
 import httpx
 
 from bridge.bounded_http import DEFAULT_MAX_ANSWER_BYTES, identity_headers, send_bounded
-from bridge.errors import BridgeError
+from bridge.errors import EgressRefused as EgressRefused
+from bridge.errors import ResolutionFailed as ResolutionFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -107,15 +108,6 @@ BLOCKED_PORTS: dict[int, str] = {
     9042: "cassandra", 9092: "kafka", 10080: "amanda", 11211: "memcached",
     27017: "mongodb",
 }
-
-
-class EgressRefused(BridgeError):
-    """An outgoing call was refused: the target address (or URL) is not one we may reach."""
-
-
-class ResolutionFailed(EgressRefused):
-    """The target's name did not resolve (now): a resolver hiccup is temporary, so a
-    forward retries it, while the admin API refuses a URL whose host does not resolve."""
 
 
 def parse_network(text: str) -> IPNetwork:

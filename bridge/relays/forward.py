@@ -51,14 +51,23 @@ import httpx
 import phonenumbers
 
 from bridge import metrics
-from bridge.errors import BridgeError, StoreUnavailable
-from bridge.inbound.routing import select_route
+from bridge.errors import (
+    EgressRefused,
+    PermanentForwardError,
+    ResolutionFailed,
+    StoreUnavailable,
+    TargetDisabled,
+    TargetGone,
+    TargetNotConfigured,
+    WebhookFailed,
+)
 from bridge.models import ClaimedForward, ForwardJob, InboundMessage
 from bridge.outbox.retry import RetryPolicy
 from bridge.parsing.mail import receiver_tag
 from bridge.redact import redact_exchange
-from bridge.relays.egress import EgressPolicy, EgressRefused, ResolutionFailed, guarded_request
+from bridge.relays.egress import EgressPolicy, guarded_request
 from bridge.relays.email import is_permanent_smtp_error, send_via_smarthost
+from bridge.relays.routing import select_route
 from bridge.relays.signing import signature_headers
 from bridge.relays.worker import ClaimLoop
 from bridge.settings import Settings
@@ -86,37 +95,15 @@ def smtp_answer(reply: aiosmtplib.SMTPResponse | aiosmtplib.SMTPResponseExceptio
     return f"SMTP {reply.code} {' '.join(reply.message.split())}"
 
 
-class WebhookFailed(BridgeError):
-    """The webhook receiver did not answer 2xx; ``retry_after``: seconds it asked us to
-    wait (429, 503); ``answer``: :func:`webhook_answer`."""
-
-    def __init__(self, status: int, retry_after: float | None = None,
-                 answer: str = "") -> None:
-        wait = f", Retry-After {retry_after:.0f} s" if retry_after is not None else ""
-        super().__init__(f"webhook answered HTTP {status}{wait}")
-        self.status = status
-        self.retry_after = retry_after
-        self.answer = answer
-
-
-class PermanentForwardError(BridgeError):
-    """No later attempt can succeed: the forward is dead-lettered at once."""
-
-
-class TargetGone(PermanentForwardError):
-    """The webhook answered 410 Gone: it is disabled until enabled again."""
-
-    def __init__(self, message: str, answer: str = "") -> None:
-        super().__init__(message)
-        self.answer = answer
-
-
-class TargetDisabled(PermanentForwardError):
-    """The webhook was disabled after a 410 Gone."""
-
-
-class TargetNotConfigured(PermanentForwardError):
-    """The job names a webhook the configuration no longer has."""
+def is_permanent_forward_error(exc: BaseException) -> bool:
+    """Whether no later attempt of a forward can succeed, so it is dead-lettered at once: a
+    :class:`~bridge.errors.PermanentForwardError`, a target the egress guard refuses (not a
+    name that does not resolve now), or a 5yz reply of the smarthost. Anything else, an
+    exception outside the tree in :mod:`bridge.errors` included (a ``KeyError`` is a
+    ``LookupError`` too), is retried until the forward's deadline."""
+    return (isinstance(exc, PermanentForwardError)
+            or (isinstance(exc, EgressRefused) and not isinstance(exc, ResolutionFailed))
+            or is_permanent_smtp_error(exc))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -551,9 +538,7 @@ class ForwardWorker(ClaimLoop):
 
     async def _failed(self, job: ClaimedForward, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:500]
-        permanent = (isinstance(exc, PermanentForwardError)
-                     or (isinstance(exc, EgressRefused) and not isinstance(exc, ResolutionFailed))
-                     or is_permanent_smtp_error(exc))
+        permanent = is_permanent_forward_error(exc)
         now = time.time()
         delay = self.policy.backoff(job.attempts)
         if isinstance(exc, WebhookFailed) and exc.retry_after is not None:

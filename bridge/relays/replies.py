@@ -18,18 +18,14 @@ from urllib.parse import urlencode
 
 import httpx
 
-from bridge.errors import BridgeError
-from bridge.inbound.routing import ReplyScript
+from bridge.errors import ReplyScriptFailed
 from bridge.models import InboundMessage
 from bridge.parsing.mail import resolve_charset
 from bridge.relays.egress import EgressPolicy, guarded_request
+from bridge.relays.routing import ReplyScript
 from bridge.relays.signing import signature_headers
 
 MAX_REPLY_ANSWER_BYTES = 64 * 1024
-
-
-class ReplyScriptFailed(BridgeError):
-    """The script answered something other than 2xx."""
 
 
 async def call_reply_script(

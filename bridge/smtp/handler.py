@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,7 +216,7 @@ class IntakeHandler:
                           max_header_bytes=self.settings.smtp.max_header_bytes)
 
         batches: list[tuple[str | None, list[SendRequest]]] = []
-        reply: Callable[[Any], OutboundMail | None] | None = None
+        reply: Callable[[Sequence[int]], OutboundMail | None] | None = None
         fmt = "v1"
         for rcpt in rcpts:
             if rcpt.recipient.is_v2:
@@ -251,10 +251,7 @@ class IntakeHandler:
         )).digest()
 
         def enqueue() -> Awaitable[EnqueueResult]:
-            return self.store.enqueue(
-                envelope_info, batches, now=now,
-                dedup_window=self.settings.smtp.duplicate_window, reply=reply,
-            )
+            return self._enqueue(envelope_info, batches, now, reply)
 
         result, earlier = await self._enqueue_within_deadline(
             digest, enqueue, fmt=fmt, replies=reply is not None)
@@ -278,6 +275,26 @@ class IntakeHandler:
             log.info("mail queued", extra={"format": fmt, "messages": list(result.message_ids),
                                            "mail_from": mail_from})
         return f"250 2.0.0 Queued {len(result.message_ids)} messages: {ids}{more}"
+
+    async def _enqueue(
+        self, envelope: MailEnvelope,
+        batches: list[tuple[str | None, list[SendRequest]]], now: float,
+        reply: Callable[[Sequence[int]], OutboundMail | None] | None,
+    ) -> EnqueueResult:
+        """Commit the mail's sends, then queue the v2 answer built from their ids: built
+        here, after the commit, so no mail is built inside the store's transaction. The
+        SMS stand once committed; an answer the store cannot take now is logged and lost."""
+        result = await self.store.enqueue(envelope, batches, now=now,
+                                          dedup_window=self.settings.smtp.duplicate_window)
+        if reply is not None and not result.duplicate:
+            answer = reply(result.message_ids)
+            if answer is not None:
+                try:
+                    await self.store.queue_mail(answer, now)
+                except StoreUnavailable:
+                    log.warning("could not queue the v2 reply",
+                                extra={"messages": list(result.message_ids)})
+        return result
 
     async def _enqueue_within_deadline(
         self, digest: bytes, enqueue: Callable[[], Awaitable[EnqueueResult]], *, fmt: str,
@@ -347,7 +364,7 @@ class IntakeHandler:
 
     def _v2(
         self, session: Any, envelope: Any, mail: ParsedMail, now: float
-    ) -> tuple[list[SendRequest], Callable[[Any], OutboundMail | None] | None]:
+    ) -> tuple[list[SendRequest], Callable[[Sequence[int]], OutboundMail | None] | None]:
         fields = parse_v2_body(mail.text)
         login, account = authenticate_v2(self.settings, fields)
         self._check_sender(session, envelope, login, account)
@@ -371,7 +388,7 @@ class IntakeHandler:
         mail_settings = self.settings.mail
         want_ids = v2.want_sms_ids
 
-        def reply(ids: Any) -> OutboundMail:
+        def reply(ids: Sequence[int]) -> OutboundMail:
             infos = list(zip(phones, [str(i) for i in ids], strict=True)) if want_ids else []
             xml = render_reply_xml(0, f"queued {len(ids)} messages", infos, ok=True)
             return build_v2_reply(mail_settings, mail_from, xml, mail.subject,

@@ -13,6 +13,7 @@ from typing import Any
 from bridge.models import (
     InboundMessage,
     InboundRecord,
+    SendOptions,
     SendOutcome,
     SendRequest,
     StoredMessage,
@@ -151,17 +152,7 @@ def intent_summary(outcomes: Sequence[SendOutcome], recorded: Sequence[int]) -> 
 
 def options_json(req: SendRequest) -> str:
     """The per-message options of a send request, as both engines store them."""
-    return json.dumps({
-        "originator": req.originator,
-        "flash": req.flash,
-        "max_parts": req.max_parts,
-        "not_before": req.not_before,
-        "validity": req.validity,
-        "transliterate": req.transliterate,
-        "two_byte_concat": req.two_byte_concat,
-        "push_id": req.push_id,
-        "fallbacks": list(req.fallbacks),
-    })
+    return req.options.to_json()
 
 
 def inbound_content_hash(message: InboundMessage) -> str:
@@ -209,7 +200,7 @@ def row_to_message(row: Sequence[Any]) -> StoredMessage:
         status=row[7],
         attempts=row[8],
         created_at=row[9],
-        options=json.loads(row[10]),
+        options=SendOptions.from_json(row[10]),
         upstream_ids=json.loads(row[11]),
         last_error=row[12],
         mail_from=row[13],

@@ -829,7 +829,7 @@ class PostgresStore(PostgresConsoleQueries):
     @staticmethod
     async def _insert_message(conn: Conn, mail_id: int, req: SendRequest, now: float) -> int:
         options = options_json(req)
-        due = max(now, req.not_before or now)
+        due = max(now, req.options.not_before or now)
         return int(await conn.fetchval(
             "WITH m AS ("
             " INSERT INTO messages (mail_id, account, upstream, phone, text, parts, encoding,"
@@ -1632,7 +1632,7 @@ async def _enqueue_rows(conn: Conn, rows: list[_EnqueueRow]) -> list[EnqueueResu
                     n, place, None if key is None else _key(key), _text(req.account),
                     _text(req.upstream), _text(req.phone), _text(req.text), req.parts,
                     _text(req.encoding), options_json(req),
-                    max(row.now, req.not_before or row.now)))
+                    max(row.now, req.options.not_before or row.now)))
                 place += 1
 
     def columns(values: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

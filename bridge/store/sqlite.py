@@ -610,7 +610,7 @@ class SqliteStore(SqliteConsoleQueries):
     def _insert_message(
         conn: sqlite3.Connection, mail_id: int | None, req: SendRequest, now: float
     ) -> int:
-        due = max(now, req.not_before or now)
+        due = max(now, req.options.not_before or now)
         message_id = conn.execute(
             "INSERT INTO messages (mail_id, account, upstream, phone, text, parts, encoding, "
             "options, status, next_attempt_at, created_at, updated_at) "

@@ -10,7 +10,6 @@ namespace are all seen.
 
 from __future__ import annotations
 
-import re
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
 
@@ -18,6 +17,7 @@ import defusedxml.ElementTree as SafeET
 import httpx
 from defusedxml import DefusedXmlException
 
+from bridge.errors import SoapFault
 from bridge.upstreams.base import HttpUpstream
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
@@ -59,31 +59,13 @@ class SoapReplyError(ValueError):
     """The reply is not a SOAP envelope of the expected shape."""
 
 
-class SoapFault(Exception):
-    """``Fault`` in a reply: SOAP 1.2 ``Code/Value``, ``Code/Subcode/Value``,
-    ``Reason/Text``, or SOAP 1.1 ``faultcode``/``faultstring``. Codes are given without
-    their prefix (``env:Sender`` → ``Sender``)."""
-
-    def __init__(self, code: str, subcode: str, reason: str) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.subcode = subcode
-        self.reason = reason
-
-    @property
-    def message(self) -> str:
-        """The service's own message: ASP.NET writes ``Server was unable to process request.
-        ---> <exception message>`` (001 line 44-45, ``&gt;`` being the ``>``)."""
-        return re.split(r"-+\s*>", self.reason)[-1].strip()
-
-
 def _fault(payload: Element) -> SoapFault:
     code = child(payload, "Code")
     subcode = child(code, "Subcode")
     value = text(code, "Value") or text(payload, "faultcode")
     reason = text(child(payload, "Reason"), "Text") or text(payload, "faultstring")
-    return SoapFault(value.rsplit(":", 1)[-1] or "Fault",
-                     text(subcode, "Value").rsplit(":", 1)[-1], " ".join(reason.split()))
+    return SoapFault(value.rsplit(":", 1)[-1] or "Fault", " ".join(reason.split()),
+                     subcode=text(subcode, "Value").rsplit(":", 1)[-1])
 
 
 def parse_envelope(body: bytes) -> Element:

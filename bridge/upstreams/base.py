@@ -18,36 +18,8 @@ import httpx
 from bridge.bounded_http import AnswerRefused, request_bounded
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport, InboundMessage
+from bridge.models import OutboundSms as OutboundSms
 from bridge.upstreams.config import UpstreamSettings
-
-
-@dataclass(frozen=True)
-class OutboundSms:
-    """One SMS to one phone, as handed to a provider."""
-
-    message_id: int
-    idempotency_key: str  # unique per message and bridge; constant across retries
-    attempt: int  # 1 for the first try: the tries that ended (a provider answered) + 1
-    phone: str
-    text: str
-    encoding: str  # "gsm7" or "ucs2"
-    originator: str | None = None
-    flash: bool = False
-    max_parts: int = 255
-    validity: int | None = None
-    transliterate: bool = False
-    two_byte_concat: bool = False
-    # Earlier requests of this SMS whose fate is unknown: a process died with one in flight,
-    # or one ended in an ambiguous failure (timeout, HTTP 5xx, dropped connection). While it
-    # is 0 no earlier request can have been taken, whatever ``attempt`` says: no lookup is
-    # needed, and a "duplicate" answer cannot mean "accepted before".
-    maybe_sent: int = 0
-
-    @property
-    def host_turn(self) -> int:
-        """Which host comes first (:meth:`HttpUpstream.request`): the primary while no
-        earlier request may have been taken there, then the other one after each such."""
-        return self.maybe_sent + 1
 
 
 @dataclass(frozen=True)

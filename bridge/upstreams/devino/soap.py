@@ -47,13 +47,18 @@ from xml.etree.ElementTree import Element
 
 import httpx
 
-from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from bridge.errors import (
+    PermanentUpstreamError,
+    SessionFault,
+    SoapFault,
+    TransientUpstreamError,
+    UpstreamError,
+)
 from bridge.models import DeliveryReport, InboundMessage
 from bridge.upstreams._batch import send_grouped
 from bridge.upstreams._session import SessionKeeper
 from bridge.upstreams._soap import (
     SOAP12,
-    SoapFault,
     SoapReplyError,
     SoapUpstream,
     child,
@@ -138,10 +143,6 @@ _RECEIVER_MESSAGES: tuple[tuple[re.Pattern[str], str], ...] = (
                 r"|invalid argument|invalid operation|cannot be null|can not be null"
                 r"|too long|invalid", re.I), "permanent"),
 )
-
-
-class SessionFault(TransientUpstreamError):
-    """The session id was refused: renew it and repeat the call once."""
 
 
 def fault_error(fault: SoapFault, upstream: str) -> UpstreamError:

@@ -18,12 +18,11 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, TypeVar
 from xml.etree.ElementTree import Element
 
-from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from bridge.errors import PermanentUpstreamError, SoapFault, TransientUpstreamError, UpstreamError
 from bridge.models import DeliveryReport
 from bridge.parsing.status import map_status
 from bridge.upstreams._soap import (
     SOAP12,
-    SoapFault,
     SoapUpstream,
     child,
     children,

@@ -1,5 +1,6 @@
 """Which targets an inbound message goes to, and which reply script answers a short code.
-Pure functions over the settings."""
+Pure functions over the routes and scripts configured; the inbound service and the relays
+both decide with them."""
 
 from __future__ import annotations
 
