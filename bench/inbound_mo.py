@@ -392,7 +392,7 @@ def _run_server(
     try:
         if args.load == "wrk":
             log(f"[{label}] listening on {HOST}:{server.port}; warm-up {args.warmup} requests")
-            warm = asyncio.run(load(True))
+            warm = _common.run_on(_common.LOAD_LOOP, load(True))
             cpu0 = server.cpu()
             log(f"[{label}] wrk for {args.duration:g} s")
             result = _wrk_phase(server.port, kind, mode, run, args)
