@@ -97,7 +97,7 @@ TARGET_UNIQUE = 0.5  # PASS/FAIL
 TARGET_REPLAY = 0.9  # PASS/FAIL, mode "replay"
 TARGETS: dict[str, float | None] = {"unique": TARGET_UNIQUE, "replay": TARGET_REPLAY}
 WARMUP_REQUESTS = 200
-DURATION = 3.0  # seconds of each wrk phase
+DURATION = 3  # seconds of each wrk phase
 LUA = Path(__file__).resolve().parent / "mo_post.lua"
 PHASE_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 30.0
@@ -547,8 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator: wrk with bench/mo_post.lua (default where installed) or "
         "the Python client",
     )
-    parser.add_argument("--duration", type=float, default=DURATION,
-                        help="seconds of each measured wrk phase")
+    parser.add_argument("--duration", type=int, default=DURATION,
+                        help="seconds of each measured wrk phase (whole seconds)")
     _common.add_workers_option(parser)
     _common.add_run_options(parser)
     args = parser.parse_args(argv)
