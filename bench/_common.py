@@ -10,6 +10,9 @@
   bare/bridge pair, medians over rounds, and the CPU columns of the tables;
 * :class:`ServerGroup` / :func:`free_port` - N bridge processes sharing one fixed port with
   ``SO_REUSEPORT`` (``--workers N``, as ``sms-bridge serve --workers N``);
+* :class:`RunOptions` / :func:`add_run_options` / :func:`apply_run_options` - the servers'
+  event loop (``--loop asyncio|uvloop``, the bare and the bridge alike) and pinning
+  (``--pin``: servers on core 0, the load generator and its children, wrk, on core 1);
 * stores: ``--store sqlite|postgres`` / ``--store-url``; :func:`fresh_store` gives every bridge
   run a fresh store (a SQLite file in a fresh directory, or a database ``bench_<uuid8>``
   created on the PostgreSQL server and dropped ``WITH (FORCE)`` afterwards), and
