@@ -71,6 +71,9 @@ TARGET_SMTP = 0.9  # bridge/bare mails/s at 50 connections, reused
 TARGET_UNIQUE = 0.5  # bridge/bare req/s, new sms_id
 TARGET_REPLAY = 0.9  # bridge/bare req/s, every request a replay
 PACED = 80.0  # load generator CPU (% of its core) above which a figure is marked paced
+#: Server CPU (% of its core) below which a pinned server did not saturate its core: the
+#: core was shared with other work (or the load was short), so its rate says little.
+SATURATED = 85.0
 
 #: Sizes per profile: SMTP mails (many connections / 1 connection), inbound requests,
 #: dispatch arguments.
@@ -117,6 +120,7 @@ class Row:
     cpu: str = "-"  # server CPU per mail/request, bridge / bare (µs, medians of the rounds)
     load: str = "-"  # load generator CPU % of its core, bridge / bare (medians)
     loop: str = "-"
+    busy: str = "-"  # server CPU % of a core, bridge / bare (medians)
 
 
 @dataclass
@@ -192,12 +196,18 @@ def _run(case: Case, postgres_url: str) -> tuple[dict[str, Any] | None, int, str
         return None, done.returncode, f"no JSON on stdout (exit {done.returncode})"
 
 
-def _judge(ratio: float, target: float | None, paced: bool = False) -> tuple[str, str, str]:
-    """(target text, verdict, shortfall) of a ratio; a paced figure cannot PASS."""
+def _judge(ratio: float, target: float | None, paced: bool = False,
+           idle: str = "") -> tuple[str, str, str]:
+    """(target text, verdict, shortfall) of a ratio; a paced figure cannot PASS, nor one
+    whose servers did not saturate their core (``idle`` says which: VOID)."""
     if target is None:
         return "info", "info", ""
     if paced:
         return f">= {target}", "FAIL", "paced: the load generator passed 80 % of its core"
+    if idle:
+        return f">= {target}", "VOID", (f"{idle} below {SATURATED:.0f} % of its core: the "
+                                        "core was shared, the rates compare nothing; "
+                                        "run again on a quiet machine")
     if ratio >= target:
         return f">= {target}", "PASS", ""
     return f">= {target}", "FAIL", f"{ratio:.3f} < {target} (short by {target - ratio:.3f})"
@@ -239,18 +249,34 @@ def _load_cpu(rounds: list[dict[str, Any]], mode: str | None = None) -> tuple[st
     return f"{bridge:.0f} / {bare:.0f}" + (" paced" if paced else ""), paced
 
 
+def _server_busy(rounds: list[dict[str, Any]], mode: str | None = None) -> tuple[str, str]:
+    """The servers' CPU (% of a core), bridge / bare, medians; and which side, if any, did
+    not saturate its core (only meaningful when pinned: one core each)."""
+    def pct(phase: dict[str, Any]) -> float:
+        return 100 * phase["server_cpu_s"] / phase["elapsed_s"] if phase["elapsed_s"] else 0.0
+
+    bridge, bare = _medians(rounds, mode, pct)
+    if bridge is None or bare is None:
+        return "-", ""
+    idle = [side for side, value in (("bridge", bridge), ("bare", bare))
+            if value < SATURATED]
+    text = f"{bridge:.0f} / {bare:.0f}"
+    return text, " and ".join(idle) + (" server" if idle else "") if _pinned() else ""
+
+
 def _smtp_rows(case: Case, data: dict[str, Any]) -> list[Row]:
     bare = data["median"]["bare"]["mails_per_s"]
     bridge = data["median"]["bridge"]["mails_per_s"]
     ratio = float(data["ratio"])
     rounds = len(data["rounds"])
     load, paced = _load_cpu(data["rounds"])
-    target, verdict, short = _judge(ratio, None if case.info else case.target, paced)
+    busy, idle = _server_busy(data["rounds"])
+    target, verdict, short = _judge(ratio, None if case.info else case.target, paced, idle)
     what = f"{case.label}: mails/s" + (f" (median of {rounds})" if rounds > 1 else "")
     return [
         Row("smtp_ingest", case.store, str(case.workers), what, f"{bridge:.0f}",
             f"bare {bare:.0f}", f"{ratio:.3f}", target, verdict, short,
-            _cpu_per_op(data["rounds"]), load, case.loop)
+            _cpu_per_op(data["rounds"]), load, case.loop, busy)
     ]  # fmt: skip
 
 
@@ -260,15 +286,16 @@ def _inbound_rows(case: Case, data: dict[str, Any]) -> list[Row]:
     for mode, pair in data["median"].items():
         ratio = float(data["ratios"][mode])
         load, paced = _load_cpu(data["rounds"], mode)
+        busy, idle = _server_busy(data["rounds"], mode)
         target, verdict, short = _judge(ratio, None if case.info else targets.get(mode),
-                                        paced)
+                                        paced, idle)
         rounds = sum(1 for rnd in data["rounds"] if rnd["mode"] == mode)
         what = f"{mode}: req/s" + (f" (median of {rounds})" if rounds > 1 else "")
         rows.append(
             Row("inbound_mo", case.store, str(case.workers), what,
                 f"{pair['bridge']['req_per_s']:.0f}", f"bare {pair['bare']['req_per_s']:.0f}",
                 f"{ratio:.3f}", target, verdict, short, _cpu_per_op(data["rounds"], mode),
-                load, case.loop)
+                load, case.loop, busy)
         )  # fmt: skip
     return rows
 
@@ -318,14 +345,14 @@ def _outcome(case: Case, data: dict[str, Any] | None, code: int, error: str) -> 
 
 def _table(rows: list[Row]) -> str:
     heads = ("case", "store", "loop", "wk", "measurement", "value", "baseline", "ratio",
-             "target", "verdict", "cpu us/op", "load cpu %")  # fmt: skip
+             "target", "verdict", "srv cpu %", "cpu us/op", "load cpu %")  # fmt: skip
     cells = [
         (r.case, r.store, r.loop, r.workers, r.measurement, r.value, r.baseline, r.ratio,
-         r.target, r.verdict, r.cpu, r.load)
+         r.target, r.verdict, r.busy, r.cpu, r.load)
         for r in rows
     ]  # fmt: skip
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    right = {5, 6, 7, 10, 11}
+    right = {5, 6, 7, 10, 11, 12}
 
     def line(values: tuple[str, ...]) -> str:
         return " ".join(
@@ -400,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = _outcome(case, data, code, error)
         rows += outcome.rows
         problems += outcome.problems
-    missed = [r for r in rows if r.verdict == "FAIL"]
+    missed = [r for r in rows if r.verdict in ("FAIL", "VOID")]
     verdict = "FAIL" if missed or problems else "PASS"
     elapsed = time.monotonic() - started
     if args.json:
@@ -424,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load: SMTP a raw-socket client; HTTP {http_load}; "
         f"{'servers pinned to core 0, load to core 1' if _pinned() else 'not pinned'}; "
         "PostgreSQL unpinned.\n"
+        "srv cpu % = the server process's CPU as a share of one core, bridge / bare (pinned, "
+        f"below {SATURATED:.0f} %: its core was shared, the row is VOID);\n"
         "cpu us/op = CPU time of the server process (all threads) per mail or request, "
         "bridge / bare (bare/bridge: the ratio at equal CPU, robust to other load on the\n"
         "machine); load cpu % = the load generator's CPU as a share of its core, "
