@@ -10,7 +10,10 @@ What it measures
     request (bridge / bare) and the load generator's CPU as a share of its core (bridge /
     bare; a figure whose load passed 80 % is marked ``paced`` and cannot PASS). One bridge
     process; servers pinned to core 0 and the load generator to core 1 (``taskset``
-    semantics, ``os.sched_setaffinity``) where both exist.
+    semantics, ``os.sched_setaffinity``) where both exist. A pinned server saturates its
+    core; one whose CPU stayed below 85 % of it shared the core with other work, and its
+    row is ``VOID`` (run again on a quiet machine): ``cpu us/op`` and its bare/bridge ratio,
+    CPU time per operation, still compare the two sides on a busy machine.
 
     For each event loop (``asyncio``, ``uvloop``), SQLite (a fresh file per bridge run):
 
