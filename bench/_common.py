@@ -10,6 +10,9 @@
   bare/bridge pair, medians over rounds, and the CPU columns of the tables;
 * :class:`ServerGroup` / :func:`free_port` - N bridge processes sharing one fixed port with
   ``SO_REUSEPORT`` (``--workers N``, as ``sms-bridge serve --workers N``);
+* :class:`RunOptions` / :func:`add_run_options` / :func:`apply_run_options` - the servers'
+  event loop (``--loop asyncio|uvloop``, the bare and the bridge alike) and pinning
+  (``--pin``: servers on core 0, the load generator and its children, wrk, on core 1);
 * stores: ``--store sqlite|postgres`` / ``--store-url``; :func:`fresh_store` gives every bridge
   run a fresh store (a SQLite file in a fresh directory, or a database ``bench_<uuid8>``
   created on the PostgreSQL server and dropped ``WITH (FORCE)`` afterwards), and
@@ -41,6 +44,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 HOST = "127.0.0.1"
+#: Load generator CPU (% of one core) above which a figure is marked ``paced``.
+PACED_PCT = 80.0
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 
@@ -49,6 +54,88 @@ Connection = multiprocessing.connection.Connection
 Started = tuple[int, Callable[[], Awaitable[None]], dict[str, Callable[[], Any]]]
 StartFn = Callable[..., Awaitable[Started]]
 R = TypeVar("R", bound="PhaseResult")
+T = TypeVar("T")
+
+
+# -- event loop and cores -----------------------------------------------------------------
+
+#: The event loop of every server process (bare and bridge alike, so that a ratio compares
+#: the same loop): ``asyncio`` or ``uvloop``. Set from ``--loop`` by :func:`apply_run_options`.
+LOOPS = ("asyncio", "uvloop")
+SERVER_CORE = 0  # the servers' core when pinning
+LOAD_CORE = 1  # the load generator's (this process, and wrk, which inherits it)
+
+
+@dataclass
+class RunOptions:
+    """How servers and load are placed: the servers' event loop and the cores."""
+
+    loop: str = "asyncio"
+    pin: bool = False  # servers on SERVER_CORE, load on LOAD_CORE
+
+
+RUN = RunOptions()
+
+
+def _load_loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+#: The Python load generators' own loop: uvloop where installed (less CPU per request).
+LOAD_LOOP = _load_loop()
+
+
+def can_pin() -> bool:
+    """Pinning needs two cores this process may run on (``taskset`` semantics)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return False
+    return {SERVER_CORE, LOAD_CORE} <= allowed
+
+
+def apply_run_options(loop: str, pin: bool) -> None:
+    """Record the loop and pinning for the server processes started from now on, and pin
+    this process (the load generator) to :data:`LOAD_CORE`."""
+    RUN.loop = loop
+    RUN.pin = pin and can_pin()
+    if RUN.pin:
+        os.sched_setaffinity(0, {LOAD_CORE})
+
+
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A new event loop of ``kind`` (``asyncio`` or ``uvloop``)."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run_on(kind: str, coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a loop of ``kind``."""
+    with asyncio.Runner(loop_factory=loop_factory(kind)) as runner:
+        return runner.run(coro)
+
+
+def placement() -> str:
+    """One line saying where servers and load ran, for the reports."""
+    cores = (f"servers pinned to core {SERVER_CORE}, load generator to core {LOAD_CORE}"
+             if RUN.pin else "not pinned")
+    return f"server loop {RUN.loop}; {cores}; {os.cpu_count()} CPUs"
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--loop`` and ``--pin/--no-pin``; apply them with :func:`apply_run_options`."""
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio",
+                        help="event loop of every server process, bare and bridge alike")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"pin servers to core {SERVER_CORE} and the load generator to "
+                        f"core {LOAD_CORE} (when both are available)")
 
 
 def log(text: str) -> None:
@@ -266,8 +353,12 @@ async def _child(start: StartFn, conn: Connection, args: tuple[Any, ...]) -> Non
 
 
 def _child_main(
-    start: StartFn, conn: Connection, args: tuple[Any, ...], log_path: str | None
+    start: StartFn, conn: Connection, args: tuple[Any, ...], log_path: str | None,
+    run: RunOptions,
 ) -> None:
+    if run.pin:
+        os.sched_setaffinity(0, {SERVER_CORE})
+    RUN.loop, RUN.pin = run.loop, run.pin
     if log_path is not None:
         # The server's log goes to a file: thousands of expected warnings would otherwise
         # drown the report. Writing it is still part of the server's work.
@@ -275,7 +366,7 @@ def _child_main(
         os.dup2(fd, 2)
         os.close(fd)
     try:
-        asyncio.run(_child(start, conn, args))
+        run_on(run.loop, _child(start, conn, args))
     except BaseException:
         with contextlib.suppress(Exception):
             conn.send(("error", traceback.format_exc()))
@@ -304,7 +395,7 @@ class ServerProcess:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_child_main,
-            args=(start, child, args, None if log_path is None else str(log_path)),
+            args=(start, child, args, None if log_path is None else str(log_path), RUN),
             name=f"bench-{kind}",
             daemon=True,
         )
@@ -506,20 +597,37 @@ class PhaseResult:
     def rate(self) -> float:  # mails/s, req/s: per script
         raise NotImplementedError
 
+    @property
+    def client_cpu_pct(self) -> float:
+        """The load generator's CPU as a share of one core over the phase."""
+        return 100 * self.client_cpu_s / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def paced(self) -> bool:
+        """The load generator used more than :data:`PACED_PCT` of its core: it, not the
+        server, may have set the rate."""
+        return self.client_cpu_pct > PACED_PCT
+
+    @property
+    def cpu_us_per_op(self) -> float:
+        """Server CPU time per answered mail or request, in microseconds."""
+        return self.server_cpu_s / self.ok * 1e6 if self.ok else 0.0
+
     def columns(self) -> str:
         """The table's last columns: rate, latency, failures, then the server's and the load
         generator's CPU as a share of the phase's wall time."""
         srv = 100 * self.server_cpu_s / self.elapsed_s if self.elapsed_s else 0.0
-        cli = 100 * self.client_cpu_s / self.elapsed_s if self.elapsed_s else 0.0
+        paced = " paced" if self.paced else ""
         return (
             f"{self.rate:>9.1f} {self.p50_ms:>8.2f} {self.p99_ms:>8.2f} {self.failures:>8} "
-            f"{srv:>8.0f} {cli:>8.0f}"
+            f"{srv:>8.0f} {self.cpu_us_per_op:>8.0f} {self.client_cpu_pct:>8.0f}{paced}"
         )
 
 
 def header_columns(rate: str) -> str:
     """The headers of :meth:`PhaseResult.columns`."""
-    return f"{rate:>9} {'p50 ms':>8} {'p99 ms':>8} {'failures':>8} {'srv cpu%':>8} {'cli cpu%':>8}"
+    return (f"{rate:>9} {'p50 ms':>8} {'p99 ms':>8} {'failures':>8} {'srv cpu%':>8} "
+            f"{'us/op':>8} {'cli cpu%':>8}")
 
 
 def median_fields(results: Sequence[PhaseResult]) -> dict[str, Any]:
@@ -593,12 +701,12 @@ def warm_and_measure(
     """A warm-up phase (``load(True)``, not measured), then the measured one, with the
     server's CPU over the measured phase; failure kinds of both are added up."""
     log(f"[{label}] listening on {HOST}:{server.port}; warm-up {warmup} {what}")
-    warm = asyncio.run(load(True))
+    warm = run_on(LOAD_LOOP, load(True))
     if warm.failures:
         log(f"[{label}] warm-up failures: {warm.failures} {warm.failure_kinds}")
     cpu0 = server.cpu()
     log(f"[{label}] measuring {measured} {what}")
-    result = asyncio.run(load(False))
+    result = run_on(LOAD_LOOP, load(False))
     result.server_cpu_s = server.cpu() - cpu0
     kinds = collections.Counter(result.failure_kinds) + collections.Counter(warm.failure_kinds)
     result.failure_kinds = dict(kinds)

@@ -171,7 +171,9 @@ def _worker_main(config: str | None, listeners: Listeners) -> None:
     settings = load_settings(Path(config) if config else None)
     setup_logging(settings.log_level, settings.log_format, access_log=settings.http.access_log)
     try:
-        asyncio.run(_serve(settings, listeners=listeners))
+        from bridge.app import run_serving
+
+        run_serving(_serve(settings, listeners=listeners))
     except BridgeError as exc:
         print(f"sms-bridge: worker {os.getpid()}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -516,7 +518,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers > 1:
                 return _serve_workers(settings, args.config or os.environ.get("BRIDGE_CONFIG"),
                                       args.workers)
-            asyncio.run(_serve(settings))
+            from bridge.app import LoopUnavailable, run_serving
+
+            try:
+                run_serving(_serve(settings))
+            except LoopUnavailable as exc:
+                print(f"sms-bridge: {exc}", file=sys.stderr)
+                return 1
         elif args.command == "messages":
             asyncio.run(_messages(settings, args.limit, args.status, args.json))
         elif args.command == "mails":

@@ -38,7 +38,7 @@ class DecodedParams:
 
 def declared_charset(content_type: str | None) -> str | None:
     """The ``charset`` parameter of a Content-Type header, if any and known."""
-    if not content_type:
+    if not content_type or "charset" not in content_type.lower():
         return None
     match = re.search(r"charset\s*=\s*\"?([^\";\s]+)", content_type, re.IGNORECASE)
     return resolve_charset(match.group(1)) if match else None
@@ -171,7 +171,12 @@ def peek_sms_id(raw: bytes) -> str | None:
     match = _SMS_ID.search(raw)
     if match is None:
         return None
-    value = unquote_bytes(match.group(1).replace(b"+", b" ")).strip()
+    value = match.group(1)  # a provider's id is most often plain: no escape to undo
+    if b"+" in value:
+        value = value.replace(b"+", b" ")
+    if b"%" in value:
+        value = unquote_bytes(value)
+    value = value.strip()
     if not value or len(value) > 64 or not value.isascii():
         return None
     return value.decode("ascii")

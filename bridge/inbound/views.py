@@ -58,7 +58,9 @@ OK_RESPONSE = StoredResponse(200, b"OK", "text/plain; charset=utf-8")
 # Seconds a client is asked to wait after a 503 (store unavailable): nothing was committed,
 # and a provider's retry is answered as the first request would have been.
 RETRY_AFTER = "5"
-DUPLICATE_MO = metrics.INBOUND_DUPLICATES.labels(kind="mo")  # resolved once, not per request
+# Counters resolved once, not per request.
+DUPLICATE_MO = metrics.INBOUND_DUPLICATES.labels(kind="mo")
+INBOUND_BY_KIND = {kind: metrics.INBOUND.labels(kind=kind) for kind in ("mo", "shortcode")}
 
 
 def json_error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -174,7 +176,8 @@ class InboundService:
         if record.duplicate:
             self._repeated(message, record)
         else:
-            metrics.INBOUND.labels(kind=message.kind).inc()
+            counter = INBOUND_BY_KIND.get(message.kind)
+            (counter or metrics.INBOUND.labels(kind=message.kind)).inc()
             if log.isEnabledFor(logging.INFO):
                 log.info("inbound sms", extra={"inbound_id": record.id, "kind": message.kind,
                                                "sms_id": message.sms_id, "jobs": len(jobs),
@@ -506,6 +509,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         return b""
     if request.content_length is not None and request.content_length > limit:
         raise InboundError(413, f"body larger than {limit} bytes")
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        # The whole body came with the head (a provider's form, almost always): taken from
+        # the buffer at once, without an iterator and a wait per chunk.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise InboundError(413, f"body larger than {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
