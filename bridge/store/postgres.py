@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import re
-import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +36,6 @@ import asyncpg
 from bridge.errors import StoreUnavailable
 from bridge.models import (
     ClaimedForward,
-    DeliveryReport,
     EnqueueResult,
     ForwardJob,
     InboundMessage,
@@ -51,32 +50,24 @@ from bridge.models import (
     StoredResponse,
 )
 from bridge.redact import redact_text, redact_url
-from bridge.store import migrations
+from bridge.store import migrations, queries
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
     CLAIM_COLUMNS,
-    DELIVERY_STATUSES,
-    FINAL_STATUSES,
     INBOUND_COLUMNS,
-    LIST_COLUMNS,
-    REPORT_COLUMNS,
-    REPORT_KEYS,
-    SCRIPT_COLUMNS,
-    PartReport,
     inbound_content_hash,
     intent_summary,
     options_json,
     outcome_error,
     outcome_event,
-    report_time,
     row_to_inbound,
     row_to_message,
-    row_to_script,
-    settle_delivery,
 )
 from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
 from bridge.store.console_postgres import PostgresConsoleQueries
 from bridge.store.migrations import Migration
+from bridge.store.queries import Array, OpFactory, single, value
+from bridge.store.roles import RoleMethods, reports
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,6 +81,8 @@ _LOCK_PROVIDER_ID = 2
 
 # The schema: bridge/store/migrations/ (read at open, so a test can hold one back).
 MIGRATIONS: list[Migration] = migrations.load("postgres")
+# The named SQL blocks (bridge/store/sql/) as PostgreSQL runs them.
+SQL = queries.load("postgres")
 
 
 # Errors that mean "the store cannot answer now": the caller answers 451 / 503 and promises
@@ -205,7 +198,7 @@ class _MigrationConnection:
             "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version")
 
 
-class PostgresStore(PostgresConsoleQueries):
+class PostgresStore(PostgresConsoleQueries, RoleMethods):
     """:class:`bridge.store.base.OutboxStore` on a PostgreSQL database (asyncpg pool)."""
 
     def __init__(
@@ -454,6 +447,20 @@ class PostgresStore(PostgresConsoleQueries):
         if conn.is_closed():
             self._writer_conns.pop(slot, None)
 
+    # Where the operations written once (bridge.store.roles) run: reads on the pool,
+    # writes that wait on no lock in the group commit, the others in a transaction of their
+    # own on the pool.
+
+    async def _read_op(self, make: OpFactory[T]) -> T:
+        return await self._run(lambda conn: queries.run_async(conn, make, SQL, _text),
+                               write=False)
+
+    async def _write_op(self, make: OpFactory[T]) -> T:
+        return await self._write(lambda conn: queries.run_async(conn, make, SQL, _text))
+
+    async def _lock_op(self, make: OpFactory[T]) -> T:
+        return await self._run(lambda conn: queries.run_async(conn, make, SQL, _text))
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self, *, migrate: bool = True) -> None:
@@ -638,36 +645,6 @@ class PostgresStore(PostgresConsoleQueries):
 
         return await self._run(op)
 
-    async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
-        async def op(conn: Conn) -> int:
-            released = 0
-            for table in ("messages", "forward_jobs", "outgoing_mail"):
-                owners = [
-                    row[0]
-                    for row in await conn.fetch(
-                        f"SELECT DISTINCT lease_owner FROM {table} WHERE status = 'sending'"
-                    )
-                    if row[0] and is_dead(row[0])
-                ]
-                if owners:
-                    released += _rowcount(await conn.execute(
-                        f"UPDATE {table} SET lease_until = 0 WHERE status = 'sending' "
-                        "AND lease_owner = ANY($1::text[])",
-                        owners,
-                    ))
-            return released
-
-        return await self._run(op)
-
-    async def renew_leases(self, owner: str, now: float, lease_seconds: float) -> int:
-        async def op(conn: Conn) -> int:
-            return _rowcount(await conn.execute(
-                "UPDATE messages SET lease_until = $1 "
-                "WHERE status = 'sending' AND lease_owner = $2", now + lease_seconds, owner))
-
-        # On the pool, not in a group commit: it may wait for a row lock of a claim.
-        return await self._run(op)
-
     async def record_intent(
         self, owner: str, upstream: str, leases: Sequence[tuple[int, int]],
         fingerprint: str, now: float,
@@ -683,173 +660,7 @@ class PostgresStore(PostgresConsoleQueries):
         return await self._write_combined(  # type: ignore[no-any-return]
             _outcome_rows, _OutcomeRow(owner, intent_id, tuple(outcomes), now))
 
-    async def resolve_ambiguous(self, message_id: int, *, sent: bool, now: float) -> bool:
-        if sent:
-            change, detail = "status = 'sent'", "sent (by the operator)"
-        else:
-            change = "status = 'queued', next_attempt_at = $1, maybe_sent = 0"
-            detail = "to be sent again (by the operator)"
-
-        async def op(conn: Conn) -> bool:
-            found = await conn.fetchval(
-                f"UPDATE messages SET {change}, updated_at = $1 "
-                "WHERE id = $2 AND status = 'ambiguous' RETURNING id", now, message_id)
-            if found is None:
-                return False
-            await conn.execute(
-                "INSERT INTO message_events (message_id, at, status, detail) "
-                "VALUES ($1, $2, 'resolved', $3)", message_id, now, detail)
-            return True
-
-        return await self._run(op)
-
-    async def next_due_at(self) -> float | None:
-        async def op(conn: Conn) -> float | None:
-            value = await conn.fetchval(
-                "SELECT MIN(k) FROM (SELECT MIN(next_attempt_at) AS k FROM messages "
-                "WHERE status = 'queued' UNION ALL SELECT MIN(lease_until) FROM messages "
-                "WHERE status = 'sending') AS due"
-            )
-            return None if value is None else float(value)
-
-        return await self._run(op, write=False)
-
-    async def list_messages(
-        self, *, limit: int = 50, status: str | None = None
-    ) -> list[StoredMessage]:
-        async def op(conn: Conn) -> list[StoredMessage]:
-            column = "m.delivery_status" if status in DELIVERY_STATUSES else "m.status"
-            where = f"WHERE {column} = $2" if status else ""
-            params = (limit, status) if status else (limit,)
-            rows = await conn.fetch(
-                f"SELECT {LIST_COLUMNS} FROM messages m LEFT JOIN mails ml "
-                f"ON ml.id = m.mail_id {where} ORDER BY m.id DESC LIMIT $1",
-                *params,
-            )
-            return [row_to_message(row) for row in rows]
-
-        return await self._run(op, write=False)
-
-    async def message_events(self, message_id: int) -> list[dict[str, Any]]:
-        async def op(conn: Conn) -> list[dict[str, Any]]:
-            rows = await conn.fetch(
-                "SELECT at, status, detail FROM message_events WHERE message_id = $1 "
-                "ORDER BY id",
-                message_id,
-            )
-            return [{"at": r[0], "status": r[1], "detail": r[2]} for r in rows]
-
-        return await self._run(op, write=False)
-
-    async def message_events_of(
-        self, message_ids: Sequence[int]
-    ) -> dict[int, list[dict[str, Any]]]:
-        async def op(conn: Conn) -> dict[int, list[dict[str, Any]]]:
-            rows = await conn.fetch(
-                "SELECT message_id, at, status, detail FROM message_events "
-                "WHERE message_id = ANY($1::bigint[]) ORDER BY message_id, id",
-                list(message_ids),
-            )
-            events: dict[int, list[dict[str, Any]]] = {}
-            for r in rows:
-                events.setdefault(r[0], []).append({"at": r[1], "status": r[2], "detail": r[3]})
-            return events
-
-        return await self._run(op, write=False)
-
     # -- mails the bridge sends -----------------------------------------------------------
-
-    async def queue_mail(self, mail: OutboundMail, now: float) -> None:
-        await self._write(lambda conn: self._insert_mail(conn, mail, now))
-
-    async def claim_mails(
-        self, owner: str, now: float, limit: int, lease_seconds: float
-    ) -> list[tuple[int, OutboundMail, int]]:
-        async def op(conn: Conn) -> list[tuple[int, OutboundMail, int]]:
-            rows = await conn.fetch(
-                "WITH due AS ("
-                " SELECT id FROM outgoing_mail"
-                " WHERE (status = 'queued' AND next_attempt_at <= $1)"
-                "  OR (status = 'sending' AND lease_until <= $1)"
-                " ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                " UPDATE outgoing_mail o SET status = 'sending', lease_owner = $3,"
-                " lease_until = $4, attempts = o.attempts + 1"
-                " FROM due WHERE o.id = due.id"
-                " RETURNING o.id, o.kind, o.mail_to, o.content, o.attempts, o.next_attempt_at",
-                now, limit, owner, now + lease_seconds,
-            )
-            rows = sorted(rows, key=lambda r: (float(r[5]), int(r[0])))
-            return [(int(r[0]), OutboundMail(r[1], r[2], bytes(r[3])), int(r[4]))
-                    for r in rows]
-
-        return await self._run(op)
-
-    async def mail_done(self, mail_id: int, owner: str, now: float) -> None:
-        await self._write(lambda conn: conn.execute(
-            "UPDATE outgoing_mail SET status = 'sent', lease_until = NULL, last_error = NULL "
-            "WHERE id = $1 AND status = 'sending' AND lease_owner = $2",
-            mail_id, owner,
-        ))
-
-    async def mail_retry(
-        self, mail_id: int, owner: str, error: str, next_attempt_at: float | None
-    ) -> None:
-        error = redact_text(error)
-        if next_attempt_at is None:
-            sql = "status = 'failed', last_error = $3"
-            params: tuple[Any, ...] = (mail_id, owner, _text(error))
-        else:
-            sql = "status = 'queued', last_error = $3, next_attempt_at = $4"
-            params = (mail_id, owner, _text(error), next_attempt_at)
-        await self._write(lambda conn: conn.execute(
-            f"UPDATE outgoing_mail SET {sql}, lease_until = NULL WHERE id = $1 "
-            "AND status = 'sending' AND lease_owner = $2", *params))
-
-    async def list_mails(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        async def op(conn: Conn) -> list[dict[str, Any]]:
-            rows = await conn.fetch(
-                "SELECT id, kind, mail_to, status, attempts, last_error, created_at, content "
-                "FROM outgoing_mail ORDER BY id DESC LIMIT $1",
-                limit,
-            )
-            keys = ("id", "kind", "mail_to", "status", "attempts", "last_error", "created_at",
-                    "content")
-            return [dict(zip(keys, tuple(row), strict=True)) for row in rows]
-
-        return await self._run(op, write=False)
-
-    async def list_delivery_reports(
-        self, *, unmatched: bool = False, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        where = "WHERE message_id IS NULL " if unmatched else ""
-
-        async def op(conn: Conn) -> list[dict[str, Any]]:
-            rows = await conn.fetch(
-                f"SELECT {REPORT_COLUMNS} FROM delivery_reports {where}ORDER BY id DESC "
-                "LIMIT $1",
-                limit,
-            )
-            return [dict(zip(REPORT_KEYS, tuple(row), strict=True)) for row in rows]
-
-        return await self._run(op, write=False)
-
-    async def purge(self, now: float, dedup_window: float) -> None:
-        await self._run(lambda conn: conn.execute(
-            "DELETE FROM mail_dedup WHERE seen_at < $1", now - dedup_window))
-
-    async def bridge_id(self) -> str:
-        """A random id of this store, made once: prefixes idempotency keys sent upstream.
-        Instances starting together agree on it (the first insert wins)."""
-
-        async def op(conn: Conn) -> str:
-            await conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('bridge_id', $1) "
-                "ON CONFLICT (key) DO NOTHING",
-                secrets.token_hex(6),
-            )
-            return str(await conn.fetchval("SELECT value FROM meta WHERE key = 'bridge_id'"))
-
-        return await self._run(op)
 
     # -- inbound SMS ----------------------------------------------------------------------
 
@@ -902,89 +713,6 @@ class PostgresStore(PostgresConsoleQueries):
             return record
 
         return await self._write(op)
-
-    async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
-        async def op(conn: Conn) -> InboundRecord | None:
-            row = await conn.fetchrow(
-                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND dedup_key = $2",
-                _text(source), _key(f"id:{sms_id}"),
-            )
-            return None if row is None else row_to_inbound(row, duplicate=True)
-
-        return await self._run(op, write=False)
-
-    async def complete_inbound(
-        self, inbound_id: int, response: StoredResponse, script_error: str | None
-    ) -> StoredResponse:
-        """Store the answer of a short-code hit, unless one was stored first; return the
-        answer that stands."""
-        script_error = redact_text(script_error) if script_error else script_error
-
-        async def op(conn: Conn) -> StoredResponse:
-            # A concurrent completion waits for this row lock, then finds state 'answered'.
-            await conn.execute(
-                "UPDATE inbound SET state = 'answered', response_status = $1, "
-                "response_body = $2, response_type = $3, script_error = $4 "
-                "WHERE id = $5 AND state = 'pending'",
-                response.status, response.body, _text(response.content_type),
-                _opt(script_error), inbound_id,
-            )
-            row = await conn.fetchrow(
-                "SELECT response_status, response_body, response_type FROM inbound "
-                "WHERE id = $1",
-                inbound_id,
-            )
-            if row is None:
-                raise LookupError(f"no inbound message {inbound_id}")
-            return StoredResponse(int(row[0]), bytes(row[1] or b""), str(row[2]))
-
-        return await self._run(op)
-
-    async def inbound_answer(self, inbound_id: int) -> StoredResponse | None:
-        """The stored answer of a short-code hit, None while it is pending."""
-
-        async def op(conn: Conn) -> StoredResponse | None:
-            row = await conn.fetchrow(
-                "SELECT response_status, response_body, response_type FROM inbound "
-                "WHERE id = $1", inbound_id)
-            if row is None or row[0] is None:
-                return None
-            return StoredResponse(int(row[0]), bytes(row[1] or b""), str(row[2]))
-
-        return await self._run(op, write=False)
-
-    async def claim_inbound_answer(self, inbound_id: int, now: float, lease: float) -> bool:
-        """Take over the script call of a pending short-code hit whose caller's hold ran
-        out (``lease`` seconds from the hit, or from the last take-over); True for the one
-        caller that got it (a concurrent claimer waits for the row lock, then finds the
-        hold renewed)."""
-
-        async def op(conn: Conn) -> bool:
-            status = await conn.execute(
-                "UPDATE inbound SET answer_until = $1 WHERE id = $2 AND state = 'pending' "
-                "AND COALESCE(answer_until, received_at + $3) <= $4",
-                now + lease, inbound_id, lease, now)
-            return _rowcount(status) == 1
-
-        return await self._run(op)
-
-    async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        async def op(conn: Conn) -> list[dict[str, Any]]:
-            rows = await conn.fetch(
-                "SELECT i.id, i.source, i.kind, i.sms_id, i.phone, i.recipient, i.text, "
-                "i.charset_error, i.state, i.script_error, i.received_at, "
-                "(SELECT COUNT(*) FROM forward_jobs f WHERE f.inbound_id = i.id), "
-                "(SELECT COUNT(*) FROM forward_jobs f WHERE f.inbound_id = i.id "
-                " AND f.status = 'delivered') "
-                "FROM inbound i ORDER BY i.id DESC LIMIT $1",
-                limit,
-            )
-            keys = ("id", "source", "kind", "sms_id", "phone", "recipient", "text",
-                    "charset_error", "state", "script_error", "received_at", "forwards",
-                    "delivered")
-            return [dict(zip(keys, tuple(row), strict=True)) for row in rows]
-
-        return await self._run(op, write=False)
 
     # -- forwarding jobs ------------------------------------------------------------------
 
@@ -1067,134 +795,9 @@ class PostgresStore(PostgresConsoleQueries):
         await self._write(lambda conn: conn.execute(
             statement, job_id, owner, at, outcome, detail, *extra))
 
-    async def assign_thread(
-        self, job_id: int, thread_key: str, message_id: str, at: float, idle: float
-    ) -> str:
-        async def op(conn: Conn) -> str:
-            # The job's row lock: a second attempt of the same job (its lease taken over)
-            # waits here, then finds the decision made.
-            decided = await conn.fetchrow(
-                "SELECT thread_root FROM forward_jobs WHERE id = $1 FOR UPDATE", job_id)
-            if decided is not None and decided[0] is not None:
-                return str(decided[0])
-            # One statement: instances deciding for one thread at once wait on its row.
-            root = await conn.fetchval(
-                "INSERT INTO mail_threads (thread_key, root_message_id, last_activity) "
-                "VALUES ($1, $2, $3) ON CONFLICT (thread_key) DO UPDATE SET "
-                "root_message_id = CASE WHEN EXCLUDED.last_activity "
-                " - mail_threads.last_activity < $4 THEN mail_threads.root_message_id "
-                " ELSE EXCLUDED.root_message_id END, "
-                "last_activity = GREATEST(mail_threads.last_activity, EXCLUDED.last_activity) "
-                "RETURNING root_message_id",
-                _text(thread_key), _text(message_id), at, idle)
-            await conn.execute("UPDATE forward_jobs SET thread_root = $1 WHERE id = $2",
-                               root, job_id)
-            return str(root)
-
-        return await self._run(op)
-
-    async def list_forward_jobs(
-        self, *, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        async def op(conn: Conn) -> list[dict[str, Any]]:
-            where = "WHERE status = $2" if status else ""
-            params = (limit, status) if status else (limit,)
-            rows = await conn.fetch(
-                "SELECT id, inbound_id, kind, target, status, attempts, last_error, created_at "
-                f"FROM forward_jobs {where} ORDER BY id DESC LIMIT $1",
-                *params,
-            )
-            keys = ("id", "inbound_id", "kind", "target", "status", "attempts", "last_error",
-                    "created_at")
-            return [dict(zip(keys, tuple(row), strict=True)) for row in rows]
-
-        return await self._run(op, write=False)
-
-    async def redeliver(self, job_ids: Sequence[int] | None, now: float, deadline: float) -> int:
-        """Queue dead letters again (all of them when ``job_ids`` is None)."""
-        sql = ("UPDATE forward_jobs SET status = 'queued', next_attempt_at = $1, "
-               "deadline = $2, attempts = 0 WHERE status = 'dead'")
-
-        async def op(conn: Conn) -> int:
-            if job_ids is None:
-                return _rowcount(await conn.execute(sql, now, deadline))
-            return _rowcount(await conn.execute(
-                sql + " AND id = ANY($3::bigint[])", now, deadline, list(job_ids)))
-
-        return await self._run(op)
-
     # -- delivery reports -----------------------------------------------------------------
 
-    async def record_delivery_reports(
-        self, source: str, reports: Sequence[DeliveryReport], now: float
-    ) -> int:
-        """Attach reports to their messages' status history; return how many matched.
-        Unmatched reports are kept too (``delivery_reports.message_id`` is NULL)."""
-
-        async def op(conn: Conn) -> int:
-            await _lock_provider_ids(conn, [_text(r.provider_id) for r in reports])
-            matched = 0
-            for report in reports:
-                provider_id = _text(report.provider_id)
-                message_id = await conn.fetchval(
-                    "SELECT message_id FROM provider_ids WHERE provider_id = $1", provider_id)
-                report_id = await conn.fetchval(
-                    "INSERT INTO delivery_reports (source, provider_id, message_id, status, "
-                    "raw_status, error_code, received_at, reported_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                    _text(source), provider_id, message_id, _text(report.status),
-                    _text(report.raw_status), report.error_code, now, report_time(report.at),
-                )
-                if message_id is None:
-                    continue
-                matched += 1
-                await _apply_report(conn, int(message_id), int(report_id), provider_id,
-                                    report.status, report.raw_status, report.error_code, now)
-            return matched
-
-        return await self._run(op)
-
     # -- reply scripts registered through the API ----------------------------------------
-
-    async def list_reply_scripts(self) -> list[dict[str, Any]]:
-        async def op(conn: Conn) -> list[dict[str, Any]]:
-            rows = await conn.fetch(f"SELECT {SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
-            return [row_to_script(tuple(row)) for row in rows]
-
-        return await self._run(op, write=False)
-
-    async def save_reply_script(
-        self, script: dict[str, Any], now: float, script_id: int | None = None
-    ) -> dict[str, Any] | None:
-        """Create (``script_id`` None) or replace a reply script; None if it does not exist."""
-        values = (_text(script["shortcode"]), _opt(script.get("keyword")), _text(script["url"]),
-                  _text(script["method"]), float(script["timeout"]), _opt(script.get("secret")))
-
-        async def op(conn: Conn) -> dict[str, Any] | None:
-            if script_id is None:
-                row = await conn.fetchrow(
-                    "INSERT INTO reply_scripts (shortcode, keyword, url, method, timeout, "
-                    "secret, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) "
-                    f"RETURNING {SCRIPT_COLUMNS}",
-                    *values, now,
-                )
-            else:
-                row = await conn.fetchrow(
-                    "UPDATE reply_scripts SET shortcode = $1, keyword = $2, url = $3, "
-                    "method = $4, timeout = $5, secret = $6, updated_at = $7 WHERE id = $8 "
-                    f"RETURNING {SCRIPT_COLUMNS}",
-                    *values, now, script_id,
-                )
-            return None if row is None else row_to_script(tuple(row))
-
-        return await self._run(op)
-
-    async def delete_reply_script(self, script_id: int) -> bool:
-        async def op(conn: Conn) -> bool:
-            return _rowcount(await conn.execute(
-                "DELETE FROM reply_scripts WHERE id = $1", script_id)) > 0
-
-        return await self._run(op)
 
     # -- status polling and polling cursors ------------------------------------------------
 
@@ -1220,77 +823,6 @@ class PostgresStore(PostgresConsoleQueries):
             return [(int(r[0]), list(json.loads(r[1])), int(r[2])) for r in rows]
 
         return await self._run(op)
-
-    async def acquire_lease(self, name: str, owner: str, now: float, ttl: float) -> bool:
-        """Hold a named lease for ``ttl`` seconds: True if it was free, expired, or already
-        ours. One statement, so of two instances asking at once exactly one gets it."""
-        return bool(_rowcount(await self._run(lambda conn: conn.execute(
-            "INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, $3) "
-            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
-            "expires_at = EXCLUDED.expires_at "
-            "WHERE leases.owner = EXCLUDED.owner OR leases.expires_at <= $4",
-            _text(name), _text(owner), now + ttl, now))))
-
-    async def release_lease(self, name: str, owner: str) -> None:
-        """Give a named lease up (on a clean stop), if we hold it."""
-        await self._run(lambda conn: conn.execute(
-            "DELETE FROM leases WHERE name = $1 AND owner = $2", _text(name), _text(owner)))
-
-    async def heartbeat(self, owner: str, now: float, ttl: float) -> int:
-        """Record that ``owner`` is alive; return how many processes are (marks younger
-        than ``ttl``)."""
-
-        async def op(conn: Conn) -> int:
-            await conn.execute(
-                "INSERT INTO processes (owner, seen_at) VALUES ($1, $2) "
-                "ON CONFLICT (owner) DO UPDATE SET seen_at = EXCLUDED.seen_at",
-                _text(owner), now)
-            await conn.execute("DELETE FROM processes WHERE seen_at < $1", now - ttl)
-            return int(await conn.fetchval("SELECT COUNT(*) FROM processes"))
-
-        return await self._run(op)
-
-    async def reschedule_status_polls(
-        self, schedule: Sequence[tuple[int, float | None]]
-    ) -> None:
-        """Next poll time per message (None: stop polling it)."""
-        if not schedule:
-            return
-        await self._run(lambda conn: conn.executemany(
-            "UPDATE messages SET next_poll_at = $1, poll_count = poll_count + 1 "
-            "WHERE id = $2 AND next_poll_at IS NOT NULL",
-            [(at, message_id) for message_id, at in schedule]))
-
-    async def get_meta(self, key: str) -> str | None:
-        async def op(conn: Conn) -> str | None:
-            value = await conn.fetchval("SELECT value FROM meta WHERE key = $1", _text(key))
-            return None if value is None else str(value)
-
-        return await self._run(op, write=False)
-
-    async def set_meta(self, key: str, value: str) -> None:
-        await self._run(lambda conn: conn.execute(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) "
-            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", _text(key), _text(value)))
-
-    async def queue_stats(self, now: float) -> dict[str, float]:
-        async def op(conn: Conn) -> dict[str, float]:
-            row = await conn.fetchrow(
-                "SELECT (SELECT COUNT(*) FROM messages WHERE status IN ('queued', 'sending')),"
-                " (SELECT MIN(created_at) FROM messages WHERE status IN ('queued', 'sending')),"
-                " (SELECT COUNT(*) FROM forward_jobs WHERE status IN ('queued', 'sending')),"
-                " (SELECT COUNT(*) FROM forward_jobs WHERE status = 'dead')"
-            )
-            queued, oldest, forwards, dead = tuple(row)
-            return {
-                "messages_queued": float(queued),
-                "oldest_queued_age": float(now - oldest) if oldest is not None else 0.0,
-                "forwards_queued": float(forwards or 0),
-                "dead_letters": float(dead or 0),
-            }
-
-        return await self._run(op, write=False)
-
 
 @dataclasses.dataclass(frozen=True)
 class _EnqueueRow:
@@ -1493,15 +1025,9 @@ _ONE_WRITE_STATEMENT: frozenset[RunMany] = frozenset({_insert_inbound_rows, _enq
 
 
 async def _lock_provider_ids(conn: Conn, provider_ids: Sequence[str]) -> None:
-    """Transaction locks on provider ids, in a fixed order (no deadlock between takers), in
-    one round trip."""
-    ordered = sorted(set(provider_ids))
-    if ordered:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext(p))"
-            " FROM unnest($2::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n",
-            _LOCK_PROVIDER_ID, ordered,
-        )
+    """The locks ``record_delivery_reports`` takes on provider ids (see reports.sql)."""
+    await queries.run_async(conn, lambda: single(value(
+        "lock_provider_ids", Array(sorted(set(provider_ids))))), SQL, _text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1576,8 +1102,9 @@ async def _mark_sent_rows(conn: Conn, rows: list[_SentRow]) -> list[bool]:
             continue
         await conn.execute("UPDATE delivery_reports SET message_id = $1 WHERE id = $2",
                            message_id, report_id)
-        await _apply_report(conn, message_id, int(report_id), provider_id, status, raw_status,
-                            error_code, received_at)
+        await queries.run_async(conn, functools.partial(
+            reports.apply_report, message_id, int(report_id), provider_id, status, raw_status,
+            error_code, received_at), SQL, _text)
     return [row.message_id in updated for row in rows]
 
 
@@ -1724,39 +1251,3 @@ async def _outcome_rows(conn: Conn, rows: list[_OutcomeRow]) -> list[list[int]]:
             " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS u(id, at, outcome)"
             " WHERE i.id = u.id", *[list(column) for column in zip(*ended, strict=True)])
     return results
-
-
-async def _apply_report(conn: Conn, message_id: int, report_id: int, provider_id: str,
-                        status: str, raw_status: str, error_code: int | None,
-                        at: float) -> None:
-    """A stored delivery report (``report_id``, already attached to the message) into the
-    message's history and status. The status is settled from all the message's reports by
-    :func:`bridge.store.common.settle_delivery` (repeats and late arrivals never take a
-    final status back); a final one ends status polling for the message. Every report
-    goes into the history, the detail follows the reports that stand."""
-    detail = f"{raw_status} ({provider_id})"
-    if error_code:
-        detail += f" error {error_code}"
-    # The row lock makes concurrent reports on parts of one message settle one after the
-    # other, each seeing the reports committed before it.
-    found = await conn.fetchrow(
-        "SELECT upstream_ids, delivery_status FROM messages WHERE id = $1 FOR UPDATE",
-        message_id)
-    ids_json, current = (found[0], found[1]) if found is not None else (None, None)
-    reports = [PartReport(int(row[0]), row[1], row[2], row[3]) for row in await conn.fetch(
-        "SELECT id, provider_id, status, reported_at FROM delivery_reports "
-        "WHERE message_id = $1 ORDER BY id", message_id)]
-    parts = json.loads(ids_json) if ids_json is not None else []
-    parts = [_text(part) for part in parts] or [provider_id]
-    overall, standing = settle_delivery(parts, reports, current)
-    stands = provider_id in standing and standing[provider_id].id == report_id
-    await conn.execute(
-        "UPDATE messages SET delivery_status = $1, "
-        "delivery_detail = CASE WHEN $2 THEN $3 ELSE delivery_detail END, "
-        "next_poll_at = CASE WHEN $4 THEN NULL ELSE next_poll_at END WHERE id = $5",
-        overall, stands, _text(detail), overall in FINAL_STATUSES, message_id,
-    )
-    await conn.execute(
-        "INSERT INTO message_events (message_id, at, status, detail) VALUES ($1, $2, $3, $4)",
-        message_id, at, _text(status), _text(detail),
-    )

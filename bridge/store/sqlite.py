@@ -13,6 +13,7 @@ fails at once with "database is locked" whatever ``busy_timeout`` says.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import queue
@@ -28,7 +29,6 @@ from typing import Any, Literal, TypeVar
 from bridge.errors import StoreUnavailable
 from bridge.models import (
     ClaimedForward,
-    DeliveryReport,
     EnqueueResult,
     ForwardJob,
     InboundMessage,
@@ -43,38 +43,32 @@ from bridge.models import (
     StoredResponse,
 )
 from bridge.redact import redact_text
-from bridge.store import migrations
+from bridge.store import migrations, queries
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
     CLAIM_COLUMNS,
-    DELIVERY_STATUSES,
-    FINAL_STATUSES,
     INBOUND_COLUMNS,
-    LIST_COLUMNS,
-    REPORT_COLUMNS,
-    REPORT_KEYS,
-    SCRIPT_COLUMNS,
-    PartReport,
     inbound_content_hash,
     intent_summary,
     options_json,
     outcome_error,
     outcome_event,
-    report_time,
     row_to_inbound,
     row_to_message,
-    row_to_script,
-    settle_delivery,
 )
 from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
 from bridge.store.console_sqlite import SqliteConsoleQueries
 from bridge.store.migrations import Migration
+from bridge.store.queries import OpFactory
+from bridge.store.roles import RoleMethods, inbound_log, reports
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The schema: bridge/store/migrations/ (read at open, so a test can hold one back).
 MIGRATIONS: list[Migration] = migrations.load("sqlite")
+# The named SQL blocks (bridge/store/sql/) as SQLite runs them.
+SQL = queries.load("sqlite")
 
 
 
@@ -139,7 +133,7 @@ class _MigrationConnection:
         await self.execute(f"PRAGMA user_version = {int(version)}")
 
 
-class SqliteStore(SqliteConsoleQueries):
+class SqliteStore(SqliteConsoleQueries, RoleMethods):
     """:class:`bridge.store.base.OutboxStore` on one SQLite file."""
 
     MAX_GROUP = 512
@@ -260,6 +254,17 @@ class SqliteStore(SqliteConsoleQueries):
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put((fn, future, loop))
         return await future
+
+    # Where the operations written once (bridge.store.roles) run: reads on the reader
+    # thread, writes in the writer's group commit.
+
+    async def _read_op(self, make: OpFactory[T]) -> T:
+        return await self._read(lambda conn: queries.run_sync(conn, make, SQL))
+
+    async def _write_op(self, make: OpFactory[T]) -> T:
+        return await self._call(lambda conn: queries.run_sync(conn, make, SQL))
+
+    _lock_op = _write_op
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -443,32 +448,6 @@ class SqliteStore(SqliteConsoleQueries):
 
         return await self._call(op)
 
-    async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            released = 0
-            for table in ("messages", "forward_jobs", "outgoing_mail"):
-                owners = [
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT DISTINCT lease_owner FROM {table} WHERE status = 'sending'"
-                    )
-                    if row[0] and is_dead(row[0])
-                ]
-                for owner in owners:
-                    released += conn.execute(
-                        f"UPDATE {table} SET lease_until = 0 WHERE status = 'sending' "
-                        "AND lease_owner = ?",
-                        (owner,),
-                    ).rowcount
-            return released
-
-        return await self._call(op)
-
-    async def renew_leases(self, owner: str, now: float, lease_seconds: float) -> int:
-        return await self._call(lambda conn: conn.execute(
-            "UPDATE messages SET lease_until = ? WHERE status = 'sending' AND lease_owner = ?",
-            (now + lease_seconds, owner)).rowcount)
-
     async def record_intent(
         self, owner: str, upstream: str, leases: Sequence[tuple[int, int]],
         fingerprint: str, now: float,
@@ -502,177 +481,7 @@ class SqliteStore(SqliteConsoleQueries):
 
         return await self._call(op)
 
-    async def resolve_ambiguous(self, message_id: int, *, sent: bool, now: float) -> bool:
-        if sent:
-            change, detail = "status = 'sent'", "sent (by the operator)"
-        else:
-            change = "status = 'queued', next_attempt_at = ?, maybe_sent = 0"
-            detail = "to be sent again (by the operator)"
-
-        def op(conn: sqlite3.Connection) -> bool:
-            params: tuple[Any, ...] = (now, message_id) if sent else (now, now, message_id)
-            if not conn.execute(f"UPDATE messages SET {change}, updated_at = ? "
-                                "WHERE id = ? AND status = 'ambiguous'", params).rowcount:
-                return False
-            conn.execute(
-                "INSERT INTO message_events (message_id, at, status, detail) VALUES (?,?,?,?)",
-                (message_id, now, "resolved", detail))
-            return True
-
-        return await self._call(op)
-
-    async def next_due_at(self) -> float | None:
-        def op(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                "SELECT MIN(k) FROM (SELECT MIN(next_attempt_at) AS k FROM messages "
-                "WHERE status = 'queued' UNION ALL SELECT MIN(lease_until) FROM messages "
-                "WHERE status = 'sending')"
-            ).fetchone()
-            return None if row is None or row[0] is None else float(row[0])
-
-        return await self._call(op)
-
-    async def list_messages(
-        self, *, limit: int = 50, status: str | None = None
-    ) -> list[StoredMessage]:
-        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
-            column = "m.delivery_status" if status in DELIVERY_STATUSES else "m.status"
-            where, params = (f"WHERE {column} = ?", [status]) if status else ("", [])
-            rows = conn.execute(
-                f"SELECT {LIST_COLUMNS} FROM messages m LEFT JOIN mails ml "
-                f"ON ml.id = m.mail_id {where} ORDER BY m.id DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-            return [row_to_message(row) for row in rows]
-
-        return await self._read(op)
-
-    async def message_events(self, message_id: int) -> list[dict[str, Any]]:
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(
-                "SELECT at, status, detail FROM message_events WHERE message_id = ? ORDER BY id",
-                (message_id,),
-            ).fetchall()
-            return [{"at": r[0], "status": r[1], "detail": r[2]} for r in rows]
-
-        return await self._read(op)
-
-    async def message_events_of(
-        self, message_ids: Sequence[int]
-    ) -> dict[int, list[dict[str, Any]]]:
-        def op(conn: sqlite3.Connection) -> dict[int, list[dict[str, Any]]]:
-            # The ids as one JSON array: a listing may name more messages than SQLite
-            # takes parameters in one statement.
-            rows = conn.execute(
-                "SELECT message_id, at, status, detail FROM message_events "
-                "WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, id",
-                (json.dumps(list(message_ids)),),
-            ).fetchall()
-            events: dict[int, list[dict[str, Any]]] = {}
-            for r in rows:
-                events.setdefault(r[0], []).append({"at": r[1], "status": r[2], "detail": r[3]})
-            return events
-
-        return await self._read(op)
-
     # -- mails the bridge sends -----------------------------------------------------------
-
-    async def queue_mail(self, mail: OutboundMail, now: float) -> None:
-        await self._call(lambda conn: self._insert_mail(conn, mail, now))
-
-    async def claim_mails(
-        self, owner: str, now: float, limit: int, lease_seconds: float
-    ) -> list[tuple[int, OutboundMail, int]]:
-        def op(conn: sqlite3.Connection) -> list[tuple[int, OutboundMail, int]]:
-            rows = conn.execute(
-                "SELECT id, kind, mail_to, content, attempts FROM outgoing_mail "
-                "WHERE (status = 'queued' AND next_attempt_at <= ?) "
-                "OR (status = 'sending' AND lease_until <= ?) ORDER BY next_attempt_at LIMIT ?",
-                (now, now, limit),
-            ).fetchall()
-            for row in rows:
-                conn.execute(
-                    "UPDATE outgoing_mail SET status = 'sending', lease_owner = ?, "
-                    "lease_until = ?, attempts = attempts + 1 WHERE id = ?",
-                    (owner, now + lease_seconds, row[0]),
-                )
-            return [(r[0], OutboundMail(r[1], r[2], bytes(r[3])), r[4] + 1) for r in rows]
-
-        return await self._call(op)
-
-    async def mail_done(self, mail_id: int, owner: str, now: float) -> None:
-        await self._call(
-            lambda conn: conn.execute(
-                "UPDATE outgoing_mail SET status = 'sent', lease_until = NULL, last_error = NULL "
-                "WHERE id = ? AND status = 'sending' AND lease_owner = ?",
-                (mail_id, owner),
-            )
-        )
-
-    async def mail_retry(
-        self, mail_id: int, owner: str, error: str, next_attempt_at: float | None
-    ) -> None:
-        error = redact_text(error)
-        if next_attempt_at is None:
-            sql, params = "status = 'failed', last_error = ?", (error, mail_id, owner)
-        else:
-            sql = "status = 'queued', next_attempt_at = ?, last_error = ?"
-            params = (next_attempt_at, error, mail_id, owner)  # type: ignore[assignment]
-        await self._call(
-            lambda conn: conn.execute(
-                f"UPDATE outgoing_mail SET {sql}, lease_until = NULL WHERE id = ? "
-                "AND status = 'sending' AND lease_owner = ?", params
-            )
-        )
-
-    async def list_mails(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(
-                "SELECT id, kind, mail_to, status, attempts, last_error, created_at, content "
-                "FROM outgoing_mail ORDER BY id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-            keys = ("id", "kind", "mail_to", "status", "attempts", "last_error", "created_at",
-                    "content")
-            return [dict(zip(keys, row, strict=True)) for row in rows]
-
-        return await self._read(op)
-
-    async def list_delivery_reports(
-        self, *, unmatched: bool = False, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        where = "WHERE message_id IS NULL " if unmatched else ""
-
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(
-                f"SELECT {REPORT_COLUMNS} FROM delivery_reports {where}ORDER BY id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-            return [dict(zip(REPORT_KEYS, row, strict=True)) for row in rows]
-
-        return await self._read(op)
-
-    async def purge(self, now: float, dedup_window: float) -> None:
-        await self._call(
-            lambda conn: conn.execute(
-                "DELETE FROM mail_dedup WHERE seen_at < ?", (now - dedup_window,)
-            )
-        )
-
-    async def bridge_id(self) -> str:
-        """A random id of this store, made once: prefixes idempotency keys sent upstream."""
-
-        def op(conn: sqlite3.Connection) -> str:
-            import secrets
-
-            row = conn.execute("SELECT value FROM meta WHERE key = 'bridge_id'").fetchone()
-            if row:
-                return str(row[0])
-            value = secrets.token_hex(6)
-            conn.execute("INSERT INTO meta (key, value) VALUES ('bridge_id', ?)", (value,))
-            return value
-
-        return await self._call(op)
 
     # -- inbound SMS ----------------------------------------------------------------------
 
@@ -732,7 +541,7 @@ class SqliteStore(SqliteConsoleQueries):
 
         return await self._call(op)
 
-    async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
+    def _point_read(self, make: OpFactory[T]) -> T:
         """A point lookup on the unique key, run on the event loop's own read connection:
         it takes microseconds, less than a hop to a thread, and a WAL reader never waits
         for the writer."""
@@ -741,84 +550,17 @@ class SqliteStore(SqliteConsoleQueries):
                 raise StoreUnavailable("store is not open")
             self._loop_conn = self._connect_reader()
         try:
-            row = self._loop_conn.execute(
-                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = ? AND dedup_key = ?",
-                (source, f"id:{sms_id}"),
-            ).fetchone()
+            return queries.run_sync(self._loop_conn, make, SQL)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
-        return None if row is None else row_to_inbound(row, duplicate=True)
 
-    async def complete_inbound(
-        self, inbound_id: int, response: StoredResponse, script_error: str | None
-    ) -> StoredResponse:
-        """Store the answer of a short-code hit, unless one was stored first; return the
-        answer that stands."""
-        script_error = redact_text(script_error) if script_error else script_error
-
-        def op(conn: sqlite3.Connection) -> StoredResponse:
-            conn.execute(
-                "UPDATE inbound SET state = 'answered', response_status = ?, response_body = ?, "
-                "response_type = ?, script_error = ? WHERE id = ? AND state = 'pending'",
-                (response.status, response.body, response.content_type, script_error,
-                 inbound_id),
-            )
-            row = conn.execute(
-                "SELECT response_status, response_body, response_type FROM inbound WHERE id = ?",
-                (inbound_id,),
-            ).fetchone()
-            return StoredResponse(row[0], bytes(row[1]), row[2])
-
-        return await self._call(op)
+    async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
+        return self._point_read(lambda: inbound_log.get_inbound(source, sms_id))
 
     async def inbound_answer(self, inbound_id: int) -> StoredResponse | None:
-        """The stored answer of a short-code hit, None while it is pending: a point lookup
-        on the event loop's read connection, as :meth:`get_inbound`."""
-        if self._loop_conn is None:
-            if self._thread is None:
-                raise StoreUnavailable("store is not open")
-            self._loop_conn = self._connect_reader()
-        try:
-            row = self._loop_conn.execute(
-                "SELECT response_status, response_body, response_type FROM inbound "
-                "WHERE id = ?", (inbound_id,)).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
-        if row is None or row[0] is None:
-            return None
-        return StoredResponse(int(row[0]), bytes(row[1] or b""), str(row[2]))
-
-    async def claim_inbound_answer(self, inbound_id: int, now: float, lease: float) -> bool:
-        """Take over the script call of a pending short-code hit whose caller's hold ran
-        out (``lease`` seconds from the hit, or from the last take-over); True for the one
-        caller that got it."""
-
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                "UPDATE inbound SET answer_until = ? WHERE id = ? AND state = 'pending' "
-                "AND COALESCE(answer_until, received_at + ?) <= ?",
-                (now + lease, inbound_id, lease, now),
-            ).rowcount == 1
-
-        return await self._call(op)
-
-    async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(
-                "SELECT i.id, i.source, i.kind, i.sms_id, i.phone, i.recipient, i.text, "
-                "i.charset_error, i.state, i.script_error, i.received_at, "
-                "(SELECT COUNT(*) FROM forward_jobs f WHERE f.inbound_id = i.id), "
-                "(SELECT COUNT(*) FROM forward_jobs f WHERE f.inbound_id = i.id "
-                " AND f.status = 'delivered') "
-                "FROM inbound i ORDER BY i.id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-            keys = ("id", "source", "kind", "sms_id", "phone", "recipient", "text",
-                    "charset_error", "state", "script_error", "received_at", "forwards",
-                    "delivered")
-            return [dict(zip(keys, row, strict=True)) for row in rows]
-
-        return await self._read(op)
+        """The stored answer of a short-code hit, None while it is pending (a point
+        lookup)."""
+        return self._point_read(lambda: inbound_log.inbound_answer(inbound_id))
 
     # -- forwarding jobs ------------------------------------------------------------------
 
@@ -916,135 +658,9 @@ class SqliteStore(SqliteConsoleQueries):
 
         await self._call(op)
 
-    async def assign_thread(
-        self, job_id: int, thread_key: str, message_id: str, at: float, idle: float
-    ) -> str:
-        def op(conn: sqlite3.Connection) -> str:
-            decided = conn.execute("SELECT thread_root FROM forward_jobs WHERE id = ?",
-                                   (job_id,)).fetchone()
-            if decided is not None and decided[0] is not None:
-                return str(decided[0])
-            thread = conn.execute(
-                "SELECT root_message_id, last_activity FROM mail_threads WHERE thread_key = ?",
-                (thread_key,)).fetchone()
-            if thread is not None and at - float(thread[1]) < idle:
-                root = str(thread[0])
-            else:
-                root = message_id
-            conn.execute(
-                "INSERT INTO mail_threads (thread_key, root_message_id, last_activity) "
-                "VALUES (?, ?, ?) ON CONFLICT (thread_key) DO UPDATE SET "
-                "root_message_id = excluded.root_message_id, "
-                "last_activity = max(last_activity, excluded.last_activity)",
-                (thread_key, root, at))
-            conn.execute("UPDATE forward_jobs SET thread_root = ? WHERE id = ?", (root, job_id))
-            return root
-
-        return await self._call(op)
-
-    async def list_forward_jobs(
-        self, *, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            where, params = ("WHERE status = ?", [status]) if status else ("", [])
-            rows = conn.execute(
-                f"SELECT id, inbound_id, kind, target, status, attempts, last_error, created_at "
-                f"FROM forward_jobs {where} ORDER BY id DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-            keys = ("id", "inbound_id", "kind", "target", "status", "attempts", "last_error",
-                    "created_at")
-            return [dict(zip(keys, row, strict=True)) for row in rows]
-
-        return await self._read(op)
-
-    async def redeliver(self, job_ids: Sequence[int] | None, now: float, deadline: float) -> int:
-        """Queue dead letters again (all of them when ``job_ids`` is None)."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            sql = ("UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, "
-                   "deadline = ?, attempts = 0 WHERE status = 'dead'")
-            if job_ids is None:
-                return conn.execute(sql, (now, deadline)).rowcount
-            return sum(conn.execute(sql + " AND id = ?", (now, deadline, job_id)).rowcount
-                       for job_id in job_ids)
-
-        return await self._call(op)
-
     # -- delivery reports -----------------------------------------------------------------
 
-    async def record_delivery_reports(
-        self, source: str, reports: Sequence[DeliveryReport], now: float
-    ) -> int:
-        """Attach reports to their messages' status history; return how many matched.
-        Unmatched reports are kept too (``delivery_reports.message_id`` is NULL)."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            matched = 0
-            for report in reports:
-                row = conn.execute(
-                    "SELECT message_id FROM provider_ids WHERE provider_id = ?",
-                    (report.provider_id,),
-                ).fetchone()
-                message_id = row[0] if row else None
-                report_id = conn.execute(
-                    "INSERT INTO delivery_reports (source, provider_id, message_id, status, "
-                    "raw_status, error_code, received_at, reported_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (source, report.provider_id, message_id, report.status, report.raw_status,
-                     report.error_code, now, report_time(report.at)),
-                ).lastrowid
-                if message_id is None:
-                    continue
-                assert report_id is not None
-                matched += 1
-                _apply_report(conn, message_id, report_id, report.provider_id, report.status,
-                              report.raw_status, report.error_code, now)
-            return matched
-
-        return await self._call(op)
-
     # -- reply scripts registered through the API ----------------------------------------
-
-    async def list_reply_scripts(self) -> list[dict[str, Any]]:
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(f"SELECT {SCRIPT_COLUMNS} FROM reply_scripts ORDER BY id")
-            return [row_to_script(row) for row in rows]
-
-        return await self._read(op)
-
-    async def save_reply_script(
-        self, script: dict[str, Any], now: float, script_id: int | None = None
-    ) -> dict[str, Any] | None:
-        """Create (``script_id`` None) or replace a reply script; None if it does not exist."""
-
-        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            values = (script["shortcode"], script.get("keyword"), script["url"],
-                      script["method"], script["timeout"], script.get("secret"))
-            if script_id is None:
-                new_id = conn.execute(
-                    "INSERT INTO reply_scripts (shortcode, keyword, url, method, timeout, secret, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*values, now, now),
-                ).lastrowid
-            else:
-                new_id = script_id
-                if conn.execute(
-                    "UPDATE reply_scripts SET shortcode = ?, keyword = ?, url = ?, method = ?, "
-                    "timeout = ?, secret = ?, updated_at = ? WHERE id = ?",
-                    (*values, now, script_id),
-                ).rowcount == 0:
-                    return None
-            row = conn.execute(
-                f"SELECT {SCRIPT_COLUMNS} FROM reply_scripts WHERE id = ?", (new_id,)
-            ).fetchone()
-            return row_to_script(row)
-
-        return await self._call(op)
-
-    async def delete_reply_script(self, script_id: int) -> bool:
-        return bool(await self._call(lambda conn: conn.execute(
-            "DELETE FROM reply_scripts WHERE id = ?", (script_id,)).rowcount))
 
     # -- status polling and polling cursors ------------------------------------------------
 
@@ -1068,78 +684,6 @@ class SqliteStore(SqliteConsoleQueries):
             return [(row[0], json.loads(row[1]), row[2]) for row in rows]
 
         return await self._call(op)
-
-    async def acquire_lease(self, name: str, owner: str, now: float, ttl: float) -> bool:
-        """Hold a named lease (e.g. "poll inbound from upstream X") for ``ttl`` seconds: True
-        if it was free, expired, or already ours. One process of a cluster does the job."""
-        return bool(await self._call(lambda conn: conn.execute(
-            "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
-            "expires_at = excluded.expires_at "
-            "WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
-            (name, owner, now + ttl, now)).rowcount))
-
-    async def release_lease(self, name: str, owner: str) -> None:
-        """Give a named lease up (on a clean stop), if we hold it."""
-        await self._call(lambda conn: conn.execute(
-            "DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner)))
-
-    async def heartbeat(self, owner: str, now: float, ttl: float) -> int:
-        """Record that ``owner`` is alive; return how many processes are (the cluster's
-        size, which divides rate limits so that they hold for the cluster as a whole)."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "INSERT INTO processes (owner, seen_at) VALUES (?, ?) "
-                "ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at", (owner, now))
-            conn.execute("DELETE FROM processes WHERE seen_at < ?", (now - ttl,))
-            (count,) = conn.execute("SELECT COUNT(*) FROM processes").fetchone()
-            return int(count)
-
-        return await self._call(op)
-
-    async def reschedule_status_polls(
-        self, schedule: Sequence[tuple[int, float | None]]
-    ) -> None:
-        """Next poll time per message (None: stop polling it)."""
-        await self._call(lambda conn: conn.executemany(
-            "UPDATE messages SET next_poll_at = ?, poll_count = poll_count + 1 "
-            "WHERE id = ? AND next_poll_at IS NOT NULL",
-            [(at, message_id) for message_id, at in schedule]))
-
-    async def get_meta(self, key: str) -> str | None:
-        def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            return None if row is None else str(row[0])
-
-        return await self._read(op)
-
-    async def set_meta(self, key: str, value: str) -> None:
-        await self._call(lambda conn: conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
-
-    async def queue_stats(self, now: float) -> dict[str, float]:
-        def op(conn: sqlite3.Connection) -> dict[str, float]:
-            queued, oldest = conn.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM messages "
-                "WHERE status IN ('queued', 'sending')"
-            ).fetchone()
-            forwards, dead = conn.execute(
-                "SELECT SUM(status IN ('queued', 'sending')), SUM(status = 'dead') "
-                "FROM forward_jobs"
-            ).fetchone()
-            return {
-                "messages_queued": float(queued),
-                "oldest_queued_age": float(now - oldest) if oldest is not None else 0.0,
-                "forwards_queued": float(forwards or 0),
-                "dead_letters": float(dead or 0),
-            }
-
-        return await self._read(op)
-
-
-
 
 # The claim an outcome (or an intent) names must still hold: the row is sending, leased to
 # this owner, under the same epoch. A process whose lease was taken over (it stalled, or
@@ -1209,42 +753,6 @@ def _index_provider_ids(conn: sqlite3.Connection, message_id: int,
     for report_id, provider_id, status, raw_status, error_code, received_at in early:
         conn.execute("UPDATE delivery_reports SET message_id = ? WHERE id = ?",
                      (message_id, report_id))
-        _apply_report(conn, message_id, report_id, provider_id, status, raw_status,
-                      error_code, received_at)
-
-
-def _apply_report(conn: sqlite3.Connection, message_id: int, report_id: int,
-                  provider_id: str, status: str, raw_status: str, error_code: int | None,
-                  at: float) -> None:
-    """A stored delivery report (``report_id``, already attached to the message) into the
-    message's history and status. The status is settled from all the message's reports by
-    :func:`bridge.store.common.settle_delivery` (repeats and late arrivals never take a
-    final status back); a final one ends status polling for the message. Every report
-    goes into the history, the detail follows the reports that stand."""
-    detail = f"{raw_status} ({provider_id})"
-    if error_code:
-        detail += f" error {error_code}"
-    ids_json, current = conn.execute(
-        "SELECT upstream_ids, delivery_status FROM messages WHERE id = ?", (message_id,)
-    ).fetchone()
-    reports = [PartReport(*row) for row in conn.execute(
-        "SELECT id, provider_id, status, reported_at FROM delivery_reports "
-        "WHERE message_id = ? ORDER BY id", (message_id,))]
-    parts = json.loads(ids_json) or [provider_id]
-    overall, standing = settle_delivery(parts, reports, current)
-    stands = provider_id in standing and standing[provider_id].id == report_id
-    conn.execute(
-        "UPDATE messages SET delivery_status = ?, "
-        "delivery_detail = CASE WHEN ? THEN ? ELSE delivery_detail END, "
-        "next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END WHERE id = ?",
-        (overall, stands, detail, overall in FINAL_STATUSES, message_id),
-    )
-    conn.execute(
-        "INSERT INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
-        (message_id, at, status, detail),
-    )
-
-
-
-
-
+        queries.run_sync(conn, functools.partial(
+            reports.apply_report, message_id, report_id, provider_id, status, raw_status,
+            error_code, received_at), SQL)

@@ -1,0 +1,104 @@
+"""The outbox's methods that both engines run alike (:class:`bridge.store.base.Outbox`);
+claims and the sent-once records stay in the engines (PostgreSQL combines them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.models import StoredMessage
+from bridge.store.common import DELIVERY_STATUSES, row_to_message
+from bridge.store.queries import Array, Op, SqlRoles, count, many, row, rows, single, value
+
+
+def resolve_ambiguous(message_id: int, sent: bool, now: float) -> Op[bool]:
+    if sent:
+        changed = yield count("resolve_sent", now, message_id)
+        detail = "sent (by the operator)"
+    else:
+        changed = yield count("resolve_resend", now, now, message_id)
+        detail = "to be sent again (by the operator)"
+    if not changed:
+        return False
+    yield count("insert_event", message_id, now, "resolved", detail)
+    return True
+
+
+def next_due_at() -> Op[float | None]:
+    due = yield value("next_due_at")
+    return None if due is None else float(due)
+
+
+def list_messages(limit: int, status: str | None) -> Op[list[StoredMessage]]:
+    if not status:
+        found = yield rows("list_messages", limit)
+    elif status in DELIVERY_STATUSES:
+        found = yield rows("list_messages_by_delivery", status, limit)
+    else:
+        found = yield rows("list_messages_by_status", status, limit)
+    return [row_to_message(tuple(r)) for r in found]
+
+
+def message_events(message_id: int) -> Op[list[dict[str, Any]]]:
+    return [{"at": r[0], "status": r[1], "detail": r[2]}
+            for r in (yield rows("message_events", message_id))]
+
+
+def message_events_of(message_ids: Sequence[int]) -> Op[dict[int, list[dict[str, Any]]]]:
+    events: dict[int, list[dict[str, Any]]] = {}
+    for r in (yield rows("message_events_of", Array(message_ids))):
+        events.setdefault(int(r[0]), []).append({"at": r[1], "status": r[2], "detail": r[3]})
+    return events
+
+
+def reschedule_status_polls(schedule: Sequence[tuple[int, float | None]]) -> Op[None]:
+    if schedule:
+        yield many("reschedule_status_poll", [(at, message_id) for message_id, at in schedule])
+
+
+def queue_stats(now: float) -> Op[dict[str, float]]:
+    queued, oldest, forwards, dead = tuple((yield row("queue_stats")))
+    return {
+        "messages_queued": float(queued),
+        "oldest_queued_age": float(now - oldest) if oldest is not None else 0.0,
+        "forwards_queued": float(forwards or 0),
+        "dead_letters": float(dead or 0),
+    }
+
+
+class OutboxMethods(SqlRoles):
+    async def renew_leases(self, owner: str, now: float, lease_seconds: float) -> int:
+        # Not in a group commit: it may wait for a row lock of a claim.
+        return int(await self._lock_op(
+            lambda: single(count("renew_leases", now + lease_seconds, owner))))
+
+    async def resolve_ambiguous(self, message_id: int, *, sent: bool, now: float) -> bool:
+        return await self._lock_op(lambda: resolve_ambiguous(message_id, sent, now))
+
+    async def next_due_at(self) -> float | None:
+        return await self._read_op(next_due_at)
+
+    async def list_messages(
+        self, *, limit: int = 50, status: str | None = None
+    ) -> list[StoredMessage]:
+        return await self._read_op(lambda: list_messages(limit, status))
+
+    async def message_events(self, message_id: int) -> list[dict[str, Any]]:
+        return await self._read_op(lambda: message_events(message_id))
+
+    async def message_events_of(
+        self, message_ids: Sequence[int]
+    ) -> dict[int, list[dict[str, Any]]]:
+        return await self._read_op(lambda: message_events_of(message_ids))
+
+    async def reschedule_status_polls(
+        self, schedule: Sequence[tuple[int, float | None]]
+    ) -> None:
+        """Next poll time per message (None: stop polling it)."""
+        await self._lock_op(lambda: reschedule_status_polls(schedule))
+
+    async def purge(self, now: float, dedup_window: float) -> None:
+        await self._lock_op(lambda: single(count("purge_dedup", now - dedup_window)))
+
+    async def queue_stats(self, now: float) -> dict[str, float]:
+        return await self._read_op(lambda: queue_stats(now))
