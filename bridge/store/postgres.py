@@ -64,7 +64,6 @@ from bridge.store.common import (
     row_to_message,
 )
 from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
-from bridge.store.console_postgres import PostgresConsoleQueries
 from bridge.store.migrations import Migration
 from bridge.store.queries import Array, OpFactory, single, value
 from bridge.store.roles import RoleMethods, reports
@@ -198,7 +197,7 @@ class _MigrationConnection:
             "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version")
 
 
-class PostgresStore(PostgresConsoleQueries, RoleMethods):
+class PostgresStore(RoleMethods):
     """:class:`bridge.store.base.OutboxStore` on a PostgreSQL database (asyncpg pool)."""
 
     def __init__(

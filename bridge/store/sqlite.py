@@ -57,7 +57,6 @@ from bridge.store.common import (
     row_to_message,
 )
 from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
-from bridge.store.console_sqlite import SqliteConsoleQueries
 from bridge.store.migrations import Migration
 from bridge.store.queries import OpFactory
 from bridge.store.roles import RoleMethods, inbound_log, reports
@@ -89,6 +88,10 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _casefold(value: str | None) -> str | None:
+    return value.casefold() if isinstance(value, str) else value
 
 
 def _unavailable(exc: Exception) -> Exception:
@@ -133,10 +136,13 @@ class _MigrationConnection:
         await self.execute(f"PRAGMA user_version = {int(version)}")
 
 
-class SqliteStore(SqliteConsoleQueries, RoleMethods):
+class SqliteStore(RoleMethods):
     """:class:`bridge.store.base.OutboxStore` on one SQLite file."""
 
     MAX_GROUP = 512
+    # SQLite's lower() and LIKE fold ASCII only: "Привет" would not find "привет". Searches
+    # fold with Python's casefold, registered on the read connections.
+    FOLD = "bridge_casefold"
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
         self.path = str(path)
@@ -291,6 +297,7 @@ class SqliteStore(SqliteConsoleQueries, RoleMethods):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute("PRAGMA query_only = 1")
+        conn.create_function(self.FOLD, 1, _casefold, deterministic=True)
         return conn
 
     async def _migrate(self, conn: sqlite3.Connection, migrate: bool = True) -> None:

@@ -2,6 +2,7 @@
 each module holds a role's operations and a mixin with its methods, which the engines
 inherit; what an engine does its own way stays in the engine."""
 
+from bridge.store.roles.console import ConsoleMethods
 from bridge.store.roles.coordination import CoordinationMethods
 from bridge.store.roles.forward_queue import ForwardQueueMethods
 from bridge.store.roles.inbound_log import InboundLogMethods
@@ -12,7 +13,8 @@ from bridge.store.roles.scripts import ScriptRegistryMethods
 
 
 class RoleMethods(OutboxMethods, MailQueueMethods, InboundLogMethods, ForwardQueueMethods,
-                  DeliveryReportMethods, ScriptRegistryMethods, CoordinationMethods):
+                  DeliveryReportMethods, ScriptRegistryMethods, CoordinationMethods,
+                  ConsoleMethods):
     """The methods written once, for an engine to inherit (it supplies where operations
     run: see :class:`bridge.store.queries.SqlRoles`)."""
 
