@@ -103,7 +103,7 @@ def _blocks(text: str, source: str) -> dict[str, str]:
     return found
 
 
-def _numbered(sql: str) -> str:
+def numbered(sql: str) -> str:
     """``?`` placeholders as PostgreSQL's ``$1``, ``$2`` … in order."""
     counter = iter(range(1, sql.count("?") + 1))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
@@ -120,7 +120,7 @@ def load(dialect: Dialect) -> dict[str, str]:
         blocks = _blocks(path.read_text("utf-8"), path.name)
         if match.group(2) is None:
             clash = shared.keys() & blocks.keys()
-            shared.update({name: _numbered(sql) if dialect == "postgres" else sql
+            shared.update({name: numbered(sql) if dialect == "postgres" else sql
                            for name, sql in blocks.items()})
         elif match.group(2) == dialect:
             clash = own.keys() & blocks.keys()
@@ -189,7 +189,7 @@ async def run_async(conn: Any, make: OpFactory[T], sql: Mapping[str, str],
     try:
         while True:
             statement = op.send(result)
-            text = _numbered(statement.sql) if statement.sql else sql[statement.name]
+            text = numbered(statement.sql) if statement.sql else sql[statement.name]
             if statement.fetch == "many":
                 await conn.executemany(text, [[param(p) for p in run]
                                               for run in statement.params])

@@ -1,13 +1,9 @@
-"""SQLite store: the embedded default.
+"""SQLite store: the embedded default, on one file.
 
-Durability: WAL journal with ``synchronous=FULL``; ``NORMAL`` survives a process crash but may
-lose the last commits on power loss, and a 250 promises more than that.
-
-Throughput: one writer thread owns the connection and commits in groups. Operations queued
-while a commit is in progress are run in the next transaction, each inside its own SAVEPOINT
-so one failing operation does not undo the others, and one fsync serves them all. Write
-transactions begin with ``BEGIN IMMEDIATE``: a deferred transaction that reads then writes
-fails at once with "database is locked" whatever ``busy_timeout`` says.
+What SQLite does its own way: the writer thread and its group commit
+(:mod:`bridge.store.sqlite_writer`), claims and the sent-once records as several statements
+in the writer's transaction, and point lookups on the event loop's own read connection.
+Everything else is written once for both engines (:mod:`bridge.store.roles`).
 """
 
 from __future__ import annotations
@@ -16,12 +12,11 @@ import asyncio
 import functools
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,7 +37,6 @@ from bridge.models import (
     StoredMessage,
     StoredResponse,
 )
-from bridge.redact import redact_text
 from bridge.store import migrations, queries
 from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
@@ -56,50 +50,18 @@ from bridge.store.common import (
     row_to_inbound,
     row_to_message,
 )
-from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
 from bridge.store.migrations import Migration
-from bridge.store.queries import OpFactory
-from bridge.store.roles import RoleMethods, inbound_log, reports
+from bridge.store.roles import RoleMethods, inbound_log, mail_queue, reports
+from bridge.store.sqlite_writer import SQL, SqliteConnections
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The schema: bridge/store/migrations/ (read at open, so a test can hold one back).
 MIGRATIONS: list[Migration] = migrations.load("sqlite")
-# The named SQL blocks (bridge/store/sql/) as SQLite runs them.
-SQL = queries.load("sqlite")
 
 
 
-
-
-_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
-
-
-def _resolve_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in items:
-        _resolve(future, result, error)
-
-
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-def _casefold(value: str | None) -> str | None:
-    return value.casefold() if isinstance(value, str) else value
-
-
-def _unavailable(exc: Exception) -> Exception:
-    """... unless the database could not do it (full disk, I/O error, lock): then nothing was
-    written, and the caller answers "try later" (451 / 503) like for any store outage."""
-    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
-        return StoreUnavailable(f"store unavailable: {exc}")
-    return exc
 
 
 class _MigrationConnection:
@@ -136,141 +98,12 @@ class _MigrationConnection:
         await self.execute(f"PRAGMA user_version = {int(version)}")
 
 
-class SqliteStore(RoleMethods):
+class SqliteStore(SqliteConnections, RoleMethods):
     """:class:`bridge.store.base.OutboxStore` on one SQLite file."""
-
-    MAX_GROUP = 512
-    # SQLite's lower() and LIKE fold ASCII only: "Привет" would not find "привет". Searches
-    # fold with Python's casefold, registered on the read connections.
-    FOLD = "bridge_casefold"
-
-    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
-        self.path = str(path)
-        self.busy_timeout = busy_timeout
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        # Reads run on their own connection and thread: in WAL mode they see every committed
-        # write without waiting behind the writer's group commits (and their fsync).
-        self._reader: ThreadPoolExecutor | None = None
-        self._reader_conn: sqlite3.Connection | None = None
-        self._loop_conn: sqlite3.Connection | None = None
-        self.schema_change: tuple[int, int] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SqliteStore:
         return cls(url.removeprefix("sqlite:///"), busy_timeout=busy_timeout)
-
-    # -- the writer thread -------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        # Switching a new file to WAL takes an exclusive lock without calling the busy
-        # handler: workers opening one new file together wait here instead.
-        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    def _run(self, conn: sqlite3.Connection) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < self.MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_group(conn, batch)
-        conn.close()
-
-    def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-        try:
-            self._begin(conn)
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op[0](conn)
-                except Exception as exc:  # an operation's own error stays its own ...
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, None, _unavailable(exc)))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, result, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.warning("store transaction failed: %s", exc)
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            error = StoreUnavailable(f"store unavailable: {exc}")
-            outcomes = [(op, None, error) for op in batch]
-        # One wake-up of the event loop per group, not one per operation.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
-        for (_, future, loop), result, err in outcomes:
-            by_loop.setdefault(loop, []).append((future, result, err))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_resolve_all, items)
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE``, waiting in short steps while another process (a worker of
-        ``serve --workers N`` on the same file) holds the write lock. SQLite's own busy
-        handler sleeps 1, 2, 5, 10, 15 … ms between tries, far longer than another group
-        commit holds the lock, so the writer connection has none (busy_timeout 0) and
-        retries here every 0.1 ms at first, for at most ``busy_timeout`` seconds."""
-        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
-
-    def _retry_busy(self, statement: Callable[[], object]) -> None:
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.0001
-        while True:
-            try:
-                statement()
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.002)
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._reader is None or self._reader_conn is None:
-            raise StoreUnavailable("store is not open")
-        conn = self._reader_conn
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
-
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None:
-            raise StoreUnavailable("store is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, future, loop))
-        return await future
-
-    # Where the operations written once (bridge.store.roles) run: reads on the reader
-    # thread, writes in the writer's group commit.
-
-    async def _read_op(self, make: OpFactory[T]) -> T:
-        return await self._read(lambda conn: queries.run_sync(conn, make, SQL))
-
-    async def _write_op(self, make: OpFactory[T]) -> T:
-        return await self._call(lambda conn: queries.run_sync(conn, make, SQL))
-
-    _lock_op = _write_op
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -292,13 +125,6 @@ class SqliteStore(RoleMethods):
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._reader_conn = await asyncio.get_running_loop().run_in_executor(
             self._reader, self._connect_reader)
-
-    def _connect_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA query_only = 1")
-        conn.create_function(self.FOLD, 1, _casefold, deterministic=True)
-        return conn
 
     async def _migrate(self, conn: sqlite3.Connection, migrate: bool = True) -> None:
         await asyncio.to_thread(self._begin, conn)
@@ -387,7 +213,7 @@ class SqliteStore(RoleMethods):
             if reply is not None:
                 mail = reply(ids)
                 if mail is not None:
-                    self._insert_mail(conn, mail, now)
+                    _insert_mail(conn, mail, now)
             return EnqueueResult(tuple(ids))
 
         return await self._call(op)
@@ -412,14 +238,6 @@ class SqliteStore(RoleMethods):
             (message_id, now, MessageStatus.QUEUED.value, None),
         )
         return message_id
-
-    @staticmethod
-    def _insert_mail(conn: sqlite3.Connection, mail: OutboundMail, now: float) -> None:
-        conn.execute(
-            "INSERT INTO outgoing_mail (kind, mail_to, content, status, next_attempt_at, "
-            "created_at) VALUES (?, ?, ?, 'queued', ?, ?)",
-            (mail.kind, mail.mail_to, mail.content, now, now),
-        )
 
     async def claim_due(
         self, owner: str, now: float, limit: int, lease_seconds: float
@@ -548,19 +366,6 @@ class SqliteStore(RoleMethods):
 
         return await self._call(op)
 
-    def _point_read(self, make: OpFactory[T]) -> T:
-        """A point lookup on the unique key, run on the event loop's own read connection:
-        it takes microseconds, less than a hop to a thread, and a WAL reader never waits
-        for the writer."""
-        if self._loop_conn is None:
-            if self._thread is None:
-                raise StoreUnavailable("store is not open")
-            self._loop_conn = self._connect_reader()
-        try:
-            return queries.run_sync(self._loop_conn, make, SQL)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
-
     async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
         return self._point_read(lambda: inbound_log.get_inbound(source, sms_id))
 
@@ -615,55 +420,6 @@ class SqliteStore(RoleMethods):
                     for r in rows]
 
         return await self._call(op)
-
-    # Outcomes are recorded only by the lease holder: a worker whose lease expired and was
-    # taken over must not overwrite the new holder's result (e.g. put a delivered job back).
-    _FORWARD_HELD = "WHERE id = ? AND status = 'sending' AND lease_owner = ?"
-
-    async def forward_done(self, job_id: int, owner: str, now: float, *,
-                           detail: str = "") -> None:
-        await self._forward_outcome(
-            "UPDATE forward_jobs SET status = 'delivered', lease_until = NULL, last_error = NULL "
-            + self._FORWARD_HELD, (job_id, owner), job_id, now, "delivered", detail)
-
-    async def forward_retry(
-        self, job_id: int, owner: str, error: str, next_attempt_at: float, *,
-        now: float | None = None, detail: str | None = None,
-    ) -> None:
-        error = redact_text(error)
-        await self._forward_outcome(
-            "UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, last_error = ?, "
-            "lease_until = NULL " + self._FORWARD_HELD, (next_attempt_at, error, job_id, owner),
-            job_id, time.time() if now is None else now, "retry",
-            error if detail is None else detail)
-
-    async def forward_dead(self, job_id: int, owner: str, error: str, *,
-                           now: float | None = None, detail: str | None = None) -> None:
-        error = redact_text(error)
-        await self._forward_outcome(
-            "UPDATE forward_jobs SET status = 'dead', last_error = ?, lease_until = NULL "
-            + self._FORWARD_HELD, (error, job_id, owner),
-            job_id, time.time() if now is None else now, "dead",
-            error if detail is None else detail)
-
-    async def _forward_outcome(self, update: str, params: tuple[Any, ...], job_id: int,
-                               at: float, outcome: str, detail: str) -> None:
-        """The job's outcome and, in the same transaction, its attempt in the history (only
-        when the caller holds the lease: an outcome ignored leaves no attempt either); the
-        job keeps its last MAX_ATTEMPTS_KEPT attempts."""
-        detail = redact_text(detail)[:MAX_ATTEMPT_DETAIL]
-
-        def op(conn: sqlite3.Connection) -> None:
-            if not conn.execute(update, params).rowcount:
-                return
-            conn.execute("INSERT INTO forward_attempts (job_id, at, outcome, detail) "
-                         "VALUES (?, ?, ?, ?)", (job_id, at, outcome, detail))
-            conn.execute(
-                "DELETE FROM forward_attempts WHERE job_id = ? AND id <= (SELECT id FROM "
-                "forward_attempts WHERE job_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (job_id, job_id, MAX_ATTEMPTS_KEPT))
-
-        await self._call(op)
 
     # -- delivery reports -----------------------------------------------------------------
 
@@ -735,10 +491,14 @@ def _record_outcome(conn: sqlite3.Connection, owner: str, outcome: SendOutcome, 
         "INSERT INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
         (outcome.message_id, now, event, detail))
     if outcome.mail is not None:
-        SqliteStore._insert_mail(conn, outcome.mail, now)
+        _insert_mail(conn, outcome.mail, now)
     if outcome.status == "sent" and outcome.provider_ids:
         _index_provider_ids(conn, outcome.message_id, outcome.provider_ids)
     return True
+
+
+def _insert_mail(conn: sqlite3.Connection, mail: OutboundMail, now: float) -> None:
+    queries.run_sync(conn, functools.partial(mail_queue.insert_mail, mail, now), SQL)
 
 
 def _index_provider_ids(conn: sqlite3.Connection, message_id: int,

@@ -4,9 +4,13 @@ its attempt in one statement)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from bridge.redact import redact_text
+from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
 from bridge.store.queries import Array, Op, SqlRoles, count, row, rows, value
 
 FORWARD_JOB_KEYS = ("id", "inbound_id", "kind", "target", "status", "attempts", "last_error",
@@ -27,6 +31,40 @@ def redeliver(job_ids: Sequence[int] | None, now: float, deadline: float) -> Op[
     return int((yield count("redeliver", now, deadline, Array(job_ids))))
 
 
+@dataclass(frozen=True)
+class ForwardOutcome:
+    """One attempt's outcome for a forwarding job, as its lease holder reports it: the
+    detail (the target's answer, or the error) goes into the job's attempts, redacted and
+    cut at MAX_ATTEMPT_DETAIL."""
+
+    job_id: int
+    owner: str
+    at: float
+    outcome: Literal["delivered", "retry", "dead"]
+    detail: str
+    error: str | None = None
+    next_attempt_at: float | None = None
+
+    def kept_detail(self) -> str:
+        return redact_text(self.detail)[:MAX_ATTEMPT_DETAIL]
+
+    def changes(self) -> tuple[Any, ...]:
+        """What the outcome sets besides the status: the next attempt and the error."""
+        if self.outcome == "retry":
+            return (self.next_attempt_at, self.error)
+        return (self.error,) if self.outcome == "dead" else ()
+
+
+def record_forward_outcome(o: ForwardOutcome) -> Op[None]:
+    """The job's outcome and, in the same transaction, its attempt in the history (only
+    when the caller holds the lease: an outcome ignored leaves no attempt either); the job
+    keeps its last MAX_ATTEMPTS_KEPT attempts."""
+    if not (yield count(f"forward_{o.outcome}", *o.changes(), o.job_id, o.owner)):
+        return
+    yield count("insert_attempt", o.job_id, o.at, o.outcome, o.kept_detail())
+    yield count("prune_job_attempts", o.job_id, o.job_id, MAX_ATTEMPTS_KEPT)
+
+
 def assign_thread(job_id: int, thread_key: str, message_id: str, at: float,
                   idle: float) -> Op[str]:
     decided = yield row("job_thread", job_id)
@@ -38,6 +76,29 @@ def assign_thread(job_id: int, thread_key: str, message_id: str, at: float,
 
 
 class ForwardQueueMethods(SqlRoles):
+    async def forward_done(self, job_id: int, owner: str, now: float, *,
+                           detail: str = "") -> None:
+        await self._forward_outcome(ForwardOutcome(job_id, owner, now, "delivered", detail))
+
+    async def forward_retry(
+        self, job_id: int, owner: str, error: str, next_attempt_at: float, *,
+        now: float | None = None, detail: str | None = None,
+    ) -> None:
+        error = redact_text(error)
+        await self._forward_outcome(ForwardOutcome(
+            job_id, owner, time.time() if now is None else now, "retry",
+            error if detail is None else detail, error, next_attempt_at))
+
+    async def forward_dead(self, job_id: int, owner: str, error: str, *,
+                           now: float | None = None, detail: str | None = None) -> None:
+        error = redact_text(error)
+        await self._forward_outcome(ForwardOutcome(
+            job_id, owner, time.time() if now is None else now, "dead",
+            error if detail is None else detail, error))
+
+    async def _forward_outcome(self, outcome: ForwardOutcome) -> None:
+        await self._write_op(lambda: record_forward_outcome(outcome))
+
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:

@@ -33,3 +33,28 @@ RETURNING root_message_id
 
 -- name: set_thread_root
 UPDATE forward_jobs SET thread_root = ? WHERE id = ?
+
+-- Outcomes are recorded only by the lease holder: a worker whose lease expired and was
+-- taken over must not overwrite the new holder's result (e.g. put a delivered job back).
+
+-- name: forward_delivered
+UPDATE forward_jobs SET status = 'delivered', lease_until = NULL, last_error = NULL
+WHERE id = ? AND status = 'sending' AND lease_owner = ?
+
+-- name: forward_retry
+UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, last_error = ?,
+                        lease_until = NULL
+WHERE id = ? AND status = 'sending' AND lease_owner = ?
+
+-- name: forward_dead
+UPDATE forward_jobs SET status = 'dead', last_error = ?, lease_until = NULL
+WHERE id = ? AND status = 'sending' AND lease_owner = ?
+
+-- name: insert_attempt
+INSERT INTO forward_attempts (job_id, at, outcome, detail) VALUES (?, ?, ?, ?)
+
+-- name: prune_job_attempts
+-- The job keeps its last attempts (the count is the parameter).
+DELETE FROM forward_attempts
+WHERE job_id = ? AND id <= (SELECT id FROM forward_attempts WHERE job_id = ?
+                            ORDER BY id DESC LIMIT 1 OFFSET ?)
