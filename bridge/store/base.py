@@ -33,6 +33,16 @@ from bridge.store.console import (
     ProviderExchange,
     UpstreamOutcome,
 )
+from bridge.store.rows import (
+    ClaimedMail,
+    DuePoll,
+    ForwardJobListing,
+    InboundListing,
+    MailListing,
+    MessageEvent,
+    ReplyScript,
+    ReportListing,
+)
 
 ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
 
@@ -127,18 +137,18 @@ class Outbox(Protocol):
         ambiguous) or a provider's (delivered, undelivered, expired, rejected, unknown)."""
         ...
 
-    async def message_events(self, message_id: int) -> list[dict[str, Any]]: ...
+    async def message_events(self, message_id: int) -> list[MessageEvent]: ...
 
     async def message_events_of(
         self, message_ids: Sequence[int]
-    ) -> dict[int, list[dict[str, Any]]]:
+    ) -> dict[int, list[MessageEvent]]:
         """The status history of each of ``message_ids`` (oldest event first), in one query
         (``messages --json`` lists hundreds)."""
         ...
 
     async def due_status_polls(
         self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
-    ) -> list[tuple[int, list[str], int]]:
+    ) -> list[DuePoll]:
         """Claim the messages whose status poll is due (once per cluster)."""
         ...
 
@@ -162,9 +172,7 @@ class MailQueue(Protocol):
 
     async def claim_mails(
         self, owner: str, now: float, limit: int, lease_seconds: float
-    ) -> list[
-        tuple[int, OutboundMail, int]
-    ]:
+    ) -> list[ClaimedMail]:
         """Claim outgoing mails that are due: ``(id, mail, attempts)``."""
         ...
 
@@ -178,7 +186,7 @@ class MailQueue(Protocol):
         """Retry at ``next_attempt_at``, or give up (``None``) and keep the row as failed."""
         ...
 
-    async def list_mails(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
+    async def list_mails(self, *, limit: int = 50) -> list[MailListing]: ...
 
 
 class InboundLog(Protocol):
@@ -221,7 +229,7 @@ class InboundLog(Protocol):
         replaced once per hold, never by two at once."""
         ...
 
-    async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
+    async def list_inbound(self, *, limit: int = 50) -> list[InboundListing]: ...
 
 
 class ForwardQueue(Protocol):
@@ -265,7 +273,7 @@ class ForwardQueue(Protocol):
 
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[ForwardJobListing]: ...
 
     async def redeliver(
         self, job_ids: Sequence[int] | None, now: float, deadline: float
@@ -281,7 +289,7 @@ class DeliveryReports(Protocol):
 
     async def list_delivery_reports(
         self, *, unmatched: bool = False, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[ReportListing]:
         """Delivery reports, newest first; ``unmatched``: only those whose provider id names
         no message sent here (yet)."""
         ...
@@ -290,11 +298,11 @@ class DeliveryReports(Protocol):
 class ScriptRegistry(Protocol):
     """Reply scripts registered through the admin API."""
 
-    async def list_reply_scripts(self) -> list[dict[str, Any]]: ...
+    async def list_reply_scripts(self) -> list[ReplyScript]: ...
 
     async def save_reply_script(
         self, script: dict[str, Any], now: float, script_id: int | None = None
-    ) -> dict[str, Any] | None: ...
+    ) -> ReplyScript | None: ...
 
     async def delete_reply_script(self, script_id: int) -> bool: ...
 

@@ -73,6 +73,7 @@ from bridge.store.postgres_pool import (
 from bridge.store.queries import count, single
 from bridge.store.roles import RoleMethods, mail_queue
 from bridge.store.roles.forward_queue import ForwardOutcome
+from bridge.store.rows import DuePoll
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -427,13 +428,13 @@ class PostgresStore(PostgresPool, RoleMethods):
 
     async def due_status_polls(
         self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
-    ) -> list[tuple[int, list[str], int]]:
+    ) -> list[DuePoll]:
         """Claim sent messages of ``upstream`` whose status is due to be asked for:
         ``(message id, provider ids, polls so far)``. Their next poll moves ``lease_seconds``
         ahead, so another instance does not poll them too; ``reschedule_status_polls`` then
         sets the real next time (after a crash, the lease ends and anyone polls them)."""
 
-        async def op(conn: Conn) -> list[tuple[int, list[str], int]]:
+        async def op(conn: Conn) -> list[DuePoll]:
             rows = await conn.fetch(
                 "WITH due AS ("
                 " SELECT id, next_poll_at FROM messages WHERE upstream_used = $1"
@@ -444,7 +445,7 @@ class PostgresStore(PostgresPool, RoleMethods):
                 _text(upstream), now, limit, now + lease_seconds,
             )
             rows = sorted(rows, key=lambda r: (float(r[3]), int(r[0])))
-            return [(int(r[0]), list(json.loads(r[1])), int(r[2])) for r in rows]
+            return [DuePoll(int(r[0]), list(json.loads(r[1])), int(r[2])) for r in rows]
 
         return await self._run(op)
 

@@ -52,6 +52,7 @@ from bridge.store.common import (
 )
 from bridge.store.migrations import Migration
 from bridge.store.roles import RoleMethods, inbound_log, mail_queue, reports
+from bridge.store.rows import DuePoll
 from bridge.store.sqlite_writer import SQL, SqliteConnections
 
 log = logging.getLogger(__name__)
@@ -429,13 +430,13 @@ class SqliteStore(SqliteConnections, RoleMethods):
 
     async def due_status_polls(
         self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
-    ) -> list[tuple[int, list[str], int]]:
+    ) -> list[DuePoll]:
         """Claim sent messages of ``upstream`` whose status is due to be asked for:
         ``(message id, provider ids, polls so far)``. Their next poll moves ``lease_seconds``
         ahead, so another process does not poll them too; ``reschedule_status_polls`` then
         sets the real next time."""
 
-        def op(conn: sqlite3.Connection) -> list[tuple[int, list[str], int]]:
+        def op(conn: sqlite3.Connection) -> list[DuePoll]:
             rows = conn.execute(
                 "SELECT id, upstream_ids, poll_count FROM messages WHERE upstream_used = ? "
                 "AND next_poll_at IS NOT NULL AND next_poll_at <= ? ORDER BY next_poll_at "
@@ -444,7 +445,7 @@ class SqliteStore(SqliteConnections, RoleMethods):
             ).fetchall()
             conn.executemany("UPDATE messages SET next_poll_at = ? WHERE id = ?",
                              [(now + lease_seconds, row[0]) for row in rows])
-            return [(row[0], json.loads(row[1]), row[2]) for row in rows]
+            return [DuePoll(row[0], json.loads(row[1]), row[2]) for row in rows]
 
         return await self._call(op)
 

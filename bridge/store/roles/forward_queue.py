@@ -7,22 +7,24 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from bridge.redact import redact_text
 from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
 from bridge.store.queries import Array, Op, SqlRoles, count, row, rows, value
+from bridge.store.rows import ForwardJobListing
 
 FORWARD_JOB_KEYS = ("id", "inbound_id", "kind", "target", "status", "attempts", "last_error",
                     "created_at")
 
 
-def list_jobs(status: str | None, limit: int) -> Op[list[dict[str, Any]]]:
+def list_jobs(status: str | None, limit: int) -> Op[list[ForwardJobListing]]:
     if status:
         found = yield rows("list_forward_jobs_by_status", status, limit)
     else:
         found = yield rows("list_forward_jobs", limit)
-    return [dict(zip(FORWARD_JOB_KEYS, tuple(r), strict=True)) for r in found]
+    return [cast(ForwardJobListing, dict(zip(FORWARD_JOB_KEYS, tuple(r), strict=True)))
+            for r in found]
 
 
 def redeliver(job_ids: Sequence[int] | None, now: float, deadline: float) -> Op[int]:
@@ -101,7 +103,7 @@ class ForwardQueueMethods(SqlRoles):
 
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[ForwardJobListing]:
         return await self._read_op(lambda: list_jobs(status, limit))
 
     async def redeliver(self, job_ids: Sequence[int] | None, now: float, deadline: float) -> int:

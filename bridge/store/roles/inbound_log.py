@@ -3,12 +3,13 @@ message stays in the engines (PostgreSQL inserts many in one statement)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from bridge.models import InboundRecord, StoredResponse
 from bridge.redact import redact_text
 from bridge.store.common import row_to_inbound
 from bridge.store.queries import Exact, Op, SqlRoles, count, row, rows
+from bridge.store.rows import InboundListing
 
 INBOUND_LIST_KEYS = ("id", "source", "kind", "sms_id", "phone", "recipient", "text",
                      "charset_error", "state", "script_error", "received_at", "forwards",
@@ -42,8 +43,8 @@ def claim_inbound_answer(inbound_id: int, now: float, lease: float) -> Op[bool]:
     return bool((yield count("claim_inbound_answer", now + lease, inbound_id, lease, now)) == 1)
 
 
-def list_inbound(limit: int) -> Op[list[dict[str, Any]]]:
-    return [dict(zip(INBOUND_LIST_KEYS, tuple(r), strict=True))
+def list_inbound(limit: int) -> Op[list[InboundListing]]:
+    return [cast(InboundListing, dict(zip(INBOUND_LIST_KEYS, tuple(r), strict=True)))
             for r in (yield rows("list_inbound", limit))]
 
 
@@ -70,5 +71,5 @@ class InboundLogMethods(SqlRoles):
         hold renewed)."""
         return await self._lock_op(lambda: claim_inbound_answer(inbound_id, now, lease))
 
-    async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]:
+    async def list_inbound(self, *, limit: int = 50) -> list[InboundListing]:
         return await self._read_op(lambda: list_inbound(limit))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from bridge.models import OutboundMail
 from bridge.redact import redact_text
 from bridge.store.queries import Op, SqlRoles, count, rows, single
+from bridge.store.rows import ClaimedMail, MailListing
 
 MAIL_LIST_KEYS = ("id", "kind", "mail_to", "status", "attempts", "last_error", "created_at",
                   "content")
@@ -17,10 +18,11 @@ def insert_mail(mail: OutboundMail, now: float) -> Op[None]:
 
 
 def claim_mails(owner: str, now: float, limit: int,
-                lease_seconds: float) -> Op[list[tuple[int, OutboundMail, int]]]:
+                lease_seconds: float) -> Op[list[ClaimedMail]]:
     found = yield rows("claim_mails", owner, now + lease_seconds, now, now, limit)
     found = sorted(found, key=lambda r: (float(r[5]), int(r[0])))
-    return [(int(r[0]), OutboundMail(r[1], r[2], bytes(r[3])), int(r[4])) for r in found]
+    return [ClaimedMail(int(r[0]), OutboundMail(r[1], r[2], bytes(r[3])), int(r[4]))
+            for r in found]
 
 
 def mail_retry(mail_id: int, owner: str, error: str,
@@ -32,8 +34,8 @@ def mail_retry(mail_id: int, owner: str, error: str,
         yield count("mail_requeued", next_attempt_at, error, mail_id, owner)
 
 
-def list_mails(limit: int) -> Op[list[dict[str, Any]]]:
-    return [dict(zip(MAIL_LIST_KEYS, tuple(r), strict=True))
+def list_mails(limit: int) -> Op[list[MailListing]]:
+    return [cast(MailListing, dict(zip(MAIL_LIST_KEYS, tuple(r), strict=True)))
             for r in (yield rows("list_mails", limit))]
 
 
@@ -43,7 +45,7 @@ class MailQueueMethods(SqlRoles):
 
     async def claim_mails(
         self, owner: str, now: float, limit: int, lease_seconds: float
-    ) -> list[tuple[int, OutboundMail, int]]:
+    ) -> list[ClaimedMail]:
         return await self._lock_op(lambda: claim_mails(owner, now, limit, lease_seconds))
 
     async def mail_done(self, mail_id: int, owner: str, now: float) -> None:
@@ -54,5 +56,5 @@ class MailQueueMethods(SqlRoles):
     ) -> None:
         await self._write_op(lambda: mail_retry(mail_id, owner, error, next_attempt_at))
 
-    async def list_mails(self, *, limit: int = 50) -> list[dict[str, Any]]:
+    async def list_mails(self, *, limit: int = 50) -> list[MailListing]:
         return await self._read_op(lambda: list_mails(limit))

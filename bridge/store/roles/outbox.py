@@ -4,11 +4,11 @@ claims and the sent-once records stay in the engines (PostgreSQL combines them).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from bridge.models import StoredMessage
 from bridge.store.common import DELIVERY_STATUSES, row_to_message
 from bridge.store.queries import Array, Op, SqlRoles, count, many, row, rows, single, value
+from bridge.store.rows import MessageEvent
 
 
 def resolve_ambiguous(message_id: int, sent: bool, now: float) -> Op[bool]:
@@ -39,15 +39,16 @@ def list_messages(limit: int, status: str | None) -> Op[list[StoredMessage]]:
     return [row_to_message(tuple(r)) for r in found]
 
 
-def message_events(message_id: int) -> Op[list[dict[str, Any]]]:
-    return [{"at": r[0], "status": r[1], "detail": r[2]}
+def message_events(message_id: int) -> Op[list[MessageEvent]]:
+    return [MessageEvent(at=r[0], status=r[1], detail=r[2])
             for r in (yield rows("message_events", message_id))]
 
 
-def message_events_of(message_ids: Sequence[int]) -> Op[dict[int, list[dict[str, Any]]]]:
-    events: dict[int, list[dict[str, Any]]] = {}
+def message_events_of(message_ids: Sequence[int]) -> Op[dict[int, list[MessageEvent]]]:
+    events: dict[int, list[MessageEvent]] = {}
     for r in (yield rows("message_events_of", Array(message_ids))):
-        events.setdefault(int(r[0]), []).append({"at": r[1], "status": r[2], "detail": r[3]})
+        events.setdefault(int(r[0]), []).append(
+            MessageEvent(at=r[1], status=r[2], detail=r[3]))
     return events
 
 
@@ -83,12 +84,12 @@ class OutboxMethods(SqlRoles):
     ) -> list[StoredMessage]:
         return await self._read_op(lambda: list_messages(limit, status))
 
-    async def message_events(self, message_id: int) -> list[dict[str, Any]]:
+    async def message_events(self, message_id: int) -> list[MessageEvent]:
         return await self._read_op(lambda: message_events(message_id))
 
     async def message_events_of(
         self, message_ids: Sequence[int]
-    ) -> dict[int, list[dict[str, Any]]]:
+    ) -> dict[int, list[MessageEvent]]:
         return await self._read_op(lambda: message_events_of(message_ids))
 
     async def reschedule_status_polls(

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import cast
 
 from bridge.models import DeliveryReport
 from bridge.store.common import FINAL_STATUSES, PartReport, report_time, settle_delivery
 from bridge.store.queries import Array, Op, SqlRoles, count, row, rows, value
+from bridge.store.rows import ReportListing
 
 REPORT_KEYS = ("id", "source", "provider_id", "message_id", "status", "raw_status",
                "error_code", "received_at", "reported_at")
@@ -54,9 +55,9 @@ def record_reports(source: str, reports: Sequence[DeliveryReport], now: float) -
     return matched
 
 
-def list_reports(unmatched: bool, limit: int) -> Op[list[dict[str, Any]]]:
+def list_reports(unmatched: bool, limit: int) -> Op[list[ReportListing]]:
     found = yield rows("list_unmatched_reports" if unmatched else "list_reports", limit)
-    return [dict(zip(REPORT_KEYS, tuple(r), strict=True)) for r in found]
+    return [cast(ReportListing, dict(zip(REPORT_KEYS, tuple(r), strict=True))) for r in found]
 
 
 class DeliveryReportMethods(SqlRoles):
@@ -69,5 +70,5 @@ class DeliveryReportMethods(SqlRoles):
 
     async def list_delivery_reports(
         self, *, unmatched: bool = False, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[ReportListing]:
         return await self._read_op(lambda: list_reports(unmatched, limit))

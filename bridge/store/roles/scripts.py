@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from bridge.store.queries import Op, SqlRoles, count, row, rows, single
+from bridge.store.rows import ReplyScript
 
 SCRIPT_KEYS = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret",
                "created_at", "updated_at")
 
 
-def _script(found: Sequence[Any]) -> dict[str, Any]:
-    return dict(zip(SCRIPT_KEYS, tuple(found), strict=True))
+def _script(found: Sequence[Any]) -> ReplyScript:
+    return cast(ReplyScript, dict(zip(SCRIPT_KEYS, tuple(found), strict=True)))
 
 
-def list_scripts() -> Op[list[dict[str, Any]]]:
+def list_scripts() -> Op[list[ReplyScript]]:
     return [_script(found) for found in (yield rows("list_reply_scripts"))]
 
 
 def save_script(script: dict[str, Any], now: float,
-                script_id: int | None) -> Op[dict[str, Any] | None]:
+                script_id: int | None) -> Op[ReplyScript | None]:
     values = (script["shortcode"], script.get("keyword"), script["url"], script["method"],
               float(script["timeout"]), script.get("secret"))
     if script_id is None:
@@ -31,12 +32,12 @@ def save_script(script: dict[str, Any], now: float,
 
 
 class ScriptRegistryMethods(SqlRoles):
-    async def list_reply_scripts(self) -> list[dict[str, Any]]:
+    async def list_reply_scripts(self) -> list[ReplyScript]:
         return await self._read_op(list_scripts)
 
     async def save_reply_script(
         self, script: dict[str, Any], now: float, script_id: int | None = None
-    ) -> dict[str, Any] | None:
+    ) -> ReplyScript | None:
         """Create (``script_id`` None) or replace a reply script; None if it does not exist."""
         return await self._lock_op(lambda: save_script(script, now, script_id))
 
