@@ -35,20 +35,15 @@ from bridge.errors import StoreUnavailable
 from bridge.models import (
     ClaimedForward,
     EnqueueResult,
-    ForwardJob,
-    InboundMessage,
     InboundRecord,
-    MailEnvelope,
     MessageStatus,
     SendIntent,
     SendOutcome,
     SendRequest,
     StoredMessage,
-    StoredResponse,
 )
 from bridge.store import migrations, queries
 from bridge.store import postgres_batch as batch
-from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
     CLAIM_COLUMNS,
     INBOUND_COLUMNS,
@@ -72,7 +67,9 @@ from bridge.store.postgres_pool import (
 )
 from bridge.store.queries import count, single
 from bridge.store.roles import RoleMethods, mail_queue
-from bridge.store.roles.forward_queue import ForwardOutcome
+from bridge.store.roles.forward_queue import ForwardClaim, ForwardOutcome
+from bridge.store.roles.inbound_log import NewInbound
+from bridge.store.roles.outbox import NewMail
 from bridge.store.rows import DuePoll
 
 log = logging.getLogger(__name__)
@@ -211,15 +208,9 @@ class PostgresStore(PostgresPool, RoleMethods):
 
     # -- outbox ---------------------------------------------------------------------------
 
-    async def enqueue(
-        self,
-        envelope: MailEnvelope,
-        batches: Sequence[tuple[str | None, Sequence[SendRequest]]],
-        *,
-        now: float,
-        dedup_window: float,
-        reply: ReplyBuilder | None = None,
-    ) -> EnqueueResult:
+    async def _enqueue(self, mail: NewMail) -> EnqueueResult:
+        envelope, batches, now, dedup_window, reply = (
+            mail.envelope, mail.batches, mail.now, mail.dedup_window, mail.reply)
         if reply is None:
             # Mails of the same moment share one statement (see batch.enqueue_rows).
             return await self._write_combined(  # type: ignore[no-any-return]
@@ -324,21 +315,12 @@ class PostgresStore(PostgresPool, RoleMethods):
         return await self._write_combined(  # type: ignore[no-any-return]
             batch.outcome_rows, batch.OutcomeRow(owner, intent_id, tuple(outcomes), now))
 
-    # -- mails the bridge sends -----------------------------------------------------------
-
     # -- inbound SMS ----------------------------------------------------------------------
 
-    async def record_inbound(
-        self,
-        message: InboundMessage,
-        *,
-        now: float,
-        dedup_window: float,
-        state: str,
-        response: StoredResponse | None,
-        jobs: Sequence[ForwardJob],
-        forward_deadline: float,
-    ) -> InboundRecord:
+    async def _record_inbound(self, new: NewInbound) -> InboundRecord:
+        message, now, dedup_window, state, response, jobs, forward_deadline = (
+            new.message, new.now, new.dedup_window, new.state, new.response, new.jobs,
+            new.forward_deadline)
         content_hash = inbound_content_hash(message)
         source = _text(message.source)
 
@@ -381,11 +363,10 @@ class PostgresStore(PostgresPool, RoleMethods):
 
     # -- forwarding jobs ------------------------------------------------------------------
 
-    async def claim_forward_jobs(
-        self, owner: str, now: float, limit: int, lease_seconds: float,
-        kinds: Sequence[str] = ("email", "webhook"),
-        exclude_targets: Sequence[tuple[str, str]] = (),
-    ) -> list[ClaimedForward]:
+    async def _claim_forward_jobs(self, claim: ForwardClaim) -> list[ClaimedForward]:
+        owner, now, limit, lease_seconds, kinds, exclude_targets = (
+            claim.owner, claim.now, claim.limit, claim.lease_seconds, claim.kinds,
+            claim.exclude_targets)
         # A kind has no space: "kind target" names one pair unambiguously.
         excluded = [_text(f"{kind} {target}") for kind, target in exclude_targets]
 
@@ -420,20 +401,8 @@ class PostgresStore(PostgresPool, RoleMethods):
             outcome.outcome, outcome.kept_detail(), MAX_ATTEMPTS_KEPT - 1,
             *outcome.changes())))
 
-    # -- delivery reports -----------------------------------------------------------------
-
-    # -- reply scripts registered through the API ----------------------------------------
-
-    # -- status polling and polling cursors ------------------------------------------------
-
-    async def due_status_polls(
-        self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
-    ) -> list[DuePoll]:
-        """Claim sent messages of ``upstream`` whose status is due to be asked for:
-        ``(message id, provider ids, polls so far)``. Their next poll moves ``lease_seconds``
-        ahead, so another instance does not poll them too; ``reschedule_status_polls`` then
-        sets the real next time (after a crash, the lease ends and anyone polls them)."""
-
+    async def _due_status_polls(self, upstream: str, now: float, limit: int,
+                                lease_seconds: float) -> list[DuePoll]:
         async def op(conn: Conn) -> list[DuePoll]:
             rows = await conn.fetch(
                 "WITH due AS ("

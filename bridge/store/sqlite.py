@@ -25,10 +25,7 @@ from bridge.errors import StoreUnavailable
 from bridge.models import (
     ClaimedForward,
     EnqueueResult,
-    ForwardJob,
-    InboundMessage,
     InboundRecord,
-    MailEnvelope,
     MessageStatus,
     OutboundMail,
     SendIntent,
@@ -38,7 +35,6 @@ from bridge.models import (
     StoredResponse,
 )
 from bridge.store import migrations, queries
-from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
     CLAIM_COLUMNS,
     INBOUND_COLUMNS,
@@ -52,6 +48,9 @@ from bridge.store.common import (
 )
 from bridge.store.migrations import Migration
 from bridge.store.roles import RoleMethods, inbound_log, mail_queue, reports
+from bridge.store.roles.forward_queue import ForwardClaim
+from bridge.store.roles.inbound_log import NewInbound
+from bridge.store.roles.outbox import NewMail
 from bridge.store.rows import DuePoll
 from bridge.store.sqlite_writer import SQL, SqliteConnections
 
@@ -173,15 +172,9 @@ class SqliteStore(SqliteConnections, RoleMethods):
 
     # -- outbox ---------------------------------------------------------------------------
 
-    async def enqueue(
-        self,
-        envelope: MailEnvelope,
-        batches: Sequence[tuple[str | None, Sequence[SendRequest]]],
-        *,
-        now: float,
-        dedup_window: float,
-        reply: ReplyBuilder | None = None,
-    ) -> EnqueueResult:
+    async def _enqueue(self, mail: NewMail) -> EnqueueResult:
+        envelope, batches, now, dedup_window, reply = (
+            mail.envelope, mail.batches, mail.now, mail.dedup_window, mail.reply)
         def op(conn: sqlite3.Connection) -> EnqueueResult:
             fresh: list[tuple[str | None, Sequence[SendRequest]]] = []
             for key, requests in batches:
@@ -307,21 +300,12 @@ class SqliteStore(SqliteConnections, RoleMethods):
 
         return await self._call(op)
 
-    # -- mails the bridge sends -----------------------------------------------------------
-
     # -- inbound SMS ----------------------------------------------------------------------
 
-    async def record_inbound(
-        self,
-        message: InboundMessage,
-        *,
-        now: float,
-        dedup_window: float,
-        state: str,
-        response: StoredResponse | None,
-        jobs: Sequence[ForwardJob],
-        forward_deadline: float,
-    ) -> InboundRecord:
+    async def _record_inbound(self, new: NewInbound) -> InboundRecord:
+        message, now, dedup_window, state, response, jobs, forward_deadline = (
+            new.message, new.now, new.dedup_window, new.state, new.response, new.jobs,
+            new.forward_deadline)
         content_hash = inbound_content_hash(message)
 
         def op(conn: sqlite3.Connection) -> InboundRecord:
@@ -377,11 +361,10 @@ class SqliteStore(SqliteConnections, RoleMethods):
 
     # -- forwarding jobs ------------------------------------------------------------------
 
-    async def claim_forward_jobs(
-        self, owner: str, now: float, limit: int, lease_seconds: float,
-        kinds: Sequence[str] = ("email", "webhook"),
-        exclude_targets: Sequence[tuple[str, str]] = (),
-    ) -> list[ClaimedForward]:
+    async def _claim_forward_jobs(self, claim: ForwardClaim) -> list[ClaimedForward]:
+        owner, now, limit, lease_seconds, kinds, exclude_targets = (
+            claim.owner, claim.now, claim.limit, claim.lease_seconds, claim.kinds,
+            claim.exclude_targets)
         excluded = [f"{kind} {target}" for kind, target in exclude_targets]
         # A kind has no space: "kind target" names one pair unambiguously.
         skip = (f" AND kind || ' ' || target NOT IN ({','.join('?' * len(excluded))})"
@@ -422,20 +405,8 @@ class SqliteStore(SqliteConnections, RoleMethods):
 
         return await self._call(op)
 
-    # -- delivery reports -----------------------------------------------------------------
-
-    # -- reply scripts registered through the API ----------------------------------------
-
-    # -- status polling and polling cursors ------------------------------------------------
-
-    async def due_status_polls(
-        self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
-    ) -> list[DuePoll]:
-        """Claim sent messages of ``upstream`` whose status is due to be asked for:
-        ``(message id, provider ids, polls so far)``. Their next poll moves ``lease_seconds``
-        ahead, so another process does not poll them too; ``reschedule_status_polls`` then
-        sets the real next time."""
-
+    async def _due_status_polls(self, upstream: str, now: float, limit: int,
+                                lease_seconds: float) -> list[DuePoll]:
         def op(conn: sqlite3.Connection) -> list[DuePoll]:
             rows = conn.execute(
                 "SELECT id, upstream_ids, poll_count FROM messages WHERE upstream_used = ? "

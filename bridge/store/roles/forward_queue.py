@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from bridge.models import ClaimedForward
 from bridge.redact import redact_text
 from bridge.store.console import MAX_ATTEMPT_DETAIL, MAX_ATTEMPTS_KEPT
 from bridge.store.queries import Array, Op, SqlRoles, count, row, rows, value
@@ -31,6 +32,18 @@ def redeliver(job_ids: Sequence[int] | None, now: float, deadline: float) -> Op[
     if job_ids is None:
         return int((yield count("redeliver_all", now, deadline)))
     return int((yield count("redeliver", now, deadline, Array(job_ids))))
+
+
+@dataclass(frozen=True)
+class ForwardClaim:
+    """Which due jobs to claim (see :meth:`bridge.store.base.ForwardQueue.claim_forward_jobs`)."""
+
+    owner: str
+    now: float
+    limit: int
+    lease_seconds: float
+    kinds: Sequence[str]
+    exclude_targets: Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,17 @@ def assign_thread(job_id: int, thread_key: str, message_id: str, at: float,
 
 
 class ForwardQueueMethods(SqlRoles):
+    async def claim_forward_jobs(
+        self, owner: str, now: float, limit: int, lease_seconds: float,
+        kinds: Sequence[str] = ("email", "webhook"),
+        exclude_targets: Sequence[tuple[str, str]] = (),
+    ) -> list[ClaimedForward]:
+        return await self._claim_forward_jobs(ForwardClaim(
+            owner, now, limit, lease_seconds, kinds, exclude_targets))
+
+    async def _claim_forward_jobs(self, claim: ForwardClaim) -> list[ClaimedForward]:
+        raise NotImplementedError
+
     async def forward_done(self, job_id: int, owner: str, now: float, *,
                            detail: str = "") -> None:
         await self._forward_outcome(ForwardOutcome(job_id, owner, now, "delivered", detail))

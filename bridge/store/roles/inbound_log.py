@@ -3,9 +3,11 @@ message stays in the engines (PostgreSQL inserts many in one statement)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
-from bridge.models import InboundRecord, StoredResponse
+from bridge.models import ForwardJob, InboundMessage, InboundRecord, StoredResponse
 from bridge.redact import redact_text
 from bridge.store.common import row_to_inbound
 from bridge.store.queries import Exact, Op, SqlRoles, count, row, rows
@@ -14,6 +16,19 @@ from bridge.store.rows import InboundListing
 INBOUND_LIST_KEYS = ("id", "source", "kind", "sms_id", "phone", "recipient", "text",
                      "charset_error", "state", "script_error", "received_at", "forwards",
                      "delivered")
+
+
+@dataclass(frozen=True)
+class NewInbound:
+    """An inbound SMS to record (see :meth:`bridge.store.base.InboundLog.record_inbound`)."""
+
+    message: InboundMessage
+    now: float
+    dedup_window: float
+    state: str
+    response: StoredResponse | None
+    jobs: Sequence[ForwardJob]
+    forward_deadline: float
 
 
 def get_inbound(source: str, sms_id: str) -> Op[InboundRecord | None]:
@@ -49,6 +64,23 @@ def list_inbound(limit: int) -> Op[list[InboundListing]]:
 
 
 class InboundLogMethods(SqlRoles):
+    async def record_inbound(
+        self,
+        message: InboundMessage,
+        *,
+        now: float,
+        dedup_window: float,
+        state: str,
+        response: StoredResponse | None,
+        jobs: Sequence[ForwardJob],
+        forward_deadline: float,
+    ) -> InboundRecord:
+        return await self._record_inbound(NewInbound(
+            message, now, dedup_window, state, response, jobs, forward_deadline))
+
+    async def _record_inbound(self, new: NewInbound) -> InboundRecord:
+        raise NotImplementedError
+
     async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
         return await self._read_op(lambda: get_inbound(source, sms_id))
 

@@ -4,11 +4,24 @@ claims and the sent-once records stay in the engines (PostgreSQL combines them).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from bridge.models import StoredMessage
+from bridge.models import EnqueueResult, MailEnvelope, SendRequest, StoredMessage
+from bridge.store.base import ReplyBuilder
 from bridge.store.common import DELIVERY_STATUSES, row_to_message
 from bridge.store.queries import Array, Op, SqlRoles, count, many, row, rows, single, value
-from bridge.store.rows import MessageEvent
+from bridge.store.rows import DuePoll, MessageEvent
+
+
+@dataclass(frozen=True)
+class NewMail:
+    """A mail's sends to commit (see :meth:`bridge.store.base.Outbox.enqueue`)."""
+
+    envelope: MailEnvelope
+    batches: Sequence[tuple[str | None, Sequence[SendRequest]]]
+    now: float
+    dedup_window: float
+    reply: ReplyBuilder | None
 
 
 def resolve_ambiguous(message_id: int, sent: bool, now: float) -> Op[bool]:
@@ -68,6 +81,33 @@ def queue_stats(now: float) -> Op[dict[str, float]]:
 
 
 class OutboxMethods(SqlRoles):
+    async def enqueue(
+        self,
+        envelope: MailEnvelope,
+        batches: Sequence[tuple[str | None, Sequence[SendRequest]]],
+        *,
+        now: float,
+        dedup_window: float,
+        reply: ReplyBuilder | None = None,
+    ) -> EnqueueResult:
+        return await self._enqueue(NewMail(envelope, batches, now, dedup_window, reply))
+
+    async def _enqueue(self, mail: NewMail) -> EnqueueResult:
+        raise NotImplementedError
+
+    async def due_status_polls(
+        self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
+    ) -> list[DuePoll]:
+        """Claim sent messages of ``upstream`` whose status is due to be asked for:
+        ``(message id, provider ids, polls so far)``. Their next poll moves ``lease_seconds``
+        ahead, so another process does not poll them too; ``reschedule_status_polls`` then
+        sets the real next time (after a crash, the lease ends and anyone polls them)."""
+        return await self._due_status_polls(upstream, now, limit, lease_seconds)
+
+    async def _due_status_polls(self, upstream: str, now: float, limit: int,
+                                lease_seconds: float) -> list[DuePoll]:
+        raise NotImplementedError
+
     async def renew_leases(self, owner: str, now: float, lease_seconds: float) -> int:
         # Not in a group commit: it may wait for a row lock of a claim.
         return int(await self._lock_op(
