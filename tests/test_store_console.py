@@ -76,6 +76,10 @@ async def test_a_message_trace_has_its_mail_history_reports_exchanges_and_bounce
     assert [r["provider_id"] for r in trace["reports"]] == ["p-1"]
     assert [(x["upstream"], x["request"]) for x in trace["exchanges"]] == [("up", b"req")]
     assert trace["bounce"] is None and trace["siblings"] == []
+    # Listed by its outbox status and by the provider's.
+    for status in ("sent", "delivered"):
+        assert [m.id for m in await store.list_messages(status=status)] == [message_id]
+    assert await store.list_messages(status="failed") == []
     assert await store.message_trace(message_id + 100) is None
 
     (failing,) = (await store.enqueue(env(None), [(None, [req()])], now=NOW,

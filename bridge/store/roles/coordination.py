@@ -7,7 +7,12 @@ from collections.abc import Callable
 
 from bridge.store.queries import Op, SqlRoles, count, rows, single, value
 
-_LEASED_TABLES = ("messages", "forward_jobs", "outgoing_mail")
+# The tables whose rows are leased: the blocks that list their holders and end leases.
+_LEASED_TABLES = (
+    ("lease_owners_messages", "end_leases_messages"),
+    ("lease_owners_forward_jobs", "end_leases_forward_jobs"),
+    ("lease_owners_outgoing_mail", "end_leases_outgoing_mail"),
+)
 
 
 def acquire_lease(name: str, owner: str, now: float, ttl: float) -> Op[bool]:
@@ -22,10 +27,10 @@ def heartbeat(owner: str, now: float, ttl: float) -> Op[int]:
 
 def expire_leases(is_dead: Callable[[str], bool]) -> Op[int]:
     released = 0
-    for table in _LEASED_TABLES:
-        for (owner,) in (yield rows(f"lease_owners_{table}")):
+    for holders, end in _LEASED_TABLES:
+        for (owner,) in (yield rows(holders)):
             if owner and is_dead(owner):
-                released += yield count(f"end_leases_{table}", owner)
+                released += yield count(end, owner)
     return released
 
 

@@ -70,11 +70,15 @@ class ForwardOutcome:
         return (self.error,) if self.outcome == "dead" else ()
 
 
+_OUTCOME_UPDATES = {"delivered": "forward_delivered", "retry": "forward_retry",
+                    "dead": "forward_dead"}
+
+
 def record_forward_outcome(o: ForwardOutcome) -> Op[None]:
     """The job's outcome and, in the same transaction, its attempt in the history (only
     when the caller holds the lease: an outcome ignored leaves no attempt either); the job
     keeps its last MAX_ATTEMPTS_KEPT attempts."""
-    if not (yield count(f"forward_{o.outcome}", *o.changes(), o.job_id, o.owner)):
+    if not (yield count(_OUTCOME_UPDATES[o.outcome], *o.changes(), o.job_id, o.owner)):
         return
     yield count("insert_attempt", o.job_id, o.at, o.outcome, o.kept_detail())
     yield count("prune_job_attempts", o.job_id, o.job_id, MAX_ATTEMPTS_KEPT)

@@ -43,12 +43,9 @@ def next_due_at() -> Op[float | None]:
 
 
 def list_messages(limit: int, status: str | None) -> Op[list[StoredMessage]]:
-    if not status:
-        found = yield rows("list_messages", limit)
-    elif status in DELIVERY_STATUSES:
-        found = yield rows("list_messages_by_delivery", status, limit)
-    else:
-        found = yield rows("list_messages_by_status", status, limit)
+    delivery = status if status in DELIVERY_STATUSES else None
+    outbox = status or None if delivery is None else None
+    found = yield rows("list_messages", outbox, outbox, delivery, delivery, limit)
     return [row_to_message(tuple(r)) for r in found]
 
 

@@ -20,28 +20,16 @@ SELECT MIN(k) FROM (SELECT MIN(next_attempt_at) AS k FROM messages WHERE status 
                     SELECT MIN(lease_until) FROM messages WHERE status = 'sending') AS due
 
 -- name: list_messages
+-- Newest first; an outbox status (queued, sending, sent, failed, ambiguous) or a provider's
+-- (delivered, undelivered, expired, rejected, unknown) narrows it, NULL leaves it open.
 SELECT m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status,
        m.attempts, m.created_at, m.options, m.upstream_ids, m.last_error,
        COALESCE(ml.mail_from, ''), m.next_attempt_at, m.upstream_used, m.delivery_status,
        ml.message_id, NULL, m.maybe_sent, m.lease_epoch
 FROM messages m LEFT JOIN mails ml ON ml.id = m.mail_id
+WHERE (CAST(? AS TEXT) IS NULL OR m.status = ?)
+  AND (CAST(? AS TEXT) IS NULL OR m.delivery_status = ?)
 ORDER BY m.id DESC LIMIT ?
-
--- name: list_messages_by_status
-SELECT m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status,
-       m.attempts, m.created_at, m.options, m.upstream_ids, m.last_error,
-       COALESCE(ml.mail_from, ''), m.next_attempt_at, m.upstream_used, m.delivery_status,
-       ml.message_id, NULL, m.maybe_sent, m.lease_epoch
-FROM messages m LEFT JOIN mails ml ON ml.id = m.mail_id
-WHERE m.status = ? ORDER BY m.id DESC LIMIT ?
-
--- name: list_messages_by_delivery
-SELECT m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status,
-       m.attempts, m.created_at, m.options, m.upstream_ids, m.last_error,
-       COALESCE(ml.mail_from, ''), m.next_attempt_at, m.upstream_used, m.delivery_status,
-       ml.message_id, NULL, m.maybe_sent, m.lease_epoch
-FROM messages m LEFT JOIN mails ml ON ml.id = m.mail_id
-WHERE m.delivery_status = ? ORDER BY m.id DESC LIMIT ?
 
 -- name: message_events
 SELECT at, status, detail FROM message_events WHERE message_id = ? ORDER BY id
