@@ -28,15 +28,20 @@ def test_both_dialects_know_every_block_the_shared_code_names() -> None:
         sqlite.keys() & postgres.keys())
 
 
-def test_a_block_of_one_dialect_alone_is_used_by_its_engine_alone() -> None:
-    sqlite, postgres = queries.load("sqlite"), queries.load("postgres")
+@pytest.mark.parametrize(("dialect", "other", "engine"), [
+    ("sqlite", "postgres", ("sqlite.py", "sqlite_writer.py")),
+    ("postgres", "sqlite", ("postgres.py", "postgres_pool.py", "postgres_batch.py")),
+])
+def test_a_block_of_one_dialect_alone_is_used_by_its_engine_alone(
+    dialect: migrations.Dialect, other: migrations.Dialect, engine: tuple[str, ...],
+) -> None:
     shared_code = "".join(p.read_text("utf-8") for p in (STORE / "roles").glob("*.py"))
-    only_postgres = postgres.keys() - sqlite.keys()
-    assert not sqlite.keys() - postgres.keys()
-    engine = _source("postgres.py", "postgres_pool.py", "postgres_batch.py")
-    for name in only_postgres:
-        assert f'"{name}"' not in shared_code
-        assert f'"{name}"' in engine, name
+    source = _source(*engine)
+    only = queries.load(dialect).keys() - queries.load(other).keys()
+    assert only
+    for name in only:
+        assert f'"{name}"' not in shared_code, name
+        assert f'"{name}"' in source, name
 
 
 def test_shared_blocks_are_numbered_for_postgresql() -> None:

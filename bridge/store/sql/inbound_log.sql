@@ -25,3 +25,14 @@ SELECT i.id, i.source, i.kind, i.sms_id, i.phone, i.recipient, i.text, i.charset
        (SELECT COUNT(*) FROM forward_jobs f WHERE f.inbound_id = i.id
                                               AND f.status = 'delivered')
 FROM inbound i ORDER BY i.id DESC LIMIT ?
+
+-- name: insert_inbound_row
+INSERT INTO inbound (source, kind, dedup_key, sms_id, content_hash, phone, recipient, text,
+                     raw, charset, charset_error, state, response_status, response_body,
+                     response_type, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+
+-- name: insert_forward_job
+INSERT INTO forward_jobs (inbound_id, kind, target, payload, status, next_attempt_at,
+                          created_at, deadline)
+VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)

@@ -52,3 +52,23 @@ SELECT (SELECT COUNT(*) FROM messages WHERE status IN ('queued', 'sending')),
        (SELECT MIN(created_at) FROM messages WHERE status IN ('queued', 'sending')),
        (SELECT COUNT(*) FROM forward_jobs WHERE status IN ('queued', 'sending')),
        (SELECT COUNT(*) FROM forward_jobs WHERE status = 'dead')
+
+-- name: insert_received_mail
+INSERT INTO mails (received_at, mail_from, message_id, peer, format, headers, raw, raw_size,
+                   rcpt_to)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+
+-- name: insert_message
+INSERT INTO messages (mail_id, account, upstream, phone, text, parts, encoding, options,
+                      status, next_attempt_at, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id
+
+-- name: insert_intent
+INSERT INTO send_intents (upstream, owner, fingerprint, messages, created_at)
+VALUES (?, ?, ?, ?, ?) RETURNING id
+
+-- name: end_intent
+UPDATE send_intents SET finished_at = ?, outcome = ? WHERE id = ?
+
+-- name: attach_report
+UPDATE delivery_reports SET message_id = ? WHERE id = ?
