@@ -36,17 +36,13 @@ from bridge.models import (
     ClaimedForward,
     EnqueueResult,
     InboundRecord,
-    MessageStatus,
     SendIntent,
     SendOutcome,
-    SendRequest,
     StoredMessage,
 )
 from bridge.store import migrations, queries
 from bridge.store import postgres_batch as batch
 from bridge.store.common import (
-    CLAIM_COLUMNS,
-    INBOUND_COLUMNS,
     inbound_content_hash,
     options_json,
     row_to_inbound,
@@ -65,7 +61,7 @@ from bridge.store.postgres_pool import (
     _opt,
     _text,
 )
-from bridge.store.queries import count, single
+from bridge.store.queries import Array, Op, count, rows, single
 from bridge.store.roles import RoleMethods, mail_queue
 from bridge.store.roles.forward_queue import ForwardClaim, ForwardOutcome
 from bridge.store.roles.inbound_log import NewInbound
@@ -77,9 +73,8 @@ T = TypeVar("T")
 
 # Key of the advisory lock held while migrating (one 64-bit key space) ...
 _MIGRATION_LOCK = 0x736D735F62726467  # "sms_brdg"
-# ... and namespaces of the two-key locks (a separate key space; hashtext() gives the second).
-_LOCK_INBOUND_CONTENT = 1
-_LOCK_PROVIDER_ID = 2
+# (The two-key locks of a separate key space take namespace 1 for inbound content and 2 for
+# provider ids: inbound_log.postgres.sql, reports.postgres.sql.)
 
 # The schema: bridge/store/migrations/ (read at open, so a test can hold one back).
 MIGRATIONS: list[Migration] = migrations.load("postgres")
@@ -204,12 +199,8 @@ class PostgresStore(PostgresPool, RoleMethods):
         ``default_transaction_read_only``, a full disk) fails here, where ``SELECT 1``
         would succeed."""
 
-        async def op(conn: Conn) -> None:
-            key = f"readiness:{uuid.uuid4().hex}"  # its own row: probes never wait on locks
-            await conn.execute("INSERT INTO meta (key, value) VALUES ($1, '')", key)
-            await conn.execute("DELETE FROM meta WHERE key = $1", key)
-
-        await self._run(op)
+        key = f"readiness:{uuid.uuid4().hex}"  # its own row: probes never wait on locks
+        await self._lock_op(lambda: _probe(key))
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -223,86 +214,36 @@ class PostgresStore(PostgresPool, RoleMethods):
         keys = sorted({key for key, _ in batches if key is not None})
 
         async def op(conn: Conn) -> EnqueueResult:
-            mail_id = int(await conn.fetchval(
-                "SELECT nextval(pg_get_serial_sequence('mails', 'id'))"))
-            # Take each key unless it was seen within the window. A concurrent transaction
-            # inserting the same key makes this wait for its outcome (sorted: no deadlock).
-            owned: set[str] = set()
-            for key in keys:
-                taken = await conn.fetchval(
-                    "INSERT INTO mail_dedup (key, mail_id, seen_at) VALUES ($1, $2, $3) "
-                    "ON CONFLICT (key) DO UPDATE SET mail_id = EXCLUDED.mail_id, "
-                    "seen_at = EXCLUDED.seen_at WHERE mail_dedup.seen_at < $4 "
-                    "RETURNING TRUE",
-                    _key(key), mail_id, now, now - dedup_window,
-                )
-                if taken:
-                    owned.add(key)
+            mail_id = int(await conn.fetchval(SQL["next_mail_id"]))
+            # Take each key unless it was seen within the window (sorted: no deadlock).
+            owned = {key for key in keys if await conn.fetchval(
+                SQL["take_key_within_window"], _key(key), mail_id, now, now - dedup_window)}
             fresh = [(key, requests) for key, requests in batches
                      if key is None or key in owned]
             if not fresh:
                 return EnqueueResult((), duplicate=True)
             await conn.execute(
-                "INSERT INTO mails (id, received_at, mail_from, message_id, peer, format, "
-                "headers, raw, raw_size, rcpt_to) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                mail_id, now, _text(envelope.mail_from), _opt(envelope.message_id),
-                _text(envelope.peer), envelope.format, envelope.headers,
-                envelope.raw or None, envelope.raw_size,
-                _text(json.dumps(envelope.recipients)),
-            )
-            ids: list[int] = []
-            for _, requests in fresh:
-                for req in requests:
-                    ids.append(await self._insert_message(conn, mail_id, req, now))
-            if reply is not None:
-                mail = reply(ids)
-                if mail is not None:
-                    await queries.run_async(conn, functools.partial(
-                        mail_queue.insert_mail, mail, now), SQL, _text)
+                SQL["insert_mail_with_id"], mail_id, now, _text(envelope.mail_from),
+                _opt(envelope.message_id), _text(envelope.peer), envelope.format,
+                envelope.headers, envelope.raw or None, envelope.raw_size,
+                _text(json.dumps(envelope.recipients)))
+            ids = [int(await conn.fetchval(
+                SQL["insert_queued_message"], mail_id, _text(req.account), _text(req.upstream),
+                _text(req.phone), _text(req.text), req.parts, _text(req.encoding),
+                options_json(req), max(now, req.not_before or now), now))
+                for _, requests in fresh for req in requests]
+            mail = reply(ids)
+            if mail is not None:
+                await queries.run_async(conn, functools.partial(
+                    mail_queue.insert_mail, mail, now), SQL, _text)
             return EnqueueResult(tuple(ids))
 
         return await self._write(op)
 
-    @staticmethod
-    async def _insert_message(conn: Conn, mail_id: int, req: SendRequest, now: float) -> int:
-        options = options_json(req)
-        due = max(now, req.not_before or now)
-        return int(await conn.fetchval(
-            "WITH m AS ("
-            " INSERT INTO messages (mail_id, account, upstream, phone, text, parts, encoding,"
-            " options, status, next_attempt_at, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id)"
-            " INSERT INTO message_events (message_id, at, status)"
-            " SELECT id, $11, $9 FROM m RETURNING message_id",
-            mail_id, _text(req.account), _text(req.upstream), _text(req.phone), _text(req.text),
-            req.parts, _text(req.encoding), options, MessageStatus.QUEUED.value,
-            due, now,
-        ))
-
     async def claim_due(
         self, owner: str, now: float, limit: int, lease_seconds: float
     ) -> list[StoredMessage]:
-        async def op(conn: Conn) -> list[StoredMessage]:
-            rows = await conn.fetch(
-                "WITH due AS ("
-                " SELECT id FROM messages"
-                " WHERE (status = 'queued' AND next_attempt_at <= $1)"
-                "  OR (status = 'sending' AND lease_until <= $1"
-                "   AND lease_owner IS DISTINCT FROM $3)"
-                " ORDER BY CASE WHEN status = 'queued' THEN next_attempt_at"
-                "  ELSE lease_until END, id"
-                " LIMIT $2 FOR UPDATE SKIP LOCKED),"
-                " claimed AS ("
-                " UPDATE messages m SET status = 'sending', lease_owner = $3,"
-                " lease_until = $4, lease_epoch = m.lease_epoch + 1, updated_at = $1"
-                " FROM due WHERE m.id = due.id RETURNING m.*)"
-                f" SELECT {CLAIM_COLUMNS} FROM claimed m"
-                " LEFT JOIN mails ml ON ml.id = m.mail_id ORDER BY m.id",
-                now, limit, owner, now + lease_seconds,
-            )
-            return [row_to_message(row) for row in rows]
-
-        return await self._run(op)
+        return await self._lock_op(lambda: _claim_due(owner, now, limit, lease_seconds))
 
     async def record_intent(
         self, owner: str, upstream: str, leases: Sequence[tuple[int, int]],
@@ -346,18 +287,9 @@ class PostgresStore(PostgresPool, RoleMethods):
                 batch.insert_inbound_rows, row(_key(f"id:{message.sms_id}")))
 
         async def op(conn: Conn) -> InboundRecord:
-            # No unique key to conflict on: the window check and the insert run under a lock
-            # on (source, content) so instances cannot both miss each other's row.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                _LOCK_INBOUND_CONTENT, f"{source}:{content_hash}",
-            )
-            found = await conn.fetchrow(
-                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE source = $1 AND "
-                "content_hash = $2 AND sms_id IS NULL AND received_at >= $3 "
-                "ORDER BY id DESC LIMIT 1",
-                source, content_hash, now - dedup_window,
-            )
+            await conn.execute(SQL["lock_inbound_content"], f"{source}:{content_hash}")
+            found = await conn.fetchrow(SQL["inbound_by_content"], source, content_hash,
+                                        now - dedup_window)
             if found is not None:
                 return row_to_inbound(found, duplicate=True)
             [record] = await batch.insert_inbound_rows(
@@ -369,34 +301,10 @@ class PostgresStore(PostgresPool, RoleMethods):
     # -- forwarding jobs ------------------------------------------------------------------
 
     async def _claim_forward_jobs(self, claim: ForwardClaim) -> list[ClaimedForward]:
-        owner, now, limit, lease_seconds, kinds, exclude_targets = (
-            claim.owner, claim.now, claim.limit, claim.lease_seconds, claim.kinds,
-            claim.exclude_targets)
         # A kind has no space: "kind target" names one pair unambiguously.
-        excluded = [_text(f"{kind} {target}") for kind, target in exclude_targets]
+        excluded = [f"{kind} {target}" for kind, target in claim.exclude_targets]
 
-        async def op(conn: Conn) -> list[ClaimedForward]:
-            rows = await conn.fetch(
-                "WITH due AS ("
-                " SELECT id FROM forward_jobs WHERE kind = ANY($2::text[]) AND"
-                " ((status = 'queued' AND next_attempt_at <= $1)"
-                "  OR (status = 'sending' AND lease_until <= $1))"
-                " AND kind || ' ' || target <> ALL($6::text[])"
-                " ORDER BY CASE WHEN status = 'queued' THEN next_attempt_at"
-                "  ELSE lease_until END, id"
-                " LIMIT $3 FOR UPDATE SKIP LOCKED)"
-                " UPDATE forward_jobs f SET status = 'sending', lease_owner = $4,"
-                " lease_until = $5, attempts = f.attempts + 1"
-                " FROM due WHERE f.id = due.id"
-                " RETURNING f.id, f.inbound_id, f.kind, f.target, f.payload, f.attempts,"
-                " f.deadline",
-                now, list(kinds), limit, owner, now + lease_seconds, excluded,
-            )
-            return [ClaimedForward(int(r[0]), int(r[1]), r[2], r[3], bytes(r[4]), int(r[5]),
-                                   float(r[6]))
-                    for r in sorted(rows, key=lambda r: int(r[0]))]
-
-        return await self._run(op)
+        return await self._lock_op(lambda: _claim_forward_jobs(claim, excluded))
 
     async def _forward_outcome(self, outcome: ForwardOutcome) -> None:
         """The outcome, its attempt and the pruning of older ones in one statement (see
@@ -408,18 +316,35 @@ class PostgresStore(PostgresPool, RoleMethods):
 
     async def _due_status_polls(self, upstream: str, now: float, limit: int,
                                 lease_seconds: float) -> list[DuePoll]:
-        async def op(conn: Conn) -> list[DuePoll]:
-            rows = await conn.fetch(
-                "WITH due AS ("
-                " SELECT id, next_poll_at FROM messages WHERE upstream_used = $1"
-                " AND next_poll_at IS NOT NULL AND next_poll_at <= $2"
-                " ORDER BY next_poll_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
-                " UPDATE messages m SET next_poll_at = $4 FROM due WHERE m.id = due.id"
-                " RETURNING m.id, m.upstream_ids, m.poll_count, due.next_poll_at",
-                _text(upstream), now, limit, now + lease_seconds,
-            )
-            rows = sorted(rows, key=lambda r: (float(r[3]), int(r[0])))
-            return [DuePoll(int(r[0]), list(json.loads(r[1])), int(r[2])) for r in rows]
+        return await self._lock_op(
+            lambda: _claim_status_polls(upstream, now, limit, lease_seconds))
 
-        return await self._run(op)
 
+# The operations PostgreSQL runs its own way (sql/*.postgres.sql).
+
+
+def _probe(key: str) -> Op[None]:
+    yield count("write_probe_row", key)
+    yield count("drop_probe_row", key)
+
+
+def _claim_due(owner: str, now: float, limit: int,
+               lease_seconds: float) -> Op[list[StoredMessage]]:
+    found = yield rows("claim_messages", now, limit, owner, now + lease_seconds)
+    return [row_to_message(tuple(r)) for r in found]
+
+
+def _claim_forward_jobs(claim: ForwardClaim,
+                        excluded: Sequence[str]) -> Op[list[ClaimedForward]]:
+    found = yield rows("claim_forward_jobs", claim.now, Array(claim.kinds), claim.limit,
+                       claim.owner, claim.now + claim.lease_seconds, Array(excluded))
+    return [ClaimedForward(int(r[0]), int(r[1]), r[2], r[3], bytes(r[4]), int(r[5]),
+                           float(r[6]))
+            for r in sorted(found, key=lambda r: int(r[0]))]
+
+
+def _claim_status_polls(upstream: str, now: float, limit: int,
+                        lease_seconds: float) -> Op[list[DuePoll]]:
+    found = yield rows("claim_status_polls", upstream, now, limit, now + lease_seconds)
+    found = sorted(found, key=lambda r: (float(r[3]), int(r[0])))
+    return [DuePoll(int(r[0]), list(json.loads(r[1])), int(r[2])) for r in found]

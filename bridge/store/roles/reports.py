@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from typing import cast
 
 from bridge.models import DeliveryReport
-from bridge.store.common import FINAL_STATUSES, PartReport, report_time, settle_delivery
+from bridge.store.common import (
+    FINAL_STATUSES,
+    REPORT_KEYS,
+    PartReport,
+    report_time,
+    settle_delivery,
+)
 from bridge.store.queries import Array, Op, SqlRoles, count, row, rows, value
 from bridge.store.rows import ReportListing
-
-REPORT_KEYS = ("id", "source", "provider_id", "message_id", "status", "raw_status",
-               "error_code", "received_at", "reported_at")
 
 
 def apply_report(message_id: int, report_id: int, provider_id: str, status: str,

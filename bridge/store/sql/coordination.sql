@@ -49,3 +49,10 @@ SELECT value FROM meta WHERE key = ?
 -- name: set_meta
 INSERT INTO meta (key, value) VALUES (?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: write_probe_row
+-- The readiness probe's own row (probes never wait on locks).
+INSERT INTO meta (key, value) VALUES (?, '')
+
+-- name: drop_probe_row
+DELETE FROM meta WHERE key = ?

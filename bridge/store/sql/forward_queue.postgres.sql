@@ -55,3 +55,19 @@ DELETE FROM forward_attempts
 WHERE job_id IN (SELECT id FROM held)
   AND id <= (SELECT id FROM forward_attempts WHERE job_id = $1 ORDER BY id DESC LIMIT 1
              OFFSET $6)
+
+-- name: claim_forward_jobs
+-- Due jobs of the kinds ($2), none of the "kind target" pairs of $6; rows another
+-- instance is claiming are skipped, not waited for.
+WITH due AS (
+    SELECT id FROM forward_jobs
+    WHERE kind = ANY($2::text[])
+      AND ((status = 'queued' AND next_attempt_at <= $1)
+           OR (status = 'sending' AND lease_until <= $1))
+      AND kind || ' ' || target <> ALL($6::text[])
+    ORDER BY CASE WHEN status = 'queued' THEN next_attempt_at ELSE lease_until END, id
+    LIMIT $3 FOR UPDATE SKIP LOCKED)
+UPDATE forward_jobs f SET status = 'sending', lease_owner = $4, lease_until = $5,
+                          attempts = f.attempts + 1
+FROM due WHERE f.id = due.id
+RETURNING f.id, f.inbound_id, f.kind, f.target, f.payload, f.attempts, f.deadline

@@ -4,6 +4,13 @@
 SELECT id, state, response_status, response_body, response_type, received_at, content_hash
 FROM inbound WHERE source = ? AND dedup_key = ?
 
+-- name: inbound_by_content
+-- A message without sms_id: the same content within the window counts as a repeat.
+SELECT id, state, response_status, response_body, response_type, received_at, content_hash
+FROM inbound
+WHERE source = ? AND content_hash = ? AND sms_id IS NULL AND received_at >= ?
+ORDER BY id DESC LIMIT 1
+
 -- name: answer_inbound
 -- Unless an answer was stored first (a concurrent completion waits for the row lock, then
 -- finds the state 'answered').

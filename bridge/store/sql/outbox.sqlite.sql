@@ -95,13 +95,6 @@ ORDER BY next_poll_at LIMIT ?
 -- name: poll_lease
 UPDATE messages SET next_poll_at = ? WHERE id = ?
 
--- name: inbound_by_content
--- A message without sms_id: the same content within the window counts as a repeat.
-SELECT id, state, response_status, response_body, response_type, received_at, content_hash
-FROM inbound
-WHERE source = ? AND content_hash = ? AND sms_id IS NULL AND received_at >= ?
-ORDER BY id DESC LIMIT 1
-
 -- name: claimed_forward_jobs
 SELECT id, inbound_id, kind, target, payload, attempts, deadline FROM forward_jobs
 WHERE id IN (SELECT value FROM json_each(?)) AND kind IN (SELECT value FROM json_each(?))
