@@ -10,9 +10,14 @@ import pytest
 from bridge.errors import StoreUnavailable
 from bridge.store.memory import MemoryStore
 from tests.test_store_contract import (  # noqa: F401 (collected here, on the store below)
+    test_a_pending_answer_is_read_and_taken_over_once_its_hold_ran_out,
+    test_complete_inbound_first_answer_wins,
     test_meta,
     test_named_leases_and_heartbeats,
     test_outgoing_mail_jobs,
+    test_record_inbound_insert_or_fetch_by_sms_id,
+    test_record_inbound_many_at_once_each_with_its_own_jobs,
+    test_record_inbound_without_sms_id_uses_content_window,
     test_reply_scripts_crud,
 )
 

@@ -1,22 +1,36 @@
 """A store in memory, for unit tests of the code that uses these roles: no file, no server,
 no thread. It keeps the contract of the roles it implements (the same contract tests run on
 it and on both engines: tests/test_store_memory.py) — :class:`bridge.store.base.Lifecycle`,
-:class:`~bridge.store.base.MailQueue`, :class:`~bridge.store.base.ScriptRegistry` and
+:class:`~bridge.store.base.MailQueue`, :class:`~bridge.store.base.InboundLog` (with the
+listing of the forwarding jobs it records), :class:`~bridge.store.base.ScriptRegistry` and
 :class:`~bridge.store.base.Coordination` — and nothing is durable."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from bridge.errors import StoreUnavailable
-from bridge.models import OutboundMail
+from bridge.models import (
+    ForwardJob,
+    InboundMessage,
+    InboundRecord,
+    OutboundMail,
+    StoredResponse,
+)
 from bridge.redact import redact_text
-from bridge.store.base import Coordination, Lifecycle, MailQueue, ScriptRegistry
+from bridge.store.base import Coordination, InboundLog, Lifecycle, MailQueue, ScriptRegistry
+from bridge.store.common import inbound_content_hash
 from bridge.store.roles.scripts import SCRIPT_KEYS
-from bridge.store.rows import ClaimedMail, MailListing, ReplyScript
+from bridge.store.rows import (
+    ClaimedMail,
+    ForwardJobListing,
+    InboundListing,
+    MailListing,
+    ReplyScript,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,23 @@ class _Mail:
     last_error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Inbound:
+    id: int
+    source: str
+    message: InboundMessage
+    content_hash: str
+    state: str
+    response: StoredResponse | None
+    received_at: float
+    script_error: str | None = None
+    answer_until: float | None = None
+
+    def record(self, *, duplicate: bool) -> InboundRecord:
+        return InboundRecord(self.id, duplicate, self.state, self.response, self.received_at,
+                             self.content_hash)
+
+
 class MemoryStore:
     """The roles above, on dictionaries."""
 
@@ -43,6 +74,8 @@ class MemoryStore:
         self._leases: dict[str, tuple[str, float]] = {}
         self._processes: dict[str, float] = {}
         self._meta: dict[str, str] = {}
+        self._inbound: dict[int, _Inbound] = {}
+        self._jobs: dict[int, ForwardJobListing] = {}
         self._next_id = 0
 
     def _id(self) -> int:
@@ -119,6 +152,89 @@ class MemoryStore:
                             created_at=m.created_at, content=m.mail.content)
                 for m in sorted(self._mails.values(), key=lambda m: -m.id)[:limit]]
 
+    # -- inbound SMS ----------------------------------------------------------------------
+
+    async def record_inbound(self, message: InboundMessage, *, now: float, dedup_window: float,
+                             state: str, response: StoredResponse | None,
+                             jobs: Sequence[ForwardJob], forward_deadline: float
+                             ) -> InboundRecord:
+        self._check()
+        content_hash = inbound_content_hash(message)
+        for found in sorted(self._inbound.values(), key=lambda i: -i.id):
+            if found.source != message.source:
+                continue
+            if message.sms_id is not None and found.message.sms_id == message.sms_id:
+                return found.record(duplicate=True)
+            if (message.sms_id is None and found.message.sms_id is None
+                    and found.content_hash == content_hash
+                    and found.received_at >= now - dedup_window):
+                return found.record(duplicate=True)
+        added = _Inbound(self._id(), message.source, message, content_hash, state, response,
+                         now)
+        self._inbound[added.id] = added
+        for job in jobs:
+            job_id = self._id()
+            self._jobs[job_id] = ForwardJobListing(
+                id=job_id, inbound_id=added.id, kind=job.kind, target=job.target,
+                status="queued", attempts=0, last_error=None, created_at=now)
+        return added.record(duplicate=False)
+
+    async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
+        self._check()
+        for found in self._inbound.values():
+            if found.source == source and found.message.sms_id == sms_id:
+                return found.record(duplicate=True)
+        return None
+
+    async def complete_inbound(self, inbound_id: int, response: StoredResponse,
+                               script_error: str | None) -> StoredResponse:
+        self._check()
+        found = self._inbound.get(inbound_id)
+        if found is None:
+            raise LookupError(f"no inbound message {inbound_id}")
+        if found.state == "pending":
+            found = replace(found, state="answered", response=response,
+                            script_error=redact_text(script_error) if script_error else None)
+            self._inbound[inbound_id] = found
+        assert found.response is not None
+        return found.response
+
+    async def inbound_answer(self, inbound_id: int) -> StoredResponse | None:
+        self._check()
+        found = self._inbound.get(inbound_id)
+        return None if found is None else found.response
+
+    async def claim_inbound_answer(self, inbound_id: int, now: float, lease: float) -> bool:
+        self._check()
+        found = self._inbound.get(inbound_id)
+        if found is None or found.state != "pending":
+            return False
+        held_until = found.answer_until if found.answer_until is not None \
+            else found.received_at + lease
+        if held_until > now:
+            return False
+        self._inbound[inbound_id] = replace(found, answer_until=now + lease)
+        return True
+
+    async def list_inbound(self, *, limit: int = 50) -> list[InboundListing]:
+        self._check()
+        listed = []
+        for i in sorted(self._inbound.values(), key=lambda i: -i.id)[:limit]:
+            jobs = [j for j in self._jobs.values() if j["inbound_id"] == i.id]
+            m = i.message
+            listed.append(InboundListing(
+                id=i.id, source=i.source, kind=m.kind, sms_id=m.sms_id, phone=m.phone,
+                recipient=m.recipient, text=m.text, charset_error=int(m.charset_error),
+                state=i.state, script_error=i.script_error, received_at=i.received_at,
+                forwards=len(jobs), delivered=sum(j["status"] == "delivered" for j in jobs)))
+        return listed
+
+    async def list_forward_jobs(self, *, status: str | None = None,
+                                limit: int = 100) -> list[ForwardJobListing]:
+        self._check()
+        return [ForwardJobListing(**j) for _, j in sorted(self._jobs.items(), reverse=True)
+                if not status or j["status"] == status][:limit]
+
     # -- reply scripts --------------------------------------------------------------------
 
     async def list_reply_scripts(self) -> list[ReplyScript]:
@@ -185,6 +301,7 @@ class MemoryStore:
         self._meta[key] = value
 
 
-def as_roles(store: MemoryStore) -> tuple[Lifecycle, MailQueue, ScriptRegistry, Coordination]:
+def as_roles(store: MemoryStore) -> tuple[Lifecycle, MailQueue, InboundLog, ScriptRegistry,
+                                          Coordination]:
     """The store as each role it implements (mypy checks that it does)."""
-    return store, store, store, store
+    return store, store, store, store, store
