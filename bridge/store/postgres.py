@@ -114,11 +114,6 @@ class _MigrationConnection:
             "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version")
 
 
-# A forward outcome with its attempt, in one statement (forward_queue.postgres.sql).
-_OUTCOME_RECORDED = {"delivered": "forward_delivered_recorded",
-                     "retry": "forward_retry_recorded", "dead": "forward_dead_recorded"}
-
-
 class PostgresStore(PostgresPool, RoleMethods):
     """:class:`bridge.store.base.OutboxStore` on a PostgreSQL database (asyncpg pool)."""
 
@@ -310,7 +305,7 @@ class PostgresStore(PostgresPool, RoleMethods):
         """The outcome, its attempt and the pruning of older ones in one statement (see
         forward_queue.postgres.sql)."""
         await self._write_op(lambda: single(count(
-            _OUTCOME_RECORDED[outcome.outcome], outcome.job_id, outcome.owner, outcome.at,
+            "forward_outcome_recorded", outcome.job_id, outcome.owner, outcome.at,
             outcome.outcome, outcome.kept_detail(), MAX_ATTEMPTS_KEPT - 1,
             *outcome.changes())))
 

@@ -64,21 +64,17 @@ class ForwardOutcome:
         return redact_text(self.detail)[:MAX_ATTEMPT_DETAIL]
 
     def changes(self) -> tuple[Any, ...]:
-        """What the outcome sets besides the status: the next attempt and the error."""
-        if self.outcome == "retry":
-            return (self.next_attempt_at, self.error)
-        return (self.error,) if self.outcome == "dead" else ()
-
-
-_OUTCOME_UPDATES = {"delivered": "forward_delivered", "retry": "forward_retry",
-                    "dead": "forward_dead"}
+        """What the outcome sets besides the status: the next attempt (a retry's) and the
+        error (none for a delivery)."""
+        return (self.next_attempt_at if self.outcome == "retry" else None,
+                None if self.outcome == "delivered" else self.error)
 
 
 def record_forward_outcome(o: ForwardOutcome) -> Op[None]:
     """The job's outcome and, in the same transaction, its attempt in the history (only
     when the caller holds the lease: an outcome ignored leaves no attempt either); the job
     keeps its last MAX_ATTEMPTS_KEPT attempts."""
-    if not (yield count(_OUTCOME_UPDATES[o.outcome], *o.changes(), o.job_id, o.owner)):
+    if not (yield count("forward_outcome", o.outcome, *o.changes(), o.job_id, o.owner)):
         return
     yield count("insert_attempt", o.job_id, o.at, o.outcome, o.kept_detail())
     yield count("prune_job_attempts", o.job_id, o.job_id, MAX_ATTEMPTS_KEPT)

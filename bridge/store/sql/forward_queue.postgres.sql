@@ -16,41 +16,22 @@ ON CONFLICT (thread_key) DO UPDATE SET
     last_activity = GREATEST(mail_threads.last_activity, EXCLUDED.last_activity)
 RETURNING root_message_id
 
+-- name: forward_outcome_recorded
 -- The job's outcome and its attempt in the history in one statement, only when the caller
 -- holds the lease ($1 job, $2 owner; an outcome ignored leaves no attempt either): $3 at,
--- $4 outcome, $5 detail. The job keeps its last attempts: the DELETE sees the rows as they
--- were before the statement (one snapshot for all its parts), so it keeps the newest $6 of
--- them besides the new one.
-
--- name: forward_delivered_recorded
-WITH held AS (UPDATE forward_jobs SET status = 'delivered', lease_until = NULL,
-                                      last_error = NULL
-              WHERE id = $1 AND status = 'sending' AND lease_owner = $2 RETURNING id),
-     added AS (INSERT INTO forward_attempts (job_id, at, outcome, detail)
-               SELECT id, $3::double precision, $4::text, $5::text FROM held)
-DELETE FROM forward_attempts
-WHERE job_id IN (SELECT id FROM held)
-  AND id <= (SELECT id FROM forward_attempts WHERE job_id = $1 ORDER BY id DESC LIMIT 1
-             OFFSET $6)
-
--- name: forward_retry_recorded
--- $7 next attempt, $8 error.
-WITH held AS (UPDATE forward_jobs SET status = 'queued', next_attempt_at = $7,
-                                      last_error = $8, lease_until = NULL
-              WHERE id = $1 AND status = 'sending' AND lease_owner = $2 RETURNING id),
-     added AS (INSERT INTO forward_attempts (job_id, at, outcome, detail)
-               SELECT id, $3::double precision, $4::text, $5::text FROM held)
-DELETE FROM forward_attempts
-WHERE job_id IN (SELECT id FROM held)
-  AND id <= (SELECT id FROM forward_attempts WHERE job_id = $1 ORDER BY id DESC LIMIT 1
-             OFFSET $6)
-
--- name: forward_dead_recorded
--- $7 error.
-WITH held AS (UPDATE forward_jobs SET status = 'dead', last_error = $7, lease_until = NULL
-              WHERE id = $1 AND status = 'sending' AND lease_owner = $2 RETURNING id),
-     added AS (INSERT INTO forward_attempts (job_id, at, outcome, detail)
-               SELECT id, $3::double precision, $4::text, $5::text FROM held)
+-- $4 outcome (delivered, retry: queued again, dead), $5 detail, $7 the next attempt (a
+-- retry's; NULL keeps it), $8 the error (NULL for a delivery). The job keeps its last
+-- attempts: the DELETE sees the rows as they were before the statement (one snapshot for
+-- all its parts), so it keeps the newest $6 of them besides the new one.
+WITH held AS (
+    UPDATE forward_jobs
+    SET status = CASE $4::text WHEN 'delivered' THEN 'delivered'
+                               WHEN 'retry' THEN 'queued' ELSE 'dead' END,
+        next_attempt_at = COALESCE($7, next_attempt_at), last_error = $8,
+        lease_until = NULL
+    WHERE id = $1 AND status = 'sending' AND lease_owner = $2 RETURNING id),
+added AS (INSERT INTO forward_attempts (job_id, at, outcome, detail)
+          SELECT id, $3::double precision, $4::text, $5::text FROM held)
 DELETE FROM forward_attempts
 WHERE job_id IN (SELECT id FROM held)
   AND id <= (SELECT id FROM forward_attempts WHERE job_id = $1 ORDER BY id DESC LIMIT 1

@@ -37,17 +37,13 @@ UPDATE forward_jobs SET thread_root = ? WHERE id = ?
 -- Outcomes are recorded only by the lease holder: a worker whose lease expired and was
 -- taken over must not overwrite the new holder's result (e.g. put a delivered job back).
 
--- name: forward_delivered
-UPDATE forward_jobs SET status = 'delivered', lease_until = NULL, last_error = NULL
-WHERE id = ? AND status = 'sending' AND lease_owner = ?
-
--- name: forward_retry
-UPDATE forward_jobs SET status = 'queued', next_attempt_at = ?, last_error = ?,
-                        lease_until = NULL
-WHERE id = ? AND status = 'sending' AND lease_owner = ?
-
--- name: forward_dead
-UPDATE forward_jobs SET status = 'dead', last_error = ?, lease_until = NULL
+-- name: forward_outcome
+-- The job's new status from the outcome (delivered, retry: queued again, dead), the next
+-- attempt (a retry's; NULL keeps it) and the error (NULL for a delivery).
+UPDATE forward_jobs
+SET status = CASE CAST(? AS TEXT) WHEN 'delivered' THEN 'delivered'
+                                  WHEN 'retry' THEN 'queued' ELSE 'dead' END,
+    next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?, lease_until = NULL
 WHERE id = ? AND status = 'sending' AND lease_owner = ?
 
 -- name: insert_attempt
