@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ async def _messages(settings: Settings, limit: int, status: str | None, as_json:
                   f"{detail}")
 
 
-def _print_json(rows: list[dict[str, Any]]) -> None:
+def _print_json(rows: Sequence[Mapping[str, Any]]) -> None:
     """A listing's ``--json``: an array of objects. Stored errors are redacted when written;
     older rows are redacted here."""
     print(redact_text(json.dumps(rows, ensure_ascii=False, indent=2, default=str)))

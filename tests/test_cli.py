@@ -235,16 +235,16 @@ async def test_migrate_says_what_it_did(
 
 
 async def test_migrate_names_the_versions_it_upgraded_between(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = tmp_path / "s.sqlite3"
     latest = len(sqlite_store.MIGRATIONS)
-    with sqlite3.connect(path) as conn:  # a store made by an sms-bridge one migration older
-        for migration in sqlite_store.MIGRATIONS[:latest - 1]:
-            for statement in migration.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {latest - 1}")
+    # A store made by an sms-bridge one migration older.
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:latest - 1])
+    older = sqlite_store.SqliteStore(path)
+    await older.open()
+    await older.close()
+    monkeypatch.undo()
     config = config_file(tmp_path, f"sqlite:///{path}")
     code, out, _ = await cli(capsys, "--config", str(config), "migrate")
     assert code == 0

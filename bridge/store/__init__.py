@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bridge.store.base import OutboxStore
+from bridge.store.base import OutboxStore, Store
 from bridge.store.sqlite import SqliteStore
 
-__all__ = ["OutboxStore", "SqliteStore", "open_store"]
+__all__ = ["OutboxStore", "SqliteStore", "Store", "open_store"]
 
 
-def open_store(url: str, *, busy_timeout: float = 5.0) -> OutboxStore:
+def open_store(url: str, *, busy_timeout: float = 5.0) -> Store:
     """The store for a URL (``sqlite:///PATH``, ``postgresql://…`` or ``postgres://…``);
     call ``await store.open()`` before use."""
     if url.startswith("sqlite:///"):

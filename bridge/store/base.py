@@ -1,4 +1,5 @@
-"""The store interface: everything the bridge persists goes through these methods.
+"""The store interface: everything the bridge persists goes through these methods, one
+protocol per role; :class:`Store` is their union.
 
 Every method that returns normally has committed durably. Implementations raise
 :class:`bridge.errors.StoreUnavailable` when they cannot, so callers answer "try later"
@@ -32,12 +33,22 @@ from bridge.store.console import (
     ProviderExchange,
     UpstreamOutcome,
 )
+from bridge.store.rows import (
+    ClaimedMail,
+    DuePoll,
+    ForwardJobListing,
+    InboundListing,
+    MailListing,
+    MessageEvent,
+    ReplyScript,
+    ReportListing,
+)
 
 ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
 
 
-class OutboxStore(Protocol):
-    """Outbox of SMS sends, their status history, and mails the bridge sends itself."""
+class Lifecycle(Protocol):
+    """Opening, closing and probing the store."""
 
     # Set by open(migrate=True): the schema version found and the one left (equal when
     # there was nothing to do; found 0: a new store), for ``sms-bridge migrate`` to report.
@@ -54,6 +65,11 @@ class OutboxStore(Protocol):
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store can commit a write now (``/readyz``):
         answering reads is not enough (a full disk, a read-only database)."""
+
+
+class Outbox(Protocol):
+    """The SMS sends: queued from a mail, claimed, sent once, their status history and
+    status polls."""
 
     async def enqueue(
         self,
@@ -80,12 +96,6 @@ class OutboxStore(Protocol):
         unless ``owner`` holds them (an owner's own rows are in flight there: their outcome
         may be waiting for the store). Each claim raises the message's ``lease_epoch``; it
         does not count as an attempt."""
-        ...
-
-    async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
-        """End the leases (outbox, forwarding jobs, outgoing mail) of owners ``is_dead`` says
-        are gone, so their rows are claimed at once instead of after the lease time. Returns
-        how many were released."""
         ...
 
     async def renew_leases(self, owner: str, now: float, lease_seconds: float) -> int:
@@ -127,14 +137,34 @@ class OutboxStore(Protocol):
         ambiguous) or a provider's (delivered, undelivered, expired, rejected, unknown)."""
         ...
 
-    async def message_events(self, message_id: int) -> list[dict[str, Any]]: ...
+    async def message_events(self, message_id: int) -> list[MessageEvent]: ...
 
     async def message_events_of(
         self, message_ids: Sequence[int]
-    ) -> dict[int, list[dict[str, Any]]]:
+    ) -> dict[int, list[MessageEvent]]:
         """The status history of each of ``message_ids`` (oldest event first), in one query
         (``messages --json`` lists hundreds)."""
         ...
+
+    async def due_status_polls(
+        self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
+    ) -> list[DuePoll]:
+        """Claim the messages whose status poll is due (once per cluster)."""
+        ...
+
+    async def reschedule_status_polls(
+        self, schedule: Sequence[tuple[int, float | None]]
+    ) -> None: ...
+
+    async def purge(self, now: float, dedup_window: float) -> None:
+        """Forget deduplication keys older than the window."""
+        ...
+
+    async def queue_stats(self, now: float) -> dict[str, float]: ...
+
+
+class MailQueue(Protocol):
+    """Mails the bridge sends itself (replies, bounces), queued and claimed."""
 
     async def queue_mail(self, mail: OutboundMail, now: float) -> None:
         """Queue a mail on its own (a v2 error reply, which has no sends)."""
@@ -142,9 +172,7 @@ class OutboxStore(Protocol):
 
     async def claim_mails(
         self, owner: str, now: float, limit: int, lease_seconds: float
-    ) -> list[
-        tuple[int, OutboundMail, int]
-    ]:
+    ) -> list[ClaimedMail]:
         """Claim outgoing mails that are due: ``(id, mail, attempts)``."""
         ...
 
@@ -158,17 +186,11 @@ class OutboxStore(Protocol):
         """Retry at ``next_attempt_at``, or give up (``None``) and keep the row as failed."""
         ...
 
-    async def list_mails(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
+    async def list_mails(self, *, limit: int = 50) -> list[MailListing]: ...
 
-    async def bridge_id(self) -> str:
-        """A random id made once per store; prefixes the idempotency keys sent upstream."""
-        ...
 
-    async def purge(self, now: float, dedup_window: float) -> None:
-        """Forget deduplication keys older than the window."""
-        ...
-
-    # -- inbound SMS (deduplicated by sms_id) and their forwarding jobs --------------------
+class InboundLog(Protocol):
+    """Inbound SMS, deduplicated by ``(source, sms_id)``, and short-code answers."""
 
     async def record_inbound(
         self,
@@ -207,7 +229,11 @@ class OutboxStore(Protocol):
         replaced once per hold, never by two at once."""
         ...
 
-    async def list_inbound(self, *, limit: int = 50) -> list[dict[str, Any]]: ...
+    async def list_inbound(self, *, limit: int = 50) -> list[InboundListing]: ...
+
+
+class ForwardQueue(Protocol):
+    """The forwarding jobs of inbound SMS (e-mail, webhooks) and their threads."""
 
     async def claim_forward_jobs(
         self, owner: str, now: float, limit: int, lease_seconds: float,
@@ -247,11 +273,15 @@ class OutboxStore(Protocol):
 
     async def list_forward_jobs(
         self, *, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[ForwardJobListing]: ...
 
     async def redeliver(
         self, job_ids: Sequence[int] | None, now: float, deadline: float
     ) -> int: ...
+
+
+class DeliveryReports(Protocol):
+    """Providers' delivery reports, matched to the messages they name."""
 
     async def record_delivery_reports(
         self, source: str, reports: Sequence[DeliveryReport], now: float
@@ -259,24 +289,27 @@ class OutboxStore(Protocol):
 
     async def list_delivery_reports(
         self, *, unmatched: bool = False, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[ReportListing]:
         """Delivery reports, newest first; ``unmatched``: only those whose provider id names
         no message sent here (yet)."""
         ...
 
-    async def list_reply_scripts(self) -> list[dict[str, Any]]: ...
+
+class ScriptRegistry(Protocol):
+    """Reply scripts registered through the admin API."""
+
+    async def list_reply_scripts(self) -> list[ReplyScript]: ...
 
     async def save_reply_script(
         self, script: dict[str, Any], now: float, script_id: int | None = None
-    ) -> dict[str, Any] | None: ...
+    ) -> ReplyScript | None: ...
 
     async def delete_reply_script(self, script_id: int) -> bool: ...
 
-    async def due_status_polls(
-        self, upstream: str, now: float, limit: int, lease_seconds: float = 60.0
-    ) -> list[tuple[int, list[str], int]]:
-        """Claim the messages whose status poll is due (once per cluster)."""
-        ...
+
+class Coordination(Protocol):
+    """What the processes of a cluster share: named leases, who is alive, leases of
+    the dead ended, the store's id and small settings (``meta``)."""
 
     async def acquire_lease(self, name: str, owner: str, now: float, ttl: float) -> bool:
         """A named lease held by one process of the cluster at a time."""
@@ -288,17 +321,23 @@ class OutboxStore(Protocol):
         """Record this process as alive; return how many are."""
         ...
 
-    async def reschedule_status_polls(
-        self, schedule: Sequence[tuple[int, float | None]]
-    ) -> None: ...
+    async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
+        """End the leases (outbox, forwarding jobs, outgoing mail) of owners ``is_dead`` says
+        are gone, so their rows are claimed at once instead of after the lease time. Returns
+        how many were released."""
+        ...
+
+    async def bridge_id(self) -> str:
+        """A random id made once per store; prefixes the idempotency keys sent upstream."""
+        ...
 
     async def get_meta(self, key: str) -> str | None: ...
 
     async def set_meta(self, key: str, value: str) -> None: ...
 
-    async def queue_stats(self, now: float) -> dict[str, float]: ...
 
-    # -- the operators' console and the admin API (see bridge.store.console) ---------------
+class ConsoleQueries(Protocol):
+    """The operators' console and the admin API (see :mod:`bridge.store.console`)."""
 
     async def search_messages(self, search: MessageFilter, *, limit: int = 50
                               ) -> list[StoredMessage]:
@@ -344,3 +383,11 @@ class OutboxStore(Protocol):
     async def list_audit(self, *, before_id: int | None = None, limit: int = 100
                          ) -> list[dict[str, Any]]: ...
 
+
+class Store(Lifecycle, Outbox, MailQueue, InboundLog, ForwardQueue, DeliveryReports,
+            ScriptRegistry, Coordination, ConsoleQueries, Protocol):
+    """Every role of the store: what an engine implements, and what the bridge holds."""
+
+
+# The name the callers have used for the whole store.
+OutboxStore = Store

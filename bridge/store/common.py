@@ -163,29 +163,20 @@ def inbound_content_hash(message: InboundMessage) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-# Columns and row mapping shared by the engines (their SQL selects the same columns).
+# The columns of a message as the searches select them (the named blocks of bridge/store/sql/
+# write them out in the same order: row_to_message reads them by place).
 MESSAGE_COLUMNS = (
     "m.id, m.account, m.upstream, m.phone, m.text, m.parts, m.encoding, m.status, m.attempts, "
     "m.created_at, m.options, m.upstream_ids, m.last_error, COALESCE(ml.mail_from, ''), "
     "m.next_attempt_at, m.upstream_used, m.delivery_status, ml.message_id"
 )
-# Claimed messages also bring their mail's stored header block, for a bounce (not listed:
-# the CLI shows messages, not mail headers), and both bring the requests whose fate is
-# unknown (``maybe_sent``) and the claim's fencing token (``lease_epoch``).
-SEND_STATE_COLUMNS = "m.maybe_sent, m.lease_epoch"
-CLAIM_COLUMNS = MESSAGE_COLUMNS + ", ml.headers, " + SEND_STATE_COLUMNS
-LIST_COLUMNS = MESSAGE_COLUMNS + ", NULL, " + SEND_STATE_COLUMNS
 # ``status`` filters of list_messages that name a provider status rather than an outbox one.
 DELIVERY_STATUSES = frozenset({"delivered", "undelivered", "expired", "rejected", "unknown"})
 REPORT_KEYS = ("id", "source", "provider_id", "message_id", "status", "raw_status",
                "error_code", "received_at", "reported_at")
-REPORT_COLUMNS = ", ".join(REPORT_KEYS)
 INBOUND_COLUMNS = (
     "id, state, response_status, response_body, response_type, received_at, content_hash"
 )
-SCRIPT_KEYS = ("id", "shortcode", "keyword", "url", "method", "timeout", "secret",
-               "created_at", "updated_at")
-SCRIPT_COLUMNS = ", ".join(SCRIPT_KEYS)
 
 
 def row_to_message(row: Sequence[Any]) -> StoredMessage:
@@ -221,7 +212,3 @@ def row_to_inbound(row: Sequence[Any], *, duplicate: bool) -> InboundRecord:
         response = StoredResponse(int(row[2]), bytes(row[3] or b""), str(row[4]))
     return InboundRecord(int(row[0]), duplicate, str(row[1]), response, float(row[5]),
                          str(row[6]))
-
-
-def row_to_script(row: Sequence[Any]) -> dict[str, Any]:
-    return dict(zip(SCRIPT_KEYS, row, strict=True))
