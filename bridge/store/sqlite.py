@@ -44,7 +44,7 @@ from bridge.store.common import (
 )
 from bridge.store.migrations import Migration
 from bridge.store.queries import Array, Op, count, many, query, row, rows, value
-from bridge.store.roles import RoleMethods, inbound_log, mail_queue, reports
+from bridge.store.roles import RoleMethods, inbound_log, mail_queue, outbox, reports
 from bridge.store.roles.forward_queue import ForwardClaim
 from bridge.store.roles.inbound_log import NewInbound
 from bridge.store.roles.outbox import NewMail
@@ -158,6 +158,11 @@ class SqliteStore(SqliteConnections, RoleMethods):
         and deleted in one of the writer's transactions. A database that cannot grow (a
         full disk) or cannot be written fails here, where ``SELECT 1`` would succeed."""
         await self._write_op(lambda: _probe(self.PROBE_PAGES))
+
+    async def next_due_at(self) -> float | None:
+        # In the writer's queue, after the writes queued before it (the dispatcher asks
+        # right after its own claims and outcomes).
+        return await self._write_op(outbox.next_due_at)
 
     async def _enqueue(self, mail: NewMail) -> EnqueueResult:
         return await self._write_op(lambda: _enqueue(mail))
