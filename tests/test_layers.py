@@ -1,5 +1,5 @@
 """The layer map in pyproject.toml ([tool.importlinter]) holds: the suite fails when an import
-breaks a contract, not only CI's ``lint-imports`` step."""
+breaks a contract, so the README's test command (which `.ci/run` runs) checks it."""
 
 from __future__ import annotations
 
