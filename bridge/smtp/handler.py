@@ -122,6 +122,9 @@ class IntakeHandler:
         # mail rate, so the limit holds for the cluster as a whole.
         self.cluster_size = 1
         self.domains = {d.lower() for d in settings.smtp.accepted_domains}
+        # Per account (by canonical login), worked out at its first mail: the settings do
+        # not change while the handler lives.
+        self._numeric_max: dict[str, int] = {}
         # Enqueues that outlived ``store_deadline`` (answered 451) or their connection, by a
         # digest of the mail and its envelope. They are not cancelled - a store call given
         # up may still commit - so the client's retry is matched with its earlier attempt:
@@ -234,9 +237,12 @@ class IntakeHandler:
                 requests, reply = self._v2(session, envelope, mail, now)
             else:
                 assert rcpt.login is not None and rcpt.account is not None
-                requests = build_v1_requests(
-                    rcpt.login, rcpt.account, rcpt.recipient, mail,
-                    numeric_originator_max=numeric_originator_max(self.settings, rcpt.account))
+                longest = self._numeric_max.get(rcpt.login)
+                if longest is None:
+                    longest = self._numeric_max[rcpt.login] = numeric_originator_max(
+                        self.settings, rcpt.account)
+                requests = build_v1_requests(rcpt.login, rcpt.account, rcpt.recipient, mail,
+                                             numeric_originator_max=longest)
             key = None
             if mail.message_id:
                 key = f"{mail.message_id}\0{rcpt.recipient.address.lower()}"
