@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -56,6 +57,12 @@ class SendOptions:
     def from_json(cls, text: str | bytes) -> SendOptions:
         """The options :meth:`to_json` wrote; a key a row lacks (written before the field
         existed) or holds as null reads as the field's default."""
+        if cls is SendOptions:
+            return _options_from_json(text)
+        return cls._decode(text)
+
+    @classmethod
+    def _decode(cls, text: str | bytes) -> SendOptions:
         stored: dict[str, Any] = json.loads(text)
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in stored.items()
@@ -63,6 +70,13 @@ class SendOptions:
         if "fallbacks" in values:
             values["fallbacks"] = tuple(values["fallbacks"])
         return cls(**values)
+
+
+# Most messages carry the same few options (often all defaults): the frozen value of a
+# stored text is worked out once, not once per message claimed.
+@functools.lru_cache(maxsize=256)
+def _options_from_json(text: str | bytes) -> SendOptions:
+    return SendOptions._decode(text)
 
 
 @dataclass(frozen=True)

@@ -103,17 +103,18 @@ def _unescape(data: bytes) -> bytes:
 
 
 def _utf8_text(pairs: list[tuple[bytes, bytes]]) -> bool:
-    """Some byte is not ASCII and every non-ASCII name and value is valid UTF-8."""
-    found = False
-    for part in (p for pair in pairs for p in pair):
-        if part.isascii():
-            continue
-        try:
-            part.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        found = True
-    return found
+    """Some byte is not ASCII and every non-ASCII name and value is valid UTF-8.
+
+    Checked on all parts joined by ``&`` in one decode: an ASCII byte never sits inside a
+    multi-byte sequence, so the joined bytes are valid UTF-8 exactly when every part is."""
+    joined = b"&".join([part for pair in pairs for part in pair])
+    if joined.isascii():
+        return False
+    try:
+        joined.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _ESCAPE_RUN = re.compile(rb"(?:%[0-9A-Fa-f]{2})+")

@@ -120,6 +120,11 @@ class Dispatcher:
             name: settings.upstreams[name].status_poll_interval
             for name, upstream in upstreams.items() if isinstance(upstream, StatusPolling)
         }
+        # Metric children resolved once: labels() costs a lock and a dict lookup per call.
+        self._send_seconds = {name: metrics.SEND_SECONDS.labels(upstream=name)
+                              for name in upstreams}
+        self._sends = {(name, kind): metrics.SENDS.labels(upstream=name, outcome=kind)
+                       for name in upstreams for kind in ("sent", "transient", "permanent")}
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
@@ -358,11 +363,11 @@ class Dispatcher:
                                                   f"{type(exc).__name__}", ambiguous=True)
                            ] * len(batch)
             finally:
-                metrics.SEND_SECONDS.labels(upstream=name).observe(time.perf_counter() - started)
+                self._send_seconds[name].observe(time.perf_counter() - started)
         for result in results:
             kind = ("sent" if isinstance(result, SendReceipt) else
                     "transient" if isinstance(result, TransientUpstreamError) else "permanent")
-            metrics.SENDS.labels(upstream=name, outcome=kind).inc()
+            self._sends[name, kind].inc()
         return results
 
     def _outcome(self, message: StoredMessage, result: SendReceipt | UpstreamError, name: str,

@@ -55,6 +55,16 @@ TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
 _SMUGGLED_END = re.compile(rb"(?<!\r)\n\.(?:\r?\n|\r)|\r\n\.(?:\n|\r(?!\n))|\r(?!\n)\.(?:\r?\n)")
 
 
+def smuggled_end(raw: bytes) -> bool:
+    """Whether ``raw`` holds a bare CR or LF around a ``.`` line (:data:`_SMUGGLED_END`).
+    Each such sequence holds ``\\n.`` or ``\\r.``: a substring test, far cheaper than the
+    regex's lookarounds over every byte, spares the regex the mails without one."""
+    return (b"\n." in raw or b"\r." in raw) and _SMUGGLED_END.search(raw) is not None
+
+
+# Metric children resolved once, not per mail.
+_ACCEPTED_BY_FORMAT = {fmt: metrics.MAILS_ACCEPTED.labels(format=fmt) for fmt in ("v1", "v2")}
+
 _UNANSWERED_MAX = 10_000
 
 # The most of a mail's header block the store keeps, for the bounce (whole fields).
@@ -112,6 +122,9 @@ class IntakeHandler:
         # mail rate, so the limit holds for the cluster as a whole.
         self.cluster_size = 1
         self.domains = {d.lower() for d in settings.smtp.accepted_domains}
+        # Per account (by canonical login), worked out at its first mail: the settings do
+        # not change while the handler lives.
+        self._numeric_max: dict[str, int] = {}
         # Enqueues that outlived ``store_deadline`` (answered 451) or their connection, by a
         # digest of the mail and its envelope. They are not cancelled - a store call given
         # up may still commit - so the client's retry is matched with its earlier attempt:
@@ -205,7 +218,7 @@ class IntakeHandler:
 
     async def _accept(self, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content or b""
-        if _SMUGGLED_END.search(raw):
+        if smuggled_end(raw):
             raise IntakeError(550, "5.6.0", "Bare CR or LF around '.' in message data refused")
         rcpts: list[_Rcpt] = getattr(envelope, "bridge_rcpts", [])
         now = self.clock()
@@ -224,9 +237,12 @@ class IntakeHandler:
                 requests, reply = self._v2(session, envelope, mail, now)
             else:
                 assert rcpt.login is not None and rcpt.account is not None
-                requests = build_v1_requests(
-                    rcpt.login, rcpt.account, rcpt.recipient, mail,
-                    numeric_originator_max=numeric_originator_max(self.settings, rcpt.account))
+                longest = self._numeric_max.get(rcpt.login)
+                if longest is None:
+                    longest = self._numeric_max[rcpt.login] = numeric_originator_max(
+                        self.settings, rcpt.account)
+                requests = build_v1_requests(rcpt.login, rcpt.account, rcpt.recipient, mail,
+                                             numeric_originator_max=longest)
             key = None
             if mail.message_id:
                 key = f"{mail.message_id}\0{rcpt.recipient.address.lower()}"
@@ -264,7 +280,7 @@ class IntakeHandler:
             metrics.MAILS_DUPLICATE.inc()
             log.info("duplicate mail recognised", extra={"message_id_hdr": mail.message_id})
             return "250 2.0.0 Already queued (duplicate Message-ID), not sent twice"
-        metrics.MAILS_ACCEPTED.labels(format=fmt).inc()
+        _ACCEPTED_BY_FORMAT[fmt].inc()
         metrics.MESSAGES_QUEUED.inc(len(result.message_ids))
         self.on_enqueued()
         if reply is not None:
@@ -354,7 +370,7 @@ class IntakeHandler:
                 return
             log.info("mail queued after its attempt was answered",
                      extra={"format": fmt, "messages": list(result.message_ids)})
-            metrics.MAILS_ACCEPTED.labels(format=fmt).inc()
+            _ACCEPTED_BY_FORMAT[fmt].inc()
             metrics.MESSAGES_QUEUED.inc(len(result.message_ids))
             self.on_enqueued()
             if replies:
