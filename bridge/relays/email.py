@@ -1,7 +1,10 @@
 """Mails the bridge sends itself: bounces (DSN) and SMTP v2 ``reply_to_email`` answers.
 
-They are built while the decision is committed (so none is lost) and sent later by
-:class:`MailRelay` through the configured smarthost with aiosmtplib.
+They are committed with the decision (so none is lost) and sent later by
+:class:`MailRelay` through the configured smarthost with aiosmtplib. Bounces and v2 error
+replies are queued as built mails; the answer about queued v2 messages is queued as data in
+the transaction of those messages (kind ``v2_answer``) and rendered here when it is sent
+(:func:`render_v2_answer`), so the store builds no mail.
 """
 
 from __future__ import annotations
