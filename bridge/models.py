@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -116,6 +117,44 @@ class OutboundMail:
     kind: str
     mail_to: str
     content: bytes
+
+
+V2_ANSWER_KIND = "v2_answer"
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """The SMTP v2 ``reply_to_email`` answer a mail asks for (002 line 1811), as data.
+
+    The store keeps it with the mail's messages in one transaction, as a row of the mail
+    queue of kind :data:`V2_ANSWER_KIND` holding :meth:`payload` (this and the committed
+    message ids): no SMS goes out without its answer queued. The mail relay renders the
+    mail when it sends it (``bridge.relays.email.render_v2_answer``)."""
+
+    mail_to: str
+    subject: str
+    message_id: str | None
+    references: str | None
+    want_sms_ids: bool
+    phones: tuple[str, ...]
+
+    def payload(self, message_ids: Sequence[int]) -> bytes:
+        """The queue row's content: this request and the message ids, one per phone."""
+        return json.dumps({
+            "mail_to": self.mail_to, "subject": self.subject, "message_id": self.message_id,
+            "references": self.references, "want_sms_ids": self.want_sms_ids,
+            "phones": list(self.phones), "message_ids": [int(i) for i in message_ids],
+        }, ensure_ascii=False).encode("utf-8")
+
+    @staticmethod
+    def from_payload(content: bytes) -> tuple[ReplyRequest, tuple[int, ...]]:
+        data = json.loads(content.decode("utf-8"))
+        request = ReplyRequest(
+            mail_to=str(data["mail_to"]), subject=str(data["subject"]),
+            message_id=data["message_id"], references=data["references"],
+            want_sms_ids=bool(data["want_sms_ids"]),
+            phones=tuple(str(p) for p in data["phones"]))
+        return request, tuple(int(i) for i in data["message_ids"])
 
 
 @dataclass

@@ -23,6 +23,7 @@ from bridge.models import (
     InboundRecord,
     MailEnvelope,
     OutboundMail,
+    ReplyRequest,
     SendOptions,
     SendRequest,
     StoredResponse,
@@ -113,19 +114,16 @@ async def two_instances(store_url: str) -> AsyncIterator[tuple[OutboxStore, Outb
 
 
 async def test_enqueue_claim_mark_sent_and_events(store: OutboxStore) -> None:
-    seen: list[list[int]] = []
-
-    def reply(ids: Sequence[int]) -> OutboundMail:
-        seen.append(list(ids))
-        return OutboundMail("reply", "alice@example.org", b"ids")
-
+    reply = ReplyRequest("alice@example.org", "s", "<m1@example.org>", None, True,
+                         ("+79990000001", "+79990000002"))
     result = await store.enqueue(
         env(), [("k1", [req("+79990000001", originator="Shop", fallbacks=("b",)),
                         req("+79990000002")])],
         now=NOW, dedup_window=WINDOW, reply=reply)
     assert not result.duplicate and len(result.message_ids) == 2
-    assert seen == [list(result.message_ids)]
-    assert [m["kind"] for m in await store.list_mails()] == ["reply"]
+    [answer] = await store.list_mails()
+    assert answer["kind"] == "v2_answer"
+    assert ReplyRequest.from_payload(bytes(answer["content"])) == (reply, result.message_ids)
     assert await store.next_due_at() == NOW
 
     claimed = await store.claim_due("o1", NOW, 10, LEASE)
@@ -156,7 +154,7 @@ async def test_enqueue_claim_mark_sent_and_events(store: OutboxStore) -> None:
     await mark_failed(store, second.id, "o1", "bad number", NOW + 31,
                             OutboundMail("bounce", "alice@example.org", b"bounce"))
     assert await statuses(store, second.id) == ["queued", "retry", "failed"]
-    assert [m["kind"] for m in await store.list_mails()] == ["bounce", "reply"]
+    assert [m["kind"] for m in await store.list_mails()] == ["bounce", "v2_answer"]
     assert await store.next_due_at() is None
     assert [m.id for m in await store.list_messages(limit=1)] == [second.id]
 

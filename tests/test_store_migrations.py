@@ -252,7 +252,7 @@ async def test_a_store_of_a_newer_numbering_is_refused(engine: str, url: str) ->
         finally:
             await conn.close()
     newer = open_store(url)
-    with pytest.raises(StoreUnavailable, match=r"version 99, newer .*\(2\)"):
+    with pytest.raises(StoreUnavailable, match=r"version 99, newer .*\(3\)"):
         await newer.open()
 
 

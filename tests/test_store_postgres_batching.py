@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from bridge.errors import StoreUnavailable
-from bridge.models import MailEnvelope, OutboundMail, SendRequest
+from bridge.models import MailEnvelope, ReplyRequest, SendRequest
 from tests.pg import fresh_database, require_postgres
 
 NOW = 1_700_000_000.0
@@ -39,8 +39,11 @@ async def test_a_failing_write_undoes_only_itself(pg_url: str) -> None:
     store = PostgresStore(pg_url)
     await store.open()
     try:
-        def broken(ids: Sequence[int]) -> OutboundMail | None:
-            raise ValueError("reply builder failed")
+        class Unwritable(ReplyRequest):
+            def payload(self, message_ids: Sequence[int]) -> bytes:
+                raise ValueError("the answer cannot be written")
+
+        broken = Unwritable("a@example.org", "s", None, None, False, ("+79990000000",))
 
         async def one(n: int) -> object:
             return await store.enqueue(

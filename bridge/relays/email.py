@@ -1,13 +1,17 @@
 """Mails the bridge sends itself: bounces (DSN) and SMTP v2 ``reply_to_email`` answers.
 
-They are built while the decision is committed (so none is lost) and sent later by
-:class:`MailRelay` through the configured smarthost with aiosmtplib.
+They are committed with the decision (so none is lost) and sent later by
+:class:`MailRelay` through the configured smarthost with aiosmtplib. Bounces and v2 error
+replies are queued as built mails; the answer about queued v2 messages is queued as data in
+the transaction of those messages (kind ``v2_answer``) and rendered here when it is sent
+(:func:`render_v2_answer`), so the store builds no mail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import quopri
 import re
@@ -24,7 +28,7 @@ import aiosmtplib
 
 from bridge import metrics
 from bridge.errors import StoreUnavailable
-from bridge.models import OutboundMail, StoredMessage
+from bridge.models import V2_ANSWER_KIND, OutboundMail, ReplyRequest, StoredMessage
 from bridge.outbox.retry import RetryPolicy
 from bridge.parsing.mail import raw_headers_map
 from bridge.redact import redact_text
@@ -99,14 +103,35 @@ def thread_headers(message_id: str | None, references: str | None) -> dict[str, 
 def build_v2_reply(
     settings: MailSettings, to: str, xml: bytes, original_subject: str, *,
     message_id: str | None = None, references: str | None = None,
+    own_message_id: str | None = None,
 ) -> OutboundMail:
     """The ``reply_to_email`` answer, threaded to the request mail (``message_id`` and
-    ``references`` are that mail's headers)."""
+    ``references`` are that mail's headers); ``own_message_id`` is the answer's own
+    Message-ID (a fresh one if None)."""
     message = _base_message(settings, to, f"Re: {original_subject}".strip()[:200])
+    if own_message_id is not None:
+        message.replace_header("Message-ID", own_message_id)
     for name, value in thread_headers(message_id, references).items():
         message[name] = value
     message.set_content(xml.decode("utf-8"), subtype="xml", charset="utf-8")
     return OutboundMail("v2_reply", to, message.as_bytes())
+
+
+def render_v2_answer(settings: MailSettings, mail_id: int, content: bytes) -> OutboundMail:
+    """The mail of a queued ``v2_answer`` row (a :class:`bridge.models.ReplyRequest` and the
+    ids of the messages it answers for, 002 line 1811): the HTTP API v1 XML listing each
+    message's phone and sms_id when they were asked for. Its Message-ID comes from the row
+    (its id, and a digest of its content so that two bridges' stores do not collide), so
+    every attempt to send it is the same mail to the receiving side (RFC 5322 §3.6.4)."""
+    request, ids = ReplyRequest.from_payload(content)
+    infos = ([(phone, str(i)) for phone, i in zip(request.phones, ids, strict=True)]
+             if request.want_sms_ids else [])
+    xml = render_reply_xml(0, f"queued {len(ids)} messages", infos, ok=True)
+    domain = settings.from_address.rpartition("@")[2] or "localhost"
+    digest = hashlib.sha256(content).hexdigest()[:16]
+    return build_v2_reply(settings, request.mail_to, xml, request.subject,
+                          message_id=request.message_id, references=request.references,
+                          own_message_id=f"<v2-answer.{mail_id}.{digest}@{domain}>")
 
 
 def _original_headers_part(block: bytes) -> Message:
@@ -268,6 +293,16 @@ class MailRelay(ClaimLoop):
         return bool(batch)
 
     async def _send(self, mail_id: int, mail: OutboundMail, attempts: int) -> None:
+        if mail.kind == V2_ANSWER_KIND:
+            try:
+                mail = render_v2_answer(self.settings, mail_id, mail.content)
+            except (ValueError, KeyError, TypeError) as exc:  # a row no sending can mend
+                log.error("unreadable v2 answer row", extra={"mail_id": mail_id,
+                                                             "error": str(exc)})
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.mail_retry(mail_id, self.owner,
+                                                f"unreadable v2 answer: {exc}"[:500], None)
+                return
         try:
             await send_via_smarthost(self.settings, mail.mail_to, mail.content)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

@@ -15,13 +15,13 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bridge import metrics
 from bridge.errors import IntakeError, StoreUnavailable
-from bridge.models import EnqueueResult, MailEnvelope, OutboundMail, SendRequest
+from bridge.models import EnqueueResult, MailEnvelope, ReplyRequest, SendRequest
 from bridge.outbox.ratelimit import SlidingWindowCounter
 from bridge.parsing.mail import (
     ParsedMail,
@@ -229,7 +229,7 @@ class IntakeHandler:
                           max_header_bytes=self.settings.smtp.max_header_bytes)
 
         batches: list[tuple[str | None, list[SendRequest]]] = []
-        reply: Callable[[Sequence[int]], OutboundMail | None] | None = None
+        reply: ReplyRequest | None = None
         fmt = "v1"
         for rcpt in rcpts:
             if rcpt.recipient.is_v2:
@@ -295,22 +295,13 @@ class IntakeHandler:
     async def _enqueue(
         self, envelope: MailEnvelope,
         batches: list[tuple[str | None, list[SendRequest]]], now: float,
-        reply: Callable[[Sequence[int]], OutboundMail | None] | None,
+        reply: ReplyRequest | None,
     ) -> EnqueueResult:
-        """Commit the mail's sends, then queue the v2 answer built from their ids: built
-        here, after the commit, so no mail is built inside the store's transaction. The
-        SMS stand once committed; an answer the store cannot take now is logged and lost."""
-        result = await self.store.enqueue(envelope, batches, now=now,
-                                          dedup_window=self.settings.smtp.duplicate_window)
-        if reply is not None and not result.duplicate:
-            answer = reply(result.message_ids)
-            if answer is not None:
-                try:
-                    await self.store.queue_mail(answer, now)
-                except StoreUnavailable:
-                    log.warning("could not queue the v2 reply",
-                                extra={"messages": list(result.message_ids)})
-        return result
+        """Commit the mail's sends and, in the same transaction, the v2 answer it asked for
+        (as data: the mail relay renders it), so no SMS goes out without its answer."""
+        return await self.store.enqueue(envelope, batches, now=now,
+                                        dedup_window=self.settings.smtp.duplicate_window,
+                                        reply=reply)
 
     async def _enqueue_within_deadline(
         self, digest: bytes, enqueue: Callable[[], Awaitable[EnqueueResult]], *, fmt: str,
@@ -380,7 +371,7 @@ class IntakeHandler:
 
     def _v2(
         self, session: Any, envelope: Any, mail: ParsedMail, now: float
-    ) -> tuple[list[SendRequest], Callable[[Sequence[int]], OutboundMail | None] | None]:
+    ) -> tuple[list[SendRequest], ReplyRequest | None]:
         fields = parse_v2_body(mail.text)
         login, account = authenticate_v2(self.settings, fields)
         self._check_sender(session, envelope, login, account)
@@ -400,14 +391,8 @@ class IntakeHandler:
             raise
         if not v2.reply_to_email or not mail_from:
             return v2.requests, None
-        phones = [r.phone for r in v2.requests]
-        mail_settings = self.settings.mail
-        want_ids = v2.want_sms_ids
-
-        def reply(ids: Sequence[int]) -> OutboundMail:
-            infos = list(zip(phones, [str(i) for i in ids], strict=True)) if want_ids else []
-            xml = render_reply_xml(0, f"queued {len(ids)} messages", infos, ok=True)
-            return build_v2_reply(mail_settings, mail_from, xml, mail.subject,
-                                  message_id=mail.message_id, references=mail.references)
-
+        reply = ReplyRequest(
+            mail_to=mail_from, subject=mail.subject, message_id=mail.message_id,
+            references=mail.references, want_sms_ids=v2.want_sms_ids,
+            phones=tuple(r.phone for r in v2.requests))
         return v2.requests, reply

@@ -20,6 +20,7 @@ from bridge.models import (
     InboundRecord,
     MailEnvelope,
     OutboundMail,
+    ReplyRequest,
     SendIntent,
     SendOutcome,
     SendRequest,
@@ -43,8 +44,6 @@ from bridge.store.rows import (
     ReplyScript,
     ReportListing,
 )
-
-ReplyBuilder = Callable[[Sequence[int]], OutboundMail | None]
 
 
 class Lifecycle(Protocol):
@@ -78,14 +77,16 @@ class Outbox(Protocol):
         *,
         now: float,
         dedup_window: float,
-        reply: ReplyBuilder | None = None,
+        reply: ReplyRequest | None = None,
     ) -> EnqueueResult:
         """Commit a mail's sends in one transaction.
 
         ``batches`` pairs a deduplication key (Message-ID + recipient, or ``None``) with the
         sends for that recipient. A key already seen within ``dedup_window`` seconds skips its
         sends: an MTA resending a mail whose 250 it missed sends nothing twice. ``reply``, if
-        given, builds a mail to queue in the same transaction from the new message ids.
+        given, is queued in the same transaction as the sends, with their new ids (a mail
+        queue row of kind ``v2_answer``; the mail relay renders it): no SMS of the mail
+        goes out without its answer queued. No mail is built here.
         """
         ...
 

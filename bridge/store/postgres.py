@@ -227,10 +227,8 @@ class PostgresStore(PostgresPool, RoleMethods):
                 _text(req.phone), _text(req.text), req.parts, _text(req.encoding),
                 options_json(req), max(now, req.options.not_before or now), now))
                 for _, requests in fresh for req in requests]
-            mail = reply(ids)
-            if mail is not None:
-                await queries.run_async(conn, functools.partial(
-                    mail_queue.insert_mail, mail, now), SQL, _text)
+            await queries.run_async(conn, functools.partial(
+                mail_queue.insert_v2_answer, reply, ids, now), SQL, _text)
             return EnqueueResult(tuple(ids))
 
         return await self._write(op)

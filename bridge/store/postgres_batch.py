@@ -38,8 +38,8 @@ log = logging.getLogger("bridge.store.postgres")
 
 @dataclasses.dataclass(frozen=True)
 class EnqueueRow:
-    """One mail to enqueue (without a ``reply_to_email`` answer, which needs its message
-    ids before the insert and so runs as an operation of its own)."""
+    """One mail to enqueue (without a ``reply_to_email`` answer: that one is queued with
+    the message ids the insert returns, in an operation of its own)."""
 
     envelope: MailEnvelope
     batches: Sequence[tuple[str | None, Sequence[SendRequest]]]

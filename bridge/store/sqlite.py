@@ -240,9 +240,7 @@ def _enqueue(mail: NewMail) -> Op[EnqueueResult]:
             yield count("insert_event", message_id, now, MessageStatus.QUEUED.value, None)
             ids.append(int(message_id))
     if mail.reply is not None:
-        reply = mail.reply(ids)
-        if reply is not None:
-            yield from mail_queue.insert_mail(reply, now)
+        yield from mail_queue.insert_v2_answer(mail.reply, ids, now)
     return EnqueueResult(tuple(ids))
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
-from bridge.models import OutboundMail
+from bridge.models import V2_ANSWER_KIND, OutboundMail, ReplyRequest
 from bridge.redact import redact_text
 from bridge.store.queries import Op, SqlRoles, count, rows, single
 from bridge.store.rows import ClaimedMail, MailListing
@@ -15,6 +16,13 @@ MAIL_LIST_KEYS = ("id", "kind", "mail_to", "status", "attempts", "last_error", "
 
 def insert_mail(mail: OutboundMail, now: float) -> Op[None]:
     yield count("insert_mail", mail.kind, mail.mail_to, mail.content, now, now)
+
+
+def insert_v2_answer(reply: ReplyRequest, message_ids: Sequence[int], now: float) -> Op[None]:
+    """The answer a v2 mail asked for, as data (see :class:`bridge.models.ReplyRequest`):
+    queued in the transaction of the mail's messages."""
+    yield from insert_mail(
+        OutboundMail(V2_ANSWER_KIND, reply.mail_to, reply.payload(message_ids)), now)
 
 
 def claim_mails(owner: str, now: float, limit: int,

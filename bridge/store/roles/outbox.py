@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.models import EnqueueResult, MailEnvelope, SendRequest, StoredMessage
-from bridge.store.base import ReplyBuilder
+from bridge.models import EnqueueResult, MailEnvelope, ReplyRequest, SendRequest, StoredMessage
 from bridge.store.common import DELIVERY_STATUSES, row_to_message
 from bridge.store.queries import Array, Op, SqlRoles, count, many, row, rows, single, value
 from bridge.store.rows import DuePoll, MessageEvent
@@ -21,7 +20,7 @@ class NewMail:
     batches: Sequence[tuple[str | None, Sequence[SendRequest]]]
     now: float
     dedup_window: float
-    reply: ReplyBuilder | None
+    reply: ReplyRequest | None
 
 
 def resolve_ambiguous(message_id: int, sent: bool, now: float) -> Op[bool]:
@@ -85,7 +84,7 @@ class OutboxMethods(SqlRoles):
         *,
         now: float,
         dedup_window: float,
-        reply: ReplyBuilder | None = None,
+        reply: ReplyRequest | None = None,
     ) -> EnqueueResult:
         return await self._enqueue(NewMail(envelope, batches, now, dedup_window, reply))
 

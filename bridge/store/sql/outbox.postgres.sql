@@ -30,7 +30,7 @@ WITH due AS (
 UPDATE messages m SET next_poll_at = $4 FROM due WHERE m.id = due.id
 RETURNING m.id, m.upstream_ids, m.poll_count, due.next_poll_at
 
--- A mail with a reply built from its message ids (not combined with others):
+-- A mail whose v2 answer is queued with its message ids (not combined with others):
 
 -- name: next_mail_id
 SELECT nextval(pg_get_serial_sequence('mails', 'id'))
