@@ -11,6 +11,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.settings import Settings, load_settings
 from bridge.store import OutboxStore, open_store
+from bridge.store.memory import MemoryStore
 from tests.doubles.mailbox import MailboxDouble
 
 BridgeFactory = Callable[..., Awaitable[Bridge]]
@@ -64,13 +65,18 @@ async def bridge_factory(tmp_path: Path, store_url: str) -> AsyncIterator[Bridge
         await bridge.stop()
 
 
+# Not a URL open_store knows: the store fixture opens the in-memory store for it.
+MEMORY_URL = "memory:"
+
 BOTH_STORES = pytest.mark.parametrize("store_backend", ["sqlite", "postgres"], indirect=True)
 
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[OutboxStore]:
-    """The store at ``store_url``, opened (and migrated) for one test."""
-    opened = open_store(store_url)
+    """The store at ``store_url``, opened (and migrated) for one test; the in-memory store
+    (:mod:`bridge.store.memory`) for :data:`MEMORY_URL`."""
+    opened: OutboxStore | MemoryStore = (MemoryStore() if store_url == MEMORY_URL
+                                         else open_store(store_url))
     await opened.open()
     try:
         yield opened

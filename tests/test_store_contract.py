@@ -7,6 +7,7 @@ standing for two bridge instances) against one database at once.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +31,7 @@ from bridge.models import (
 )
 from bridge.settings import load_settings
 from bridge.store import OutboxStore, open_store
+from tests.conftest import MEMORY_URL
 from tests.outcomes import mark_failed, mark_sent, schedule_retry
 from tests.pg import fresh_database
 
@@ -83,9 +85,15 @@ async def statuses(store: OutboxStore, message_id: int) -> list[str]:
 # -- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
+    if request.param == "memory":
+        # A test that opens the store by its URL (files, schema versions, two processes on
+        # one database) is about a real engine's nature; the others run on memory too.
+        if {"store_url", "two_instances"} & set(inspect.signature(request.function).parameters):
+            pytest.skip("about a real engine: the in-memory store has no URL")
+        yield MEMORY_URL
+    elif request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
     else:
         async with fresh_database() as url:

@@ -1,5 +1,5 @@
-"""The in-memory store keeps the contract of the roles it implements: the contract tests of
-those roles (tests/test_store_contract.py) run on it here, as they run on both engines."""
+"""What the in-memory store does beyond the contract tests, which run on it as on both
+engines (tests/test_store_contract.py, parametrized with "memory")."""
 
 from __future__ import annotations
 
@@ -9,17 +9,6 @@ import pytest
 
 from bridge.errors import StoreUnavailable
 from bridge.store.memory import MemoryStore
-from tests.test_store_contract import (  # noqa: F401 (collected here, on the store below)
-    test_a_pending_answer_is_read_and_taken_over_once_its_hold_ran_out,
-    test_complete_inbound_first_answer_wins,
-    test_meta,
-    test_named_leases_and_heartbeats,
-    test_outgoing_mail_jobs,
-    test_record_inbound_insert_or_fetch_by_sms_id,
-    test_record_inbound_many_at_once_each_with_its_own_jobs,
-    test_record_inbound_without_sms_id_uses_content_window,
-    test_reply_scripts_crud,
-)
 
 
 @pytest.fixture

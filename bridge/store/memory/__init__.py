@@ -1,18 +1,20 @@
 """A store in memory, for unit tests of the code that uses these roles: no file, no server,
-no thread. It keeps the contract of the roles it implements (the same contract tests run on
-it and on both engines: tests/test_store_memory.py) — :class:`bridge.store.base.Lifecycle`,
-:class:`~bridge.store.base.MailQueue`, :class:`~bridge.store.base.InboundLog` (with the
-listing of the forwarding jobs it records), :class:`~bridge.store.base.ScriptRegistry` and
-:class:`~bridge.store.base.Coordination` — and nothing is durable."""
+no thread. It keeps the contract of every role but the console's (the same contract tests
+run on it and on both engines: tests/test_store_contract.py) — :class:`bridge.store.base.Lifecycle`,
+:class:`~bridge.store.base.Outbox`, :class:`~bridge.store.base.MailQueue`,
+:class:`~bridge.store.base.InboundLog`, :class:`~bridge.store.base.ForwardQueue`,
+:class:`~bridge.store.base.DeliveryReports`, :class:`~bridge.store.base.ScriptRegistry` and
+:class:`~bridge.store.base.Coordination` — and nothing is durable. The tables and rows are
+in :mod:`bridge.store.memory._state`, the outbox and reports in
+:mod:`~bridge.store.memory.outbox`, the forwarding jobs in :mod:`~bridge.store.memory.forwards`."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, cast
 
-from bridge.errors import StoreUnavailable
 from bridge.models import (
     ForwardJob,
     InboundMessage,
@@ -21,70 +23,31 @@ from bridge.models import (
     StoredResponse,
 )
 from bridge.redact import redact_text
-from bridge.store.base import Coordination, InboundLog, Lifecycle, MailQueue, ScriptRegistry
+from bridge.store.base import (
+    Coordination,
+    DeliveryReports,
+    ForwardQueue,
+    InboundLog,
+    Lifecycle,
+    MailQueue,
+    Outbox,
+    ScriptRegistry,
+)
 from bridge.store.common import inbound_content_hash
+from bridge.store.memory._state import Inbound, Job, Mail, Message
+from bridge.store.memory.forwards import MemoryForwardQueue
+from bridge.store.memory.outbox import MemoryOutbox
 from bridge.store.roles.scripts import SCRIPT_KEYS
 from bridge.store.rows import (
     ClaimedMail,
-    ForwardJobListing,
     InboundListing,
     MailListing,
     ReplyScript,
 )
 
 
-@dataclass(frozen=True)
-class _Mail:
-    id: int
-    mail: OutboundMail
-    created_at: float
-    status: str = "queued"
-    attempts: int = 0
-    next_attempt_at: float = 0.0
-    lease_owner: str | None = None
-    lease_until: float | None = None
-    last_error: str | None = None
-
-
-@dataclass(frozen=True)
-class _Inbound:
-    id: int
-    source: str
-    message: InboundMessage
-    content_hash: str
-    state: str
-    response: StoredResponse | None
-    received_at: float
-    script_error: str | None = None
-    answer_until: float | None = None
-
-    def record(self, *, duplicate: bool) -> InboundRecord:
-        return InboundRecord(self.id, duplicate, self.state, self.response, self.received_at,
-                             self.content_hash)
-
-
-class MemoryStore:
-    """The roles above, on dictionaries."""
-
-    def __init__(self) -> None:
-        self.schema_change: tuple[int, int] | None = None
-        self._open = False
-        self._mails: dict[int, _Mail] = {}
-        self._scripts: dict[int, ReplyScript] = {}
-        self._leases: dict[str, tuple[str, float]] = {}
-        self._processes: dict[str, float] = {}
-        self._meta: dict[str, str] = {}
-        self._inbound: dict[int, _Inbound] = {}
-        self._jobs: dict[int, ForwardJobListing] = {}
-        self._next_id = 0
-
-    def _id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    def _check(self) -> None:
-        if not self._open:
-            raise StoreUnavailable("store is not open")
+class MemoryStore(MemoryOutbox, MemoryForwardQueue):
+    """Every role but the console's, on dictionaries."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -102,8 +65,7 @@ class MemoryStore:
 
     async def queue_mail(self, mail: OutboundMail, now: float) -> None:
         self._check()
-        mail_id = self._id()
-        self._mails[mail_id] = _Mail(mail_id, mail, now, next_attempt_at=now)
+        self._insert_mail(mail, now)
 
     async def claim_mails(self, owner: str, now: float, limit: int,
                           lease_seconds: float) -> list[ClaimedMail]:
@@ -120,7 +82,7 @@ class MemoryStore:
             claimed.append(ClaimedMail(m.id, m.mail, taken.attempts))
         return claimed
 
-    def _held(self, mail_id: int, owner: str) -> _Mail | None:
+    def _held(self, mail_id: int, owner: str) -> Mail | None:
         found = self._mails.get(mail_id)
         if found is None or found.status != "sending" or found.lease_owner != owner:
             return None
@@ -169,14 +131,13 @@ class MemoryStore:
                     and found.content_hash == content_hash
                     and found.received_at >= now - dedup_window):
                 return found.record(duplicate=True)
-        added = _Inbound(self._id(), message.source, message, content_hash, state, response,
+        added = Inbound(self._id(), message.source, message, content_hash, state, response,
                          now)
         self._inbound[added.id] = added
         for job in jobs:
             job_id = self._id()
-            self._jobs[job_id] = ForwardJobListing(
-                id=job_id, inbound_id=added.id, kind=job.kind, target=job.target,
-                status="queued", attempts=0, last_error=None, created_at=now)
+            self._jobs[job_id] = Job(job_id, added.id, job.kind, job.target, job.payload, now,
+                                     now, forward_deadline)
         return added.record(duplicate=False)
 
     async def get_inbound(self, source: str, sms_id: str) -> InboundRecord | None:
@@ -220,20 +181,14 @@ class MemoryStore:
         self._check()
         listed = []
         for i in sorted(self._inbound.values(), key=lambda i: -i.id)[:limit]:
-            jobs = [j for j in self._jobs.values() if j["inbound_id"] == i.id]
+            jobs = [j for j in self._jobs.values() if j.inbound_id == i.id]
             m = i.message
             listed.append(InboundListing(
                 id=i.id, source=i.source, kind=m.kind, sms_id=m.sms_id, phone=m.phone,
                 recipient=m.recipient, text=m.text, charset_error=int(m.charset_error),
                 state=i.state, script_error=i.script_error, received_at=i.received_at,
-                forwards=len(jobs), delivered=sum(j["status"] == "delivered" for j in jobs)))
+                forwards=len(jobs), delivered=sum(j.status == "delivered" for j in jobs)))
         return listed
-
-    async def list_forward_jobs(self, *, status: str | None = None,
-                                limit: int = 100) -> list[ForwardJobListing]:
-        self._check()
-        return [ForwardJobListing(**j) for _, j in sorted(self._jobs.items(), reverse=True)
-                if not status or j["status"] == status][:limit]
 
     # -- reply scripts --------------------------------------------------------------------
 
@@ -282,9 +237,11 @@ class MemoryStore:
     async def expire_leases(self, is_dead: Callable[[str], bool]) -> int:
         self._check()
         released = 0
-        for m in list(self._mails.values()):
-            if m.status == "sending" and m.lease_owner and is_dead(m.lease_owner):
-                self._mails[m.id] = replace(m, lease_until=0.0)
+        leased: list[Mail | Message | Job] = [*self._messages.values(), *self._jobs.values(),
+                                              *self._mails.values()]
+        for row in leased:
+            if row.status == "sending" and row.lease_owner and is_dead(row.lease_owner):
+                row.lease_until = 0.0
                 released += 1
         return released
 
@@ -301,7 +258,8 @@ class MemoryStore:
         self._meta[key] = value
 
 
-def as_roles(store: MemoryStore) -> tuple[Lifecycle, MailQueue, InboundLog, ScriptRegistry,
+def as_roles(store: MemoryStore) -> tuple[Lifecycle, Outbox, MailQueue, InboundLog,
+                                          ForwardQueue, DeliveryReports, ScriptRegistry,
                                           Coordination]:
     """The store as each role it implements (mypy checks that it does)."""
-    return store, store, store, store, store
+    return store, store, store, store, store, store, store, store
