@@ -8,16 +8,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bridge.models import (
+    V2_ANSWER_KIND,
     DeliveryReport,
     EnqueueResult,
     MailEnvelope,
     MessageStatus,
+    OutboundMail,
+    ReplyRequest,
     SendIntent,
     SendOutcome,
     SendRequest,
     StoredMessage,
 )
-from bridge.store.base import ReplyBuilder
 from bridge.store.common import (
     DELIVERY_STATUSES,
     FINAL_STATUSES,
@@ -40,7 +42,7 @@ class MemoryOutbox(MemoryState):
         *,
         now: float,
         dedup_window: float,
-        reply: ReplyBuilder | None = None,
+        reply: ReplyRequest | None = None,
     ) -> EnqueueResult:
         self._check()
         fresh = [(key, requests) for key, requests in batches
@@ -62,8 +64,9 @@ class MemoryOutbox(MemoryState):
                 self._messages[message.id] = message
                 self._event(message.id, now, MessageStatus.QUEUED.value, None)
                 ids.append(message.id)
-        if reply is not None and (built := reply(ids)) is not None:
-            self._insert_mail(built, now)
+        if reply is not None:  # the v2 answer, as data, with the messages (as the engines)
+            self._insert_mail(OutboundMail(V2_ANSWER_KIND, reply.mail_to, reply.payload(ids)),
+                              now)
         return EnqueueResult(tuple(ids))
 
     def _stored(self, message: Message, *, headers: bool = False) -> StoredMessage:
