@@ -195,7 +195,7 @@ class StoredMessage:
         return list(self.options.fallbacks)
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class OutboundSms:
     """One SMS to one phone, as handed to a provider: the stored message's text and
     :class:`SendOptions`, with what this attempt adds (its key, its number, the doubts)."""
@@ -206,63 +206,12 @@ class OutboundSms:
     phone: str
     text: str
     encoding: str  # "gsm7" or "ucs2"
-    options: SendOptions
+    options: SendOptions = SendOptions()
     # Earlier requests of this SMS whose fate is unknown: a process died with one in flight,
     # or one ended in an ambiguous failure (timeout, HTTP 5xx, dropped connection). While it
     # is 0 no earlier request can have been taken, whatever ``attempt`` says: no lookup is
     # needed, and a "duplicate" answer cannot mean "accepted before".
-    maybe_sent: int
-
-    def __init__(self, message_id: int, idempotency_key: str, attempt: int, phone: str,
-                 text: str, encoding: str, *, options: SendOptions | None = None,
-                 maybe_sent: int = 0, originator: str | None = None, flash: bool = False,
-                 max_parts: int = 255, validity: int | None = None,
-                 transliterate: bool = False, two_byte_concat: bool = False) -> None:
-        """``options``, or (a shorthand for requests built by hand) the fields of the
-        options a provider reads, the others left at their defaults."""
-        shorthand = SendOptions(originator=originator, flash=flash, max_parts=max_parts,
-                                validity=validity, transliterate=transliterate,
-                                two_byte_concat=two_byte_concat)
-        if options is not None and shorthand != SendOptions():
-            raise TypeError("give the options or their fields, not both")
-        for name, value in (("message_id", message_id), ("idempotency_key", idempotency_key),
-                            ("attempt", attempt), ("phone", phone), ("text", text),
-                            ("encoding", encoding), ("options", options or shorthand),
-                            ("maybe_sent", maybe_sent)):
-            object.__setattr__(self, name, value)
-
-    # The options, read where providers read them.
-    @property
-    def originator(self) -> str | None:
-        return self.options.originator
-
-    @property
-    def flash(self) -> bool:
-        return self.options.flash
-
-    @property
-    def max_parts(self) -> int:
-        return self.options.max_parts
-
-    @property
-    def validity(self) -> int | None:
-        return self.options.validity
-
-    @property
-    def transliterate(self) -> bool:
-        return self.options.transliterate
-
-    @property
-    def two_byte_concat(self) -> bool:
-        return self.options.two_byte_concat
-
-    @property
-    def push_id(self) -> str | None:
-        return self.options.push_id
-
-    @property
-    def not_before(self) -> float | None:
-        return self.options.not_before
+    maybe_sent: int = 0
 
     @property
     def host_turn(self) -> int:

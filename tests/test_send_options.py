@@ -10,8 +10,6 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
-
 from bridge.app import Bridge
 from bridge.models import OutboundSms, SendOptions
 from bridge.parsing.requests import PROVIDER_TZ
@@ -71,15 +69,10 @@ async def test_push_id_and_start_date_reach_the_provider_request(
     assert stored.options == sms.options
 
 
-def test_a_request_carries_the_options_it_was_given_and_providers_read_them_by_name() -> None:
+def test_a_request_carries_the_options_value_it_was_given() -> None:
     sms = OutboundSms(1, "b-1", 1, "79161234567", "hi", "gsm7", options=OPTIONS)
-    assert (sms.originator, sms.flash, sms.max_parts, sms.validity, sms.push_id,
-            sms.not_before) == ("Shop", True, 3, 3600, "p-7", 1_700_000_000.5)
-    # Fields given by hand are a shorthand for the options, never a second copy of them.
-    by_hand = OutboundSms(1, "b-1", 1, "79161234567", "hi", "gsm7", originator="Shop",
-                          flash=True)
-    assert by_hand.options == SendOptions(originator="Shop", flash=True)
-    with pytest.raises(TypeError):
-        OutboundSms(1, "b-1", 1, "79161234567", "hi", "gsm7", options=OPTIONS, flash=True)
+    assert sms.options is OPTIONS
+    assert OutboundSms(1, "b-1", 1, "79161234567", "hi", "gsm7").options == SendOptions()
     moved = dataclasses.replace(sms, options=dataclasses.replace(OPTIONS, originator="Other"))
-    assert (moved.originator, moved.message_id, moved.push_id) == ("Other", 1, "p-7")
+    assert (moved.options.originator, moved.message_id, moved.options.push_id) == (
+        "Other", 1, "p-7")

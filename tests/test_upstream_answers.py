@@ -20,8 +20,9 @@ from pydantic import SecretStr
 
 from bridge.errors import TransientUpstreamError
 from bridge.settings import upstream_settings
-from bridge.upstreams.base import OutboundSms, provider_client
+from bridge.upstreams.base import provider_client
 from bridge.upstreams.smstraffic.v1 import SmsTrafficV1Upstream
+from tests.sms import outbound_sms
 
 ACCEPTED = (b'<?xml version="1.0" encoding="windows-1251"?><reply><result>OK</result>'
             b"<code>0</code><description>queued 1 messages</description>"
@@ -83,7 +84,7 @@ def upstream(url: str, client: httpx.AsyncClient, timeout: float = 2.0) -> SmsTr
     return SmsTrafficV1Upstream("st", settings, client)
 
 
-SMS = OutboundSms(message_id=1, idempotency_key="b-1", attempt=1, phone="79161234567",
+SMS = outbound_sms(message_id=1, idempotency_key="b-1", attempt=1, phone="79161234567",
                   text="hello", encoding="gsm7")
 
 

@@ -10,10 +10,11 @@ import pytest
 from bridge.errors import PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from bridge.upstreams._batch import group_batch, send_grouped
 from bridge.upstreams.base import OutboundSms, SendReceipt
+from tests.sms import outbound_sms
 
 
 def sms(n: int, phone: str = "", text: str = "t", *, maybe_sent: int = 0) -> OutboundSms:
-    return OutboundSms(message_id=n, idempotency_key=f"k{n}", attempt=1,
+    return outbound_sms(message_id=n, idempotency_key=f"k{n}", attempt=1,
                        phone=phone or f"7916000000{n}", text=text, encoding="gsm7",
                        maybe_sent=maybe_sent)
 

@@ -30,6 +30,7 @@ from bridge.upstreams.devino.rest import (
 from tests.conftest import BridgeFactory
 from tests.doubles.devino_rest import FIRST_SMS_ID, DevinoRestDouble
 from tests.doubles.mailbox import MailboxDouble
+from tests.sms import outbound_sms
 from tests.test_smtp_intake import mail, send
 from tests.test_upstream_devino_soap import busiest_second
 
@@ -60,7 +61,7 @@ def make(double: DevinoRestDouble, client: httpx.AsyncClient, **extra: Any) -> D
 def sms(phone: str = "79161234567", text: str = "hello", *, message_id: int = 1,
         originator: str | None = "DEVINO", validity: int | None = None,
         attempt: int = 1) -> OutboundSms:
-    return OutboundSms(message_id=message_id, idempotency_key=f"b-{message_id}",
+    return outbound_sms(message_id=message_id, idempotency_key=f"b-{message_id}",
                        attempt=attempt, phone=phone, text=text, encoding="gsm7",
                        originator=originator, validity=validity)
 

@@ -32,6 +32,7 @@ from bridge.upstreams.devino.soap import DevinoSoapUpstream
 from tests.conftest import BridgeFactory
 from tests.doubles.devino_soap import DevinoSoapDouble
 from tests.doubles.mailbox import MailboxDouble
+from tests.sms import outbound_sms
 from tests.test_smtp_intake import mail, send
 
 LOGIN, PASSWORD = "acme", "s3cret"
@@ -63,7 +64,7 @@ def upstream(double: DevinoSoapDouble, client: httpx.AsyncClient) -> DevinoSoapU
 
 def sms(phone: str = "79161234567", text: str = "hello", *, originator: str | None = "Alerts",
         validity: int | None = None, attempt: int = 1, mid: int = 1) -> OutboundSms:
-    return OutboundSms(message_id=mid, idempotency_key=f"b-{mid}", attempt=attempt, phone=phone,
+    return outbound_sms(message_id=mid, idempotency_key=f"b-{mid}", attempt=attempt, phone=phone,
                        text=text, encoding="gsm7", originator=originator, validity=validity)
 
 

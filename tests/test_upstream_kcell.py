@@ -25,6 +25,7 @@ from bridge.upstreams.base import BatchSending, OutboundSms, SendReceipt, Status
 from bridge.upstreams.kcell import KcellUpstream, map_status, parse_delivery_reports
 from tests.conftest import BridgeFactory
 from tests.doubles.kcell import KcellDouble
+from tests.sms import outbound_sms
 from tests.test_smtp_intake import db_rows, mail, send, wait_status
 
 CREDENTIALS = {"login": "kc-user", "password": "kc-pass", "client_id": "acme"}
@@ -61,7 +62,7 @@ async def make_upstream(double: KcellDouble) -> AsyncIterator[MakeUpstream]:
 def sms(phone: str = "79161234567", text: str = "hello", *, key: str = "b1-1",
         attempt: int = 1, originator: str | None = "ACME", validity: int | None = None,
         maybe_sent: int = 0) -> OutboundSms:
-    return OutboundSms(message_id=1, idempotency_key=key, attempt=attempt, phone=phone,
+    return outbound_sms(message_id=1, idempotency_key=key, attempt=attempt, phone=phone,
                        text=text, encoding="gsm7", originator=originator, validity=validity,
                        maybe_sent=maybe_sent)
 

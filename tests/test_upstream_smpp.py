@@ -35,6 +35,7 @@ from tests.conftest import BOTH_STORES, BridgeFactory
 from tests.doubles.mailbox import MailboxDouble
 from tests.doubles.receiver import HttpReceiver, Scripted
 from tests.doubles.smpp_smsc import ROK, RTHROTTLED, SmppSmscDouble, Submit
+from tests.sms import outbound_sms
 from tests.test_inbound import WEBHOOK_SECRET
 from tests.test_smtp_intake import mail, send
 
@@ -113,7 +114,7 @@ def sms(text: str, message_id: int = 1, **extra: Any) -> OutboundSms:
     values: dict[str, Any] = {"message_id": message_id, "idempotency_key": f"b-{message_id}",
                               "attempt": 1, "phone": PHONE, "text": text, "encoding": "gsm7",
                               **extra}
-    return OutboundSms(**values)
+    return outbound_sms(**values)
 
 
 def texts(submits: list[Submit]) -> str:

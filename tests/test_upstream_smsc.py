@@ -28,6 +28,7 @@ from bridge.upstreams.smsc.upstream import (
 )
 from tests.conftest import BridgeFactory
 from tests.doubles.smsc import SmscDouble
+from tests.sms import outbound_sms
 from tests.test_smtp_intake import mail, send, wait_status
 
 PHONE = "79161234567"
@@ -80,7 +81,7 @@ def polling(double: SmscDouble, client: httpx.AsyncClient) -> SmscUpstream:
 
 def sms(phone: str = PHONE, text: str = "hello", key: str = "k1", attempt: int = 1,
         **extra: Any) -> OutboundSms:
-    return OutboundSms(message_id=1, idempotency_key=key, attempt=attempt, phone=phone, text=text,
+    return outbound_sms(message_id=1, idempotency_key=key, attempt=attempt, phone=phone, text=text,
                        encoding=extra.pop("encoding", "gsm7"), **extra)
 
 

@@ -41,6 +41,7 @@ from bridge.upstreams.smstraffic.v2 import SmsTrafficV2Upstream
 from tests.conftest import BridgeFactory
 from tests.doubles.mailbox import MailboxDouble
 from tests.doubles.smstraffic import RecordedRequest, SmsTrafficDouble
+from tests.sms import outbound_sms
 from tests.test_smtp_intake import mail, send
 
 LOGIN, PASSWORD, KEY = "acme", "s3cret", "77/key"
@@ -83,7 +84,7 @@ def sms(n: int = 1, **kw: Any) -> OutboundSms:
                               "phone": f"7916123456{n % 10}", "text": f"hello {n}",
                               "encoding": "gsm7"}
     values.update(kw)
-    return OutboundSms(**values)
+    return outbound_sms(**values)
 
 
 def form_of(request: RecordedRequest) -> list[tuple[str, str]]:

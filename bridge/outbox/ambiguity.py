@@ -40,6 +40,6 @@ def request_fingerprint(upstream: str, batch: Sequence[OutboundSms]) -> str:
     would be the same request to the provider."""
     digest = hashlib.sha256(upstream.encode("utf-8", "surrogatepass") + b"\0")
     for sms in batch:
-        for part in (sms.idempotency_key, sms.phone, sms.text, sms.originator or ""):
+        for part in (sms.idempotency_key, sms.phone, sms.text, sms.options.originator or ""):
             digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
     return digest.hexdigest()[:32]

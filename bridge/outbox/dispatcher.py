@@ -273,7 +273,7 @@ class Dispatcher:
 
     def _for(self, name: str, sms: OutboundSms) -> OutboundSms:
         """The account's originator, else the upstream's default sender, if it has one."""
-        if sms.originator is None and self._default_originator.get(name):
+        if sms.options.originator is None and self._default_originator.get(name):
             options = dataclasses.replace(sms.options,
                                           originator=self._default_originator[name])
             return dataclasses.replace(sms, options=options)

@@ -32,6 +32,7 @@ from tests.doubles.kcell import KcellDouble
 from tests.doubles.smpp_smsc import SmppSmscDouble
 from tests.doubles.smsc import SmscDouble
 from tests.doubles.smstraffic import SmsTrafficDouble
+from tests.sms import outbound_sms
 from tests.test_upstream_smpp import RecordingSink
 
 LOGIN, PASSWORD = "acme", "s3cret"
@@ -127,7 +128,7 @@ async def running(case: Case) -> AsyncIterator[Running]:
 
 
 def sms(case: Case, n: int = 1, phone: str = "79161234567") -> OutboundSms:
-    return OutboundSms(message_id=n, idempotency_key=f"conf-{n}", attempt=1, phone=phone,
+    return outbound_sms(message_id=n, idempotency_key=f"conf-{n}", attempt=1, phone=phone,
                        text=f"hello {n}", encoding="gsm7", originator=case.originator)
 
 

@@ -306,16 +306,16 @@ class DevinoRestUpstream(HttpUpstream):
 
     def _common(self, sms: OutboundSms) -> list[tuple[str, str]]:
         params: list[tuple[str, str]] = [("Data", sms.text)]
-        source = sms.originator or self.settings.client_id
+        source = sms.options.originator or self.settings.client_id
         if not source:
             raise PermanentUpstreamError(
                 f"{self.name}: no sender: SourceAddress is mandatory (003 Табл. 3); set the "
                 "account's originator or the upstream's client_id", "no_source_address")
         params.append(("SourceAddress", source))
-        if sms.validity:
+        if sms.options.validity:
             # Табл. 3 line 190: minutes; the bridge's validity is seconds. Rounded up, so a
             # message never dies earlier than asked.
-            params.append(("Validity", str(max(1, math.ceil(sms.validity / 60)))))
+            params.append(("Validity", str(max(1, math.ceil(sms.options.validity / 60)))))
         return params
 
     async def send(self, sms: OutboundSms) -> SendReceipt:
@@ -337,7 +337,8 @@ class DevinoRestUpstream(HttpUpstream):
         (line 402): each number takes ``segments_of(text)`` ids. A failed request fails the
         messages it carried; when the batch was a single request, the error is raised."""
         return await send_grouped(batch, self._send_group, upstream=self.name,
-                                  key=lambda sms: (sms.text, sms.originator, sms.validity),
+                                  key=lambda sms: (sms.text, sms.options.originator,
+                                                   sms.options.validity),
                                   max_group=self.max_batch, distinct_phones=True)
 
     async def _send_group(self, group: list[OutboundSms]) -> list[SendReceipt]:

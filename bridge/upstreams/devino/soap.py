@@ -311,15 +311,15 @@ class DevinoSoapUpstream(SoapUpstream):
     def _message(self, sms: OutboundSms, phones: Sequence[str]) -> str:
         """``<message>`` of SendMessage (lines 230-240; the example's names, which here are
         also Табл. 4's)."""
-        assert sms.originator
+        assert sms.options.originator
         inner = element("Data", sms.text)
         inner += "<DestinationAddresses>" + "".join(element("string", p) for p in phones)
         inner += "</DestinationAddresses>"
-        inner += element("SourceAddress", sms.originator)
+        inner += element("SourceAddress", sms.options.originator)
         inner += element("ReceiptRequested", "true")
-        if sms.validity:
+        if sms.options.validity:
             # Табл. 4: Validity in minutes (default 2880); the bridge's validity is seconds.
-            inner += element("Validity", str(max(1, math.ceil(sms.validity / 60))))
+            inner += element("Validity", str(max(1, math.ceil(sms.options.validity / 60))))
         return f"<message>{inner}</message>"
 
     async def _send_message(self, sms: OutboundSms, phones: Sequence[str],
@@ -348,7 +348,7 @@ class DevinoSoapUpstream(SoapUpstream):
             "originator", "no_source_address")
 
     async def send(self, sms: OutboundSms) -> SendReceipt:
-        if not sms.originator:
+        if not sms.options.originator:
             raise self._no_source()
         [ids] = await self._send_message(sms, [sms.phone], sms.attempt)
         return SendReceipt(ids)
@@ -360,15 +360,16 @@ class DevinoSoapUpstream(SoapUpstream):
         A batch that is one request raises its failure; with several requests, a failed
         request's messages get its error and the others their receipts."""
         async def no_source(sms: OutboundSms) -> UpstreamError | None:
-            return None if sms.originator else self._no_source()
+            return None if sms.options.originator else self._no_source()
 
         async def send_group(group: list[OutboundSms]) -> list[SendReceipt]:
             attempt = max(sms.attempt for sms in group)
             per_phone = await self._send_message(group[0], [sms.phone for sms in group], attempt)
             return [SendReceipt(ids) for ids in per_phone]
 
-        return await send_grouped(batch, send_group, key=lambda sms: (sms.text, sms.originator,
-                                                                     sms.validity),
+        return await send_grouped(batch, send_group,
+                                  key=lambda sms: (sms.text, sms.options.originator,
+                                                   sms.options.validity),
                                   upstream=self.name, max_group=MAX_ADDRESSES, settle=no_source)
 
     # -- statuses --------------------------------------------------------------------------

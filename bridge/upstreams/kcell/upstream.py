@@ -336,15 +336,15 @@ class KcellUpstream(HttpUpstream):
         options: dict[str, Any] = {}
         if with_text:
             options["text"] = sms.text
-        if sms.originator:
-            options["alpha_name"] = sms.originator
-        options["ttl"] = ttl_for(sms.validity)
+        if sms.options.originator:
+            options["alpha_name"] = sms.options.originator
+        options["ttl"] = ttl_for(sms.options.validity)
         return options
 
     def _check_originator(self, sms: OutboundSms) -> None:
         """l. 904-911: the alpha name is at most 11 characters of the GSM 03.38 alphabet.
         Refused here, as the platform would with 36015, without spending a request."""
-        originator = sms.originator
+        originator = sms.options.originator
         if originator and (len(originator) > MAX_ALPHA_NAME
                            or any(ch not in GSM7 for ch in originator)):
             raise PermanentUpstreamError(
@@ -435,7 +435,7 @@ class KcellUpstream(HttpUpstream):
 
         return await send_grouped(
             batch, self._send_group, upstream=self.name, settle=settle,
-            key=lambda sms: (sms.originator or None, ttl_for(sms.validity)))
+            key=lambda sms: (sms.options.originator or None, ttl_for(sms.options.validity)))
 
     async def _send_group(self, group: list[OutboundSms]) -> list[SendReceipt | UpstreamError]:
         turn = max(sms.host_turn for sms in group)

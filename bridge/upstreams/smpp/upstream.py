@@ -402,15 +402,16 @@ class SmppUpstream:
 
     def _submits(self, sms: OutboundSms) -> list[SubmitSm]:
         encoded = encode_message(
-            sms.text, reference=sms.message_id, two_byte=sms.two_byte_concat, flash=sms.flash)
+            sms.text, reference=sms.message_id, two_byte=sms.options.two_byte_concat,
+            flash=sms.options.flash)
         parts = len(encoded.parts)
-        if parts > min(sms.max_parts, MAX_PARTS):
+        if parts > min(sms.options.max_parts, MAX_PARTS):
             raise PermanentUpstreamError(
                 f"{self.name}: the text takes {parts} SMS over SMPP "
                 f"({'GSM 03.38' if encoded.data_coding in (0, 0x10) else 'UCS-2'}), more "
-                f"than the {min(sms.max_parts, MAX_PARTS)} allowed", "too_many_parts")
-        ton, npi, source = source_address(sms.originator)
-        validity = relative_validity(sms.validity) if sms.validity else ""
+                f"than the {min(sms.options.max_parts, MAX_PARTS)} allowed", "too_many_parts")
+        ton, npi, source = source_address(sms.options.originator)
+        validity = relative_validity(sms.options.validity) if sms.options.validity else ""
         submits = [SubmitSm(ton, npi, source, sms.phone.lstrip("+"), part, encoded.data_coding,
                             esm_class=encoded.esm_class, validity_period=validity)
                    for part in encoded.parts]

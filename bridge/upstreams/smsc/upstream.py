@@ -259,7 +259,9 @@ def _group_key(sms: OutboundSms) -> tuple[Any, ...]:
     """What one send.php request shares; a resend (``maybe_sent``) goes alone."""
     if sms.maybe_sent:
         return ("alone", sms.message_id, sms.idempotency_key)
-    return (sms.text, sms.originator, valid_hours(sms.validity), sms.flash, sms.max_parts)
+    options = sms.options
+    return (sms.text, options.originator, valid_hours(options.validity), options.flash,
+            options.max_parts)
 
 
 class SmscUpstream(HttpUpstream):
@@ -360,15 +362,15 @@ class SmscUpstream(HttpUpstream):
             ("charset", "utf-8"),
             ("id", str(sms_id)),
         ]
-        if first.originator:
-            params.append(("sender", first.originator))
-        hours = valid_hours(first.validity)
+        if first.options.originator:
+            params.append(("sender", first.options.originator))
+        hours = valid_hours(first.options.validity)
         if hours is not None:
             params.append(("valid", str(hours)))
-        if first.flash:
+        if first.options.flash:
             params.append(("flash", "1"))
-        if first.max_parts < 255:
-            params.append(("maxsms", str(first.max_parts)))
+        if first.options.max_parts < 255:
+            params.append(("maxsms", str(first.options.max_parts)))
         return urlencode(params, encoding="utf-8").encode("ascii")
 
     async def _send_group(self, group: Sequence[OutboundSms]) -> list[SendReceipt]:

@@ -133,17 +133,17 @@ class SmsTrafficSoapUpstream(SoapUpstream):
         bridge counted."""
         login, password = self._credentials()
         parts = [element("Login", login), element("Password", password)]
-        if sms.originator:
-            parts.append(element("Originator", sms.originator))
+        if sms.options.originator:
+            parts.append(element("Originator", sms.options.originator))
         parts.append(element("WantSmsIds", "true"))
-        latin = sms.transliterate or sms.encoding == "gsm7"
+        latin = sms.options.transliterate or sms.encoding == "gsm7"
         parts.append(element("LatinEncoding", "true" if latin else "false"))
-        if sms.validity:
-            parts.append(element("Timeout", str(sms.validity)))
-        if sms.flash:
+        if sms.options.validity:
+            parts.append(element("Timeout", str(sms.options.validity)))
+        if sms.options.flash:
             parts.append(element("Flash", "true"))
-        parts.append(element("MaxParts", str(sms.max_parts)))
-        if sms.two_byte_concat:
+        parts.append(element("MaxParts", str(sms.options.max_parts)))
+        if sms.options.two_byte_concat:
             parts.append(element("TwoByteConcat", "true"))
         return f"<Options>{''.join(parts)}</Options>"
 

@@ -292,14 +292,14 @@ class SmsTrafficV1Upstream(HttpUpstream):
 
     @staticmethod
     def _options(sms: OutboundSms) -> list[tuple[str, str]]:
-        params = [("max_parts", str(sms.max_parts))]
-        if sms.originator:
-            params.append(("originator", sms.originator))
-        if sms.flash:
+        params = [("max_parts", str(sms.options.max_parts))]
+        if sms.options.originator:
+            params.append(("originator", sms.options.originator))
+        if sms.options.flash:
             params.append(("flash", "1"))
-        if sms.validity:
-            params.append(("timeout", str(sms.validity)))
-        if sms.two_byte_concat:
+        if sms.options.validity:
+            params.append(("timeout", str(sms.options.validity)))
+        if sms.options.two_byte_concat:
             params.append(("two_byte_concat", "1"))
         return params
 
@@ -370,8 +370,9 @@ class SmsTrafficV1Upstream(HttpUpstream):
         raised; with several, a failed request fails its own messages only."""
         return await send_grouped(
             batch, self._send_group, upstream=self.name,
-            key=lambda sms: (rus_for(sms.text), sms.originator or None, sms.flash,
-                             sms.max_parts, sms.validity or None, sms.two_byte_concat))
+            key=lambda sms: (rus_for(sms.text), sms.options.originator or None,
+                             sms.options.flash, sms.options.max_parts,
+                             sms.options.validity or None, sms.options.two_byte_concat))
 
     async def _send_group(self, group: list[OutboundSms]) -> list[SendReceipt | UpstreamError]:
         if len(group) == 1:

@@ -105,20 +105,20 @@ class SmsTrafficV2Upstream(HttpUpstream):
     def body(self, sms: OutboundSms) -> dict[str, Any]:
         channel: dict[str, Any] = {
             "message": sms.text,
-            "maxParts": sms.max_parts,
-            "transliterate": sms.transliterate,
+            "maxParts": sms.options.max_parts,
+            "transliterate": sms.options.transliterate,
         }
-        if sms.validity:
+        if sms.options.validity:
             # "timeout" is in the request example (002 line 201), not in the parameter table
-            channel["timeout"] = sms.validity
+            channel["timeout"] = sms.options.validity
         mark = request_mark(sms)
         body: dict[str, Any] = {
             "channels": {"sms": channel},
             "destinations": [{"to": int(sms.phone), "trackingData": mark}],
             "restrictiveId": mark,
         }
-        if sms.originator:
-            body["originator"] = sms.originator
+        if sms.options.originator:
+            body["originator"] = sms.options.originator
         return body
 
     def _headers(self) -> dict[str, str]:

@@ -18,6 +18,7 @@ from bridge.models import DeliveryReport
 from bridge.upstreams.base import OutboundSms, SendReceipt
 from bridge.upstreams.devino.rest import DevinoRestUpstream
 from bridge.upstreams.devino.settings import DevinoRestSettings
+from tests.sms import outbound_sms
 from tests.upstreams.canned import Canned, payload
 
 SESSION = "Z5CYSZEKDL1DPICU37WENQVOYKP0T1GSLHX1"
@@ -30,7 +31,7 @@ def data(name: str) -> bytes:
 
 
 def sms(phone: str = "79161002030", text: str = ONE_PART) -> OutboundSms:
-    return OutboundSms(message_id=1, idempotency_key="k", attempt=1, phone=phone, text=text,
+    return outbound_sms(message_id=1, idempotency_key="k", attempt=1, phone=phone, text=text,
                        encoding="gsm7", originator="DEVIN0")
 
 

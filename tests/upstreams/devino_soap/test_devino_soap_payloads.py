@@ -24,6 +24,7 @@ from bridge.models import DeliveryReport
 from bridge.upstreams.base import OutboundSms, SendReceipt
 from bridge.upstreams.devino.settings import DevinoSoapSettings
 from bridge.upstreams.devino.soap import DevinoSoapUpstream
+from tests.sms import outbound_sms
 from tests.upstreams.canned import Canned, payload
 
 PLACEHOLDER = re.compile(rb">(string|int|dateTime|decimal|boolean)<")
@@ -44,7 +45,7 @@ def fill(name: str, *values: str) -> bytes:
 
 def sms(phone: str = "79161234567", text: str = "hello", *,
         validity: int | None = None) -> OutboundSms:
-    return OutboundSms(message_id=1, idempotency_key="k", attempt=1, phone=phone, text=text,
+    return outbound_sms(message_id=1, idempotency_key="k", attempt=1, phone=phone, text=text,
                        encoding="gsm7", originator="Alerts", validity=validity)
 
 

@@ -18,6 +18,7 @@ from bridge.models import DeliveryReport
 from bridge.upstreams.base import OutboundSms, SendReceipt
 from bridge.upstreams.kcell.settings import KcellSettings
 from bridge.upstreams.kcell.upstream import KcellUpstream, parse_delivery_reports
+from tests.sms import outbound_sms
 from tests.upstreams.canned import Canned, payload
 
 FIRST = "9f60ac8f-e721-5027-b838-e6fcb95fcd7a"
@@ -34,7 +35,7 @@ def data(name: str) -> bytes:
 
 def sms(phone: str = "79651111111", text: str = "Text for SMS", *,
         key: str = "AD-6640-7006") -> OutboundSms:
-    return OutboundSms(message_id=1, idempotency_key=key, attempt=1, phone=phone, text=text,
+    return outbound_sms(message_id=1, idempotency_key=key, attempt=1, phone=phone, text=text,
                        encoding="gsm7", originator="Test", validity=300)
 
 

@@ -15,6 +15,7 @@ from bridge.errors import PermanentUpstreamError, TransientUpstreamError, Upstre
 from bridge.upstreams.base import OutboundSms, SendReceipt
 from bridge.upstreams.smsc.settings import SmscSettings
 from bridge.upstreams.smsc.upstream import SmscUpstream, parse_smsc_error
+from tests.sms import outbound_sms
 from tests.upstreams.canned import Canned, payload
 
 ERROR_FORMS = ["error_fmt0.txt", "error_fmt1.txt", "error_fmt2.xml", "error_fmt3.json"]
@@ -34,7 +35,7 @@ def answer(name: str, code: int) -> bytes:
 
 
 def sms() -> OutboundSms:
-    return OutboundSms(message_id=1, idempotency_key="k", attempt=1, phone="79161234567",
+    return outbound_sms(message_id=1, idempotency_key="k", attempt=1, phone="79161234567",
                        text="hello", encoding="gsm7")
 
 

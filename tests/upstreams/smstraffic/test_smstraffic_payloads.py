@@ -27,6 +27,7 @@ from bridge.upstreams.smstraffic.settings import (
 from bridge.upstreams.smstraffic.soap import SmsTrafficSoapUpstream
 from bridge.upstreams.smstraffic.v1 import RUS_CHARSET, SmsTrafficV1Upstream
 from bridge.upstreams.smstraffic.v2 import SmsTrafficV2Upstream
+from tests.sms import outbound_sms
 from tests.upstreams.canned import Canned, payload
 
 URL = "http://smstraffic.test"
@@ -38,7 +39,7 @@ def data(name: str) -> bytes:
 
 def sms(phone: str = "78001234567", text: str = "test", *, key: str = "k1",
         maybe_sent: int = 0) -> OutboundSms:
-    return OutboundSms(message_id=1, idempotency_key=key, attempt=1 + maybe_sent, phone=phone,
+    return outbound_sms(message_id=1, idempotency_key=key, attempt=1 + maybe_sent, phone=phone,
                        text=text, encoding="gsm7", maybe_sent=maybe_sent)
 
 
