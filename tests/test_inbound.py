@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from bridge.app import Bridge
-from bridge.errors import InboundError
 from bridge.inbound.answers import AnswerCache
 from bridge.models import StoredResponse
 from bridge.relays.signing import verify
@@ -208,15 +207,19 @@ def test_answer_cache_keeps_the_latest_answers() -> None:
     cache = AnswerCache(2)
     answers = [StoredResponse(200, str(n).encode(), "text/plain") for n in range(3)]
     for n, answer in enumerate(answers):
-        cache.put("st", f"id-{n}", answer, b"raw-%d" % n)
-    cache.put("st", None, answers[0], b"x")  # no sms_id: nothing to key on
-    cache.put("st", "pending", None, b"x")  # no final answer yet
+        cache.put("st", "mo", f"id-{n}", answer, b"sms_id=id-%d" % n)
+    cache.put("st", "mo", None, answers[0], b"x")  # no sms_id: deduplicated by the store
+    cache.put("st", "mo", "pending", None, b"y")  # no final answer yet
     assert len(cache) == 2
-    assert cache.get("st", "id-0", b"raw-0") is None
-    assert cache.get("st", "id-2", b"raw-2") is answers[2]
-    assert cache.get("other", "id-2", b"raw-2") is None
-    assert cache.get("st", "id-2", b"other bytes") is None  # not the same request
-    assert cache.get("st", "pending", b"x") is None
+    assert cache.get("st", "mo", b"sms_id=id-0") is None  # the oldest went first
+    assert cache.get("st", "mo", b"sms_id=id-2") is answers[2]
+    assert cache.get("other", "mo", b"sms_id=id-2") is None
+    assert cache.get("st", "shortcode", b"sms_id=id-2") is None
+    # The same sms_id with other bytes is not the same request: the store decides (and
+    # notices the conflict).
+    assert cache.get("st", "mo", b"sms_id=id-2&message=other") is None
+    assert cache.get("st", "mo", b"x") is None
+    assert cache.get("st", "mo", b"y") is None
 
 
 async def test_a_repeated_sms_id_with_other_content_is_logged_and_answered_as_a_repeat(
@@ -659,27 +662,3 @@ async def test_health_readiness_metrics_and_redacted_access_log(
     assert "src-secret" not in logged and "sc-pass" not in logged
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (b"sms_id=abc", "abc"),
-        (b"sms_id=+a+b+&sms_id=second", "a b"),  # found, but the request is refused (400)
-        (b"message=sms_id%3Dfake&phone=1", None),
-        (b"xsms_id=1&phone=2", None),
-        (b"sms_id=%D0%AF", None),  # not plain ASCII: the full decoding decides
-        (b"sms_id=&phone=1", None),
-    ],
-)
-def test_peek_sms_id_finds_what_the_full_decoding_would(raw: bytes, expected: str | None) -> None:
-    from bridge.inbound.parsing import decode_params, parse_mo, peek_sms_id
-
-    assert peek_sms_id(raw) == expected
-    if expected is None:
-        return
-    full = raw + b"&phone=1&message=x"
-    if raw.count(b"sms_id=") > 1:
-        # Never answered, so never in the memory of answers a peeked id is looked up in.
-        with pytest.raises(InboundError, match="'sms_id' given more than once"):
-            decode_params(full, "cp1251")
-    else:
-        assert parse_mo("s", decode_params(full, "cp1251"), raw).sms_id == expected

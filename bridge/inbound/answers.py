@@ -19,19 +19,26 @@ neither kept in memory nor open to a dictionary attack on a digest.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 
 from bridge.models import StoredResponse
 
 
 class AnswerCache:
-    """At most ``size`` answers by (source, sms_id); the oldest entry goes first (a retry
-    comes soon after the first request, so insertion order is the order of usefulness)."""
+    """At most ``size`` answers by (source, kind, keyed digest of the request); the oldest
+    entry goes first (a retry comes soon after the first request, so insertion order is the
+    order of usefulness).
+
+    Keyed by the digest rather than by ``sms_id``: a retry is recognised by one dictionary
+    lookup, without reading its ``sms_id`` out of the parameters first. The raw parameters
+    hold the ``sms_id``, so a hit is a request with the same ``sms_id`` and the same bytes,
+    as before. Comparing digests in a dictionary is not constant-time; it needs not be: the
+    key never leaves the process, so what a timing could tell about a digest of a request is
+    worth nothing for forging another's."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._answers: dict[tuple[str, str], tuple[StoredResponse, bytes]] = {}
+        self._answers: dict[tuple[str, str, bytes], StoredResponse] = {}
         self._key = secrets.token_bytes(32)
 
     def digest(self, raw: bytes) -> bytes:
@@ -41,18 +48,20 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._answers)
 
-    def get(self, source: str, sms_id: str, raw: bytes) -> StoredResponse | None:
-        """The first answer to ``sms_id``, if this is a retry of the very same request."""
-        kept = self._answers.get((source, sms_id))
-        if kept is None or not hmac.compare_digest(kept[1], self.digest(raw)):
+    def get(self, source: str, kind: str, raw: bytes) -> StoredResponse | None:
+        """The first answer to this very request (same parameters, so the same ``sms_id``),
+        if it was answered by this process and is still kept."""
+        if not self._answers:
             return None
-        return kept[0]
+        return self._answers.get((source, kind, self.digest(raw)))
 
-    def put(self, source: str, sms_id: str | None, answer: StoredResponse | None,
+    def put(self, source: str, kind: str, sms_id: str | None, answer: StoredResponse | None,
             raw: bytes) -> None:
+        """Keep the answer to a request that carried ``sms_id`` (one without cannot be
+        retried as such: it is deduplicated by content in the store)."""
         if sms_id is None or answer is None or self.size == 0:
             return
         answers = self._answers
-        answers[(source, sms_id)] = (answer, self.digest(raw))
+        answers[(source, kind, self.digest(raw))] = answer
         if len(answers) > self.size:
             del answers[next(iter(answers))]

@@ -162,27 +162,6 @@ def _decode_params_text(raw: bytes, charset: str) -> DecodedParams:
     return DecodedParams(_unique(pairs), charset, error)
 
 
-_SMS_ID = re.compile(rb"(?:^|&)sms_id=([^&]*)")
-
-
-def peek_sms_id(raw: bytes) -> str | None:
-    """The ``sms_id`` of raw parameters without decoding the rest, when it is plain ASCII:
-    the same value :func:`parse_mo` would find (first occurrence, ``+`` as space, stripped).
-    None when absent or not plain: the full decoding then decides."""
-    match = _SMS_ID.search(raw)
-    if match is None:
-        return None
-    value = match.group(1)  # a provider's id is most often plain: no escape to undo
-    if b"+" in value:
-        value = value.replace(b"+", b" ")
-    if b"%" in value:
-        value = unquote_bytes(value)
-    value = value.strip()
-    if not value or len(value) > 64 or not value.isascii():
-        return None
-    return value.decode("ascii")
-
-
 def _unique(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     values: dict[str, str] = {}
     for key, value in pairs:

@@ -39,7 +39,6 @@ from bridge.inbound.parsing import (
     decode_params,
     parse_mo,
     parse_shortcode,
-    peek_sms_id,
 )
 from bridge.models import ForwardJob, InboundMessage, InboundRecord, StoredResponse
 from bridge.redact import redact_params, redact_path, redact_text
@@ -91,14 +90,19 @@ class InboundService:
         self.answers = AnswerCache(settings.inbound.answer_cache_size)
         self._scripts: list[ReplyScript] | None = None
         self._scripts_at = 0.0
+        self._secrets: dict[str, bytes] = {}  # each source's secret, encoded once
 
     # -- request plumbing -------------------------------------------------------------------
 
     def authenticate(self, request: web.Request) -> tuple[str, InboundSourceSettings]:
-        name = request.match_info["source"]
+        match_info = request.match_info
+        name = match_info["source"]
         source = self.settings.inbound.sources.get(name)
-        given = request.match_info.get("secret") or request.headers.get("X-Bridge-Secret") or ""
-        expected = source.secret.get_secret_value().encode() if source else b"\0none"
+        given = match_info.get("secret") or request.headers.get("X-Bridge-Secret") or ""
+        expected = self._secrets.get(name) if source else b"\0none"
+        if expected is None:
+            assert source is not None
+            expected = self._secrets[name] = source.secret.get_secret_value().encode()
         # Bytes, not str: hmac.compare_digest raises TypeError on non-ASCII str.
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected) \
                 or source is None:
@@ -117,9 +121,13 @@ class InboundService:
         """Query string and form body as received (one ``a=b&c=d`` byte string). The
         server escapes raw 8-bit bytes of the request line as ``%XX`` (see
         :mod:`bridge.inbound.app`), which decodes to the same bytes."""
-        body = await read_body(request, self.settings.http.max_body_bytes)
+        body = body_at_once(request, self.settings.http.max_body_bytes)
+        if body is None:
+            body = await read_body(request, self.settings.http.max_body_bytes)
         query = raw_query(request)
-        return query + (b"&" if query and body else b"") + body
+        if not query:
+            return body
+        return query + (b"&" if body else b"") + body
 
     async def read_params(
         self, request: web.Request, source: InboundSourceSettings
@@ -137,17 +145,15 @@ class InboundService:
         # anything else is decoded. Any other request goes straight to the insert-or-fetch
         # of record_inbound, which returns the stored answer of a retry first answered
         # elsewhere: no store read ahead of every new message.
-        sms_id = peek_sms_id(raw)
-        if sms_id is not None:
-            answer = self.answers.get(name, sms_id, raw)
-            if answer is not None:
-                DUPLICATE_MO.inc()
-                return stored(answer)
+        answer = self.answers.get(name, "mo", raw)
+        if answer is not None:
+            DUPLICATE_MO.inc()
+            return stored(answer)
         # The stored request keeps no secret a provider may add (``password=``).
         message = parse_mo(name, decode_request(request, source, raw), redact_params(raw))
         record = await self._record(message, "routed", OK_RESPONSE, looked_up=True)
         answer = record.response or OK_RESPONSE
-        self.answers.put(name, message.sms_id, answer, raw)
+        self.answers.put(name, "mo", message.sms_id, answer, raw)
         return stored(answer)
 
     async def accept_polled(self, message: InboundMessage) -> InboundRecord:
@@ -239,7 +245,7 @@ class InboundService:
         loop time) ends the reply budget."""
         key = (message.source, message.sms_id or "")
         if message.sms_id is not None:
-            answer = self.answers.get(*key, raw)
+            answer = self.answers.get(message.source, "shortcode", raw)
             if answer is not None:
                 metrics.INBOUND_DUPLICATES.labels(kind="shortcode").inc()
                 return answer
@@ -259,7 +265,7 @@ class InboundService:
             self._inflight[key] = future
         try:
             result = await self._settle(message, source, deadline)
-            self.answers.put(message.source, message.sms_id, result, raw)
+            self.answers.put(message.source, "shortcode", message.sms_id, result, raw)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -504,18 +510,27 @@ def _first_error(exc: ValueError) -> str:
     return str(exc).splitlines()[0]
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+def body_at_once(request: web.Request, limit: int) -> bytes | None:
+    """The body when it came whole with the head (a provider's form, almost always): taken
+    from the buffer at once, without a coroutine, an iterator and a wait per chunk. None
+    when it must be read (:func:`read_body`)."""
     if not request.body_exists:
         return b""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise InboundError(413, f"body larger than {limit} bytes")
     content = request.content
-    if content.is_eof() and content.exception() is None:
-        # The whole body came with the head (a provider's form, almost always): taken from
-        # the buffer at once, without an iterator and a wait per chunk.
-        body = content.read_nowait()
-        if len(body) > limit:
-            raise InboundError(413, f"body larger than {limit} bytes")
+    if not content.is_eof() or content.exception() is not None:
+        return None
+    body = content.read_nowait()
+    if len(body) > limit:
+        raise InboundError(413, f"body larger than {limit} bytes")
+    return body
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    body = body_at_once(request, limit)
+    if body is not None:
         return body
     chunks: list[bytes] = []
     size = 0
